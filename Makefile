@@ -1,0 +1,50 @@
+# Every target sets up what it needs by itself, in a local .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test lint typecheck pytest docs bench bench-quick test-all clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(STAMP): $(VENV)/bin/python pyproject.toml docs/requirements.txt
+	$(PY) -m pip install --quiet -e ".[dev,dask]" -r docs/requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m procpool demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pyright
+	$(PY) tests/check_verifytypes.py
+
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test: lint typecheck docs pytest
+
+# The whole suite, slow stress tests included, on every supported Python (nox).
+test-all: $(STAMP)
+	$(PY) -m pip install --quiet "nox==2026.10.20"
+	$(VENV)/bin/nox
+
+bench:
+	$(MAKE) -C benchmarks bench
+
+clean:
+	rm -rf $(VENV) .venv-* dist build docs/_build .mypy_cache .pytest_cache .ruff_cache .nox
