@@ -1,0 +1,158 @@
+"""Run every script in docs/examples/ as a user would, and check what it prints.
+
+Each example runs in its own interpreter (``python docs/examples/NAME.py``), so the
+``if __name__ == "__main__":`` guard, top-level functions and the default start
+method are exercised exactly as in the docs. Every example must have an entry in
+``EXPECTED``: a new example without one fails, so the docs cannot drift silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
+TIMEOUT = 120
+
+# Each expected line is a regular expression that must match one printed line,
+# in this order (other lines may come in between).
+EXPECTED: dict[str, list[str]] = {
+    "spawn_process.py": [
+        r"child pid differs from ours: True",
+        r"alive after join: False",
+        r"exitcode: 0",
+        r"result: 90",
+        r"child raised: ValueError\('bad input'\)",
+        r"terminated, alive: False",
+        r"terminated handle fails with WorkerLostError",
+    ],
+    "process_task.py": [
+        r"name=greeter daemon=True exitcode=0",
+        r"alive after join: False",
+        r"result: hello world",
+        r"in a pool: hello pool",
+    ],
+    "apply_async.py": [
+        r"apply: 9",
+        r"callback: got 16",
+        r"error_callback: failed: ZeroDivisionError",
+        r"get: 16",
+        r"ready: True, successful: True",
+        r"failed one successful: False",
+    ],
+    "map_results.py": [
+        re.escape("result: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"),
+        re.escape("streamed: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"),
+        r"then\(sum\): 285",
+        re.escape("two iterables: [11, 22, 33]"),
+        rf"big map total: {sum(x * x for x in range(200_000))}",
+        re.escape("failed at the third item, after [1.0, 0.5]"),
+    ],
+    "pool_lifecycle.py": [
+        r"with block: all done=True",
+        re.escape("with block: results=[0, 1, 4, 9, 16, 25, 36, 49]"),
+        r"after close: PoolClosedError, also RuntimeError=True",
+        re.escape("close+join: results=[0, 1, 4, 9]"),
+        r"terminate: 4 of 4 futures ended without a result",
+        r"exception in block: sleeper done=True",
+    ],
+    "then_catch_await.py": [
+        r"then: n=49",
+        r"then chain: n=16",
+        r"catch: -1",
+        r"catch passes success: 12",
+        r"flattened: 81",
+        r"then skipped on failure: ValueError",
+        re.escape("await: [9, 16, 25, 14]"),
+    ],
+    "imap_endless.py": [
+        re.escape(f"first 20 squares: {[n * n for n in range(20)]}"),
+        r"read ahead of the consumer: at most 8: True",
+        re.escape(f"imap_unordered, sorted: {[n * n for n in range(10)]}"),
+    ],
+    "task_timeout.py": [
+        r"slow task: TaskTimeoutError, also TimeoutError=True",
+        re.escape("other tasks: [0.01, 0.01, 0.01, 0.01, 0.01]"),
+        re.escape("pool-wide task_timeout: ['ok', 'timed out', 'ok']"),
+        r"stats: timed_out=1 workers_replaced=1",
+    ],
+    "executor_compat.py": [
+        r"is an Executor: True",
+        re.escape("submit + as_completed: [0, 1, 4, 9, 16]"),
+        re.escape("map: [0, 1, 4, 9, 16]"),
+        r"dead worker: WorkerLostError exitcode=3",
+        r"the pool goes on: 144",
+        r"shut down",
+    ],
+    "progress_callback.py": [
+        rf"map sum: {sum(x * x for x in range(50))}",
+        re.escape("map progress ends at: (50, 50)"),
+        rf"imap sum: {sum(x * x for x in range(20))}",
+        re.escape("imap progress ends at: (20, None)"),
+    ],
+    "cloudpickle_lambdas.py": [
+        r"plain pickle: SerializationError",
+        re.escape("closure: [0, 3, 6, 9, 12]"),
+        r"lambda: ABC",
+    ],
+}
+
+# Examples that need an optional extra: skipped, with the install hint, without it.
+NEEDS_MODULE = {"cloudpickle_lambdas.py": ("cloudpickle", "procpool[cloudpickle]")}
+
+EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.py"))
+
+
+def test_every_example_has_expected_output() -> None:
+    assert EXAMPLE_FILES, f"no examples found in {EXAMPLES}"
+    assert set(EXAMPLE_FILES) == set(EXPECTED), (
+        f"examples without EXPECTED: {sorted(set(EXAMPLE_FILES) - set(EXPECTED))}; "
+        f"EXPECTED without example: {sorted(set(EXPECTED) - set(EXAMPLE_FILES))}"
+    )
+
+
+def test_every_example_is_shown_in_the_docs() -> None:
+    page = (ROOT / "docs" / "examples.md").read_text(encoding="utf-8")
+    for name in EXAMPLE_FILES:
+        assert f"examples/{name}" in page, f"docs/examples.md does not include {name}"
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_example_runs_and_prints_expected_output(name: str) -> None:
+    if name in NEEDS_MODULE:
+        module, extra = NEEDS_MODULE[name]
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module}: pip install '{extra}'")
+    env = dict(os.environ)
+    # The example must import procpool the way a user's script does: installed.
+    env.pop("PYTHONPATH", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        cwd=EXAMPLES,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{output}"
+    lines = proc.stdout.splitlines()
+    position = 0
+    for pattern in EXPECTED[name]:
+        for index in range(position, len(lines)):
+            if re.fullmatch(pattern, lines[index]):
+                position = index + 1
+                break
+        else:
+            pytest.fail(f"{name}: no line matching {pattern!r} (in order)\n{output}")
+    assert "Traceback" not in proc.stderr, output
