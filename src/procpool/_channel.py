@@ -1,0 +1,144 @@
+"""Serialization for the pipes, and the diagnosis of what would not pickle.
+
+Imported by the worker, so it imports nothing heavy. Failures become a
+:class:`SerializationError` for the one call concerned, with a message that names
+the culprit (function, argument position or keyword, attribute path inside it)
+and the usual fix.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ._errors import SerializationError
+from ._messages import CALL_HEADER, CLOUDPICKLED, REPLY_HEADER
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+_FIX = (
+    "define it at module top level (workers import functions by name), "
+    "or pass Pool(cloudpickle=True) to send functions with cloudpickle"
+)
+
+
+def describe_callable(fn: object) -> str:
+    """A short name for ``fn`` in messages: ``module.qualname``."""
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        return f"{type(fn).__module__}.{type(fn).__qualname__} instance"
+    return f"{module}.{name}" if module else str(name)
+
+
+def _find_unpicklable(obj: object, path: str, depth: int = 0) -> tuple[str, object, str] | None:
+    """Find the innermost part of ``obj`` that does not pickle: (path, part, error)."""
+    try:
+        pickle.dumps(obj, PROTOCOL)
+        return None
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    if depth < 4:
+        children: Iterable[tuple[str, object]] = ()
+        if isinstance(obj, Mapping):
+            items: Mapping[object, object] = obj  # pyright: ignore[reportUnknownVariableType]
+            children = ((f"{path}[{key!r}]", value) for key, value in items.items())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            seq: Iterable[object] = obj  # pyright: ignore[reportUnknownVariableType]
+            children = ((f"{path}[{i}]", value) for i, value in enumerate(seq))
+        elif hasattr(obj, "__dict__") and not callable(obj):
+            children = ((f"{path}.{key}", value) for key, value in vars(obj).items())
+        for child_path, child in children:
+            found = _find_unpicklable(child, child_path, depth + 1)
+            if found is not None:
+                return found
+    return (path, obj, error)
+
+
+def diagnose_call(fn: object, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """Explain which part of ``fn(*args, **kwargs)`` cannot be pickled."""
+    try:
+        pickle.dumps(fn, PROTOCOL)
+    except Exception as exc:
+        return (
+            f"the function {describe_callable(fn)} could not be pickled "
+            f"({type(exc).__name__}: {exc}); {_FIX}"
+        )
+    parts = [(f"argument {i}", arg) for i, arg in enumerate(args)]
+    parts += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+    for label, value in parts:
+        found = _find_unpicklable(value, "")
+        if found is not None:
+            path, part, error = found
+            where = f" at {label}{path}" if path else ""
+            return (
+                f"{label} of {describe_callable(fn)} could not be pickled: "
+                f"{type(part).__qualname__} object{where} ({error}); "
+                "send only picklable data (plain values, top-level classes), "
+                "or create the resource inside the task"
+            )
+    return f"the call to {describe_callable(fn)} could not be pickled"
+
+
+def pickle_function(fn: object, use_cloudpickle: bool) -> object:
+    """Return ``fn`` itself, or its cloudpickle bytes when asked."""
+    if not use_cloudpickle:
+        return fn
+    import cloudpickle  # pyright: ignore[reportMissingTypeStubs]
+
+    data: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)  # pyright: ignore[reportUnknownMemberType]
+    return data
+
+
+def encode_call(call_id: int, kind: int, fn: object, body: tuple[Any, ...], cloud: bool) -> bytes:
+    """Frame one call for a worker.
+
+    Raises:
+        SerializationError: naming the part of the call that does not pickle.
+    """
+    try:
+        wire_fn = pickle_function(fn, cloud)
+        payload = pickle.dumps((wire_fn, *body), PROTOCOL)
+    except Exception as exc:
+        if kind == 0:
+            args, kwargs = body
+            message = diagnose_call(fn, args, kwargs)
+        else:
+            message = diagnose_call(fn, (), {})
+        raise SerializationError(message) from exc
+    return CALL_HEADER.pack(call_id, kind | (CLOUDPICKLED if cloud else 0)) + payload
+
+
+def decode_function(fn: object) -> Callable[..., Any]:
+    """Undo :func:`pickle_function` in the worker."""
+    if isinstance(fn, bytes):
+        loaded: Callable[..., Any] = pickle.loads(fn)
+        return loaded
+    return fn  # type: ignore[return-value]
+
+
+def encode_reply(call_id: int, status: int, elapsed: float, body: object) -> bytes:
+    """Frame one reply; raises whatever pickling raises (the worker handles it)."""
+    return REPLY_HEADER.pack(call_id, status, elapsed) + pickle.dumps(body, PROTOCOL)
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback text of ``exc``, as the worker saw it."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def exception_body(exc: BaseException) -> tuple[BaseException | None, str]:
+    """(exception, traceback) ready to pickle; the exception is None if it would not pickle."""
+    tb = format_exception(exc)
+    try:
+        # Pickle and unpickle now: an exception that cannot make the round trip
+        # (a required __init__ argument, an unpicklable attribute) must not cost
+        # the whole reply.
+        pickle.loads(pickle.dumps(exc, PROTOCOL))
+    except Exception:
+        return (None, tb)
+    # Tracebacks do not pickle; the text travels beside the exception.
+    exc.__traceback__ = None
+    return (exc, tb)

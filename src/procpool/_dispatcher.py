@@ -1,0 +1,864 @@
+"""The dispatcher: the one thread that owns a pool's scheduling state.
+
+Data flow of one task::
+
+    Pool.submit ──pickle──▶ queue ──wake pipe──▶ dispatcher ──task pipe──▶ worker
+                                                    ▲                        │ runs fn,
+    future resolved ◀── dispatcher ◀──result pipe───┘◀───────────────────────┘ replies
+        │
+        └─▶ callback thread runs add_done_callback / then / catch callbacks
+
+The dispatcher waits, with :func:`multiprocessing.connection.wait`, on every
+worker's result pipe, every worker's process sentinel and a wake-up pipe, and on
+nothing else: no sleeping poll loop. The only timed wait is the nearest task
+deadline. Everything here runs on the dispatcher thread except the methods marked
+*thread-safe*, which only append to the queue or the command list under ``lock``
+and wake the thread.
+
+A worker is sent one call at a time, or two when both are chunks of the same
+``map`` (so a fast worker never waits for a round trip); work that no worker has
+started stays in the queue, where it can still be cancelled. A worker processes
+calls strictly in order and marks in shared memory which call and item it is on,
+so when a worker dies, overruns a time limit or runs a cancelled task, exactly one
+item is blamed and everything it had not started is handed to another worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+import warnings
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from . import _messages as m
+from ._errors import (
+    PoolClosedError,
+    ProcpoolError,
+    RemoteTraceback,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+    describe_exitcode,
+)
+from ._future import Future, MapFuture
+from ._jobs import Call, Job, MapJob, SingleJob
+from ._worker import worker_main
+
+LOGGER = logging.getLogger("procpool")
+
+#: Calls larger than this are sent only to an idle worker: a worker blocked writing
+#: its result while we are blocked writing its next call would deadlock both.
+PREFETCH_MAX_BYTES = 32 * 1024
+#: How long a closing pool waits for a worker to exit after STOP before killing it.
+STOP_GRACE = 5.0
+#: Consecutive workers that die before answering anything before the pool gives up.
+MAX_STARTUP_FAILURES = 3
+
+
+class PoolState(enum.Enum):
+    """Lifecycle of a pool."""
+
+    RUNNING = "running"
+    CLOSED = "closed"
+    TERMINATING = "terminating"
+    BROKEN = "broken"
+
+
+class _Worker:
+    __slots__ = (
+        "busy",
+        "dying",
+        "outstanding",
+        "process",
+        "replied",
+        "result_conn",
+        "retiring",
+        "sent",
+        "slot",
+        "task_conn",
+    )
+
+    def __init__(
+        self, slot: int, process: BaseProcess, task_conn: Connection, result_conn: Connection
+    ) -> None:
+        self.slot = slot
+        self.process = process
+        self.task_conn = task_conn
+        self.result_conn = result_conn
+        self.outstanding: deque[Call] = deque()
+        self.sent = 0
+        self.replied = False
+        self.busy = 0.0
+        #: Killed by us; its calls are already accounted for.
+        self.dying = False
+        #: Sent STOP after max_tasks_per_worker calls; expected to exit.
+        self.retiring = False
+
+
+@contextlib.contextmanager
+def _forking_from_a_thread(ctx: BaseContext) -> Iterator[None]:
+    """Silence Python 3.12+'s fork-with-threads DeprecationWarning for an explicit fork.
+
+    The user chose ``context="fork"``; the default (forkserver/spawn) never forks
+    from a threaded process. The risk that warning describes is documented in
+    docs/reliability.md.
+    """
+    if ctx.get_start_method() != "fork" or sys.version_info < (3, 12):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork.*")
+        yield
+
+
+class Stats:
+    """Counters kept by the dispatcher (read by ``Pool.stats()``)."""
+
+    def __init__(self, workers: int) -> None:
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.timed_out = 0
+        self.retried = 0
+        self.workers_started = 0
+        self.workers_replaced = 0
+        self.busy = [0.0] * workers
+
+
+class Dispatcher:
+    """Owns the workers and the queue of one pool; see the module docstring."""
+
+    def __init__(
+        self,
+        ctx: BaseContext,
+        workers: int,
+        *,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        max_tasks_per_worker: int | None,
+        forward_logs: bool,
+        name: str,
+    ) -> None:
+        self.ctx = ctx
+        self.size = workers
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks_per_worker
+        self.forward_logs = forward_logs
+        self.name = name
+
+        self.lock = threading.Lock()
+        self.state = PoolState.RUNNING
+        self.broken: BaseException | None = None
+        self.queue: OrderedDict[int, Job] = OrderedDict()
+        self.commands: deque[Callable[[], None]] = deque()
+        self.stats = Stats(workers)
+
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._woken = False
+
+        self.marker = ctx.RawArray("q", m.MARK_WIDTH * workers)
+        self._mark = memoryview(self.marker).cast("B").cast("q")  # type: ignore[arg-type]
+        self.workers: dict[int, _Worker] = {}
+        self._by_conn: dict[object, _Worker] = {}
+        self._startup_failures = 0
+
+        self._callbacks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._callback_thread: threading.Thread | None = None
+        self._callbacks_pending = 0
+        self._callbacks_closed = False
+
+        for slot in range(workers):
+            self._start_worker(slot)
+        self.thread = threading.Thread(target=self._run, name=f"{name}-dispatcher", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------------------
+    # thread-safe entry points
+
+    def wake(self) -> None:
+        """Wake the dispatcher thread (thread-safe, never blocks)."""
+        if self._woken:
+            return
+        with self.lock:
+            # Under the lock: once the dispatcher has closed the pipe, its fd
+            # number may belong to another file.
+            if self._wake_w < 0:
+                return
+            self._woken = True
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\0")
+
+    def accepting(self) -> bool:
+        """Whether new work may be queued from the calling thread."""
+        if self.state is PoolState.RUNNING:
+            return True
+        # A callback of this pool may chain more work while the pool is closing:
+        # close() + join() still waits for it, so nothing is lost.
+        return (
+            self.state is PoolState.CLOSED
+            and threading.current_thread() is self._callback_thread
+            and self.thread.is_alive()
+        )
+
+    def check_open(self) -> None:
+        """Raise if the pool takes no new work (thread-safe)."""
+        if self.broken is not None:
+            raise ProcpoolError(
+                f"{self.name} is broken and takes no new work: {self.broken}"
+            ) from self.broken
+        if not self.accepting():
+            raise PoolClosedError(
+                f"{self.name} is {self.state.value}; submit work before close(), "
+                "terminate() or the end of its with-block"
+            )
+
+    def add(self, job: Job, count: int = 1) -> None:
+        """Queue a job (thread-safe)."""
+        fut = job.future
+        fut._callback_runner = self.run_callback
+        fut._cancel_hook = lambda was_running: self.command(lambda: self._cancel_job(job))
+        with self.lock:
+            self.check_open()
+            self.queue[id(job)] = job
+            self.stats.submitted += count
+        self.wake()
+
+    def command(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the dispatcher thread soon (thread-safe)."""
+        with self.lock:
+            self.commands.append(action)
+        self.wake()
+
+    def close(self) -> None:
+        """Take no new work; finish what is queued, then stop the workers."""
+        with self.lock:
+            if self.state is PoolState.RUNNING:
+                self.state = PoolState.CLOSED
+        self.wake()
+
+    def terminate(self) -> None:
+        """Stop now: kill the workers, end every unfinished future."""
+        with self.lock:
+            if self.state in (PoolState.RUNNING, PoolState.CLOSED):
+                self.state = PoolState.TERMINATING
+        self.wake()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the dispatcher (and the callbacks it queued); True if it ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            return False
+        cb = self._callback_thread
+        if cb is not None and cb is not threading.current_thread():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            cb.join(remaining)
+            if cb.is_alive():
+                return False
+        return True
+
+    def run_callback(self, thunk: Callable[[], None]) -> None:
+        """Run future callbacks on the callback thread (inline once the pool is gone)."""
+        with self.lock:
+            if self._callbacks_closed:
+                inline = True
+            else:
+                inline = False
+                self._callbacks_pending += 1
+                if self._callback_thread is None:
+                    self._callback_thread = threading.Thread(
+                        target=self._callback_loop, name=f"{self.name}-callbacks", daemon=True
+                    )
+                    self._callback_thread.start()
+                self._callbacks.put(thunk)
+        if inline:
+            thunk()
+
+    def _callback_loop(self) -> None:
+        while True:
+            thunk = self._callbacks.get()
+            if thunk is None:
+                return
+            try:
+                thunk()
+            except BaseException:  # pragma: no cover - _SafeCallback logs already
+                LOGGER.exception("error in a future callback")
+            with self.lock:
+                self._callbacks_pending -= 1
+            del thunk
+            self.wake()
+
+    # ------------------------------------------------------------------------------
+    # workers
+
+    def _start_worker(self, slot: int) -> None:
+        ctx = self.ctx
+        task_r, task_w = ctx.Pipe(duplex=False)
+        result_r, result_w = ctx.Pipe(duplex=False)
+        self._mark[slot * m.MARK_WIDTH + m.MARK_CALL] = -1
+        process = ctx.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(
+                task_r,
+                result_w,
+                self.marker,
+                slot,
+                self.initializer,
+                self.initargs,
+                self.forward_logs,
+            ),
+            name=f"{self.name}-worker-{slot}",
+            daemon=False,
+        )
+        try:
+            with _forking_from_a_thread(ctx):
+                process.start()
+        finally:
+            # Our copies of the child's ends must go, or EOF never comes.
+            task_r.close()
+            result_w.close()
+        worker = _Worker(slot, process, task_w, result_r)
+        self.workers[slot] = worker
+        self.stats.workers_started += 1
+
+    def _wait_set(self) -> list[Any]:
+        self._by_conn = {}
+        objects: list[Any] = [self._wake_r]
+        for worker in self.workers.values():
+            self._by_conn[worker.result_conn] = worker
+            self._by_conn[worker.process.sentinel] = worker
+            objects.append(worker.result_conn)
+            objects.append(worker.process.sentinel)
+        return objects
+
+    def _send(self, worker: _Worker, call: Call) -> bool:
+        try:
+            worker.task_conn.send_bytes(call.data)
+        except OSError:
+            # The worker is gone; its sentinel will tell us. The call never started.
+            self._requeue(call)
+            return False
+        worker.outstanding.append(call)
+        worker.sent += 1
+        if len(worker.outstanding) == 1:
+            call.job.future._try_start()
+        return True
+
+    def _usable(self, worker: _Worker) -> bool:
+        return not worker.dying and not worker.retiring
+
+    def _fill(self) -> None:
+        """Hand queued calls to workers that have room."""
+        if self.state is PoolState.TERMINATING or self.state is PoolState.BROKEN:
+            return
+        # Idle workers first, then one call of read-ahead for busy map workers.
+        for depth in (0, 1):
+            for worker in list(self.workers.values()):
+                while self.queue and self._usable(worker) and len(worker.outstanding) == depth:
+                    if self.max_tasks is not None and worker.sent >= self.max_tasks:
+                        break
+                    job = next(iter(self.queue.values()))
+                    if depth == 1 and (
+                        job.group is not worker.outstanding[0].job.group
+                        or len(worker.outstanding[0].data) > PREFETCH_MAX_BYTES
+                    ):
+                        break
+                    call = job.next_call(self.size)
+                    if call is None or job.exhausted:
+                        self.queue.pop(id(job), None)
+                    if call is None:
+                        continue
+                    if depth == 1 and len(call.data) > PREFETCH_MAX_BYTES:
+                        self._requeue(call)
+                        break
+                    if not self._send(worker, call):
+                        break
+            if not self.queue:
+                break
+        self._retire_spent()
+
+    def _retire_spent(self) -> None:
+        if self.max_tasks is None:
+            return
+        for worker in self.workers.values():
+            if (
+                not worker.retiring
+                and not worker.dying
+                and not worker.outstanding
+                and worker.sent >= self.max_tasks
+            ):
+                worker.retiring = True
+                with contextlib.suppress(OSError):
+                    worker.task_conn.send_bytes(m.CALL_HEADER.pack(0, m.STOP))
+
+    def _requeue(self, call: Call) -> None:
+        """Give a call that never started back to its job, at the front of the queue."""
+        job = call.job
+        if job.future.done():
+            return
+        if isinstance(job, SingleJob):
+            job.requeue(call)
+        elif isinstance(job, MapJob):
+            job.in_flight -= 1
+            job.hand_back(call.start + call.worker_done, call.stop)
+        self.queue[id(job)] = job
+        self.queue.move_to_end(id(job), last=False)
+
+    # ------------------------------------------------------------------------------
+    # the loop
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # never leave a caller hanging
+            LOGGER.critical("procpool dispatcher crashed", exc_info=True)
+            error = ProcpoolError(f"{self.name}: internal error in the dispatcher: {exc!r}")
+            error.__cause__ = exc
+            self._fail_everything(error, cancel=False)
+        finally:
+            self._stop_workers()
+            with self.lock:
+                self._callbacks_closed = True
+                wake_w, self._wake_w = self._wake_w, -1
+            if self._callback_thread is not None:
+                self._callbacks.put(None)
+            os.close(self._wake_r)
+            os.close(wake_w)
+
+    def _loop(self) -> None:
+        objects = self._wait_set()
+        while True:
+            self._woken = False
+            with self.lock:
+                commands = list(self.commands)
+                self.commands.clear()
+                state = self.state
+            for action in commands:
+                action()
+            del commands
+            if state is PoolState.TERMINATING:
+                self._fail_everything(None, cancel=True)
+                return
+            if state is PoolState.BROKEN:
+                return
+            self._fill()
+            if state is PoolState.CLOSED and self._idle():
+                return
+            timeout = self._next_deadline()
+            ready = wait(objects, timeout)
+            changed = False
+            for obj in ready:
+                if obj == self._wake_r:
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                worker = self._by_conn.get(obj)
+                if worker is None or self.workers.get(worker.slot) is not worker:
+                    continue
+                if obj is worker.result_conn:
+                    self._read(worker)
+                else:
+                    self._on_exit(worker)
+                    changed = True
+            self._check_deadlines()
+            if changed or len(objects) != 1 + 2 * len(self.workers):
+                objects = self._wait_set()
+
+    def _idle(self) -> bool:
+        with self.lock:
+            if self.queue or self.commands or self._callbacks_pending:
+                return False
+        return not any(w.outstanding for w in self.workers.values())
+
+    # ------------------------------------------------------------------------------
+    # replies
+
+    def _read(self, worker: _Worker) -> None:
+        try:
+            data = worker.result_conn.recv_bytes()
+        except (EOFError, OSError):
+            # The worker is exiting; its sentinel follows.
+            return
+        self._on_reply(worker, data)
+
+    def _drain(self, worker: _Worker) -> None:
+        """Read every reply a dead worker managed to send before it died."""
+        conn = worker.result_conn
+        with contextlib.suppress(EOFError, OSError):
+            while conn.poll():
+                self._on_reply(worker, conn.recv_bytes())
+
+    def _on_reply(self, worker: _Worker, data: bytes) -> None:
+        call_id, status, elapsed = m.REPLY_HEADER.unpack_from(data)
+        worker.replied = True
+        self._startup_failures = 0
+        if status == m.LOG:
+            self._replay_log(data)
+            return
+        if status == m.INIT_ERROR:
+            self._on_init_error(worker, data)
+            return
+        if worker.dying or not worker.outstanding or worker.outstanding[0].id != call_id:
+            return  # a reply to a call we already gave up on
+        call = worker.outstanding[0]
+        job = call.job
+        worker.busy += elapsed
+        self.stats.busy[worker.slot] += elapsed
+        try:
+            body = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
+        except Exception as exc:
+            status = m.BAD_PICKLE
+            body = (
+                f"the result of {job.describe(call, call.start + call.worker_done)} could not "
+                f"be unpickled in the parent ({type(exc).__name__}: {exc})"
+            )
+        del data
+        if status == m.ITEMS:
+            offset, values, errors, final = body
+            assert isinstance(job, MapJob)
+            job.record_timing(len(values), elapsed)
+            failures = (
+                {
+                    index - offset: self._remote_error(job, call, call.start + index, e)
+                    for index, e in errors.items()
+                }
+                if errors
+                else None
+            )
+            call.worker_done = offset + len(values)
+            self.stats.completed += len(values) - (len(failures) if failures else 0)
+            self.stats.failed += len(failures) if failures else 0
+            job.map_future._set_batch(call.start + offset, values, failures)
+            if final:
+                self._call_done(worker, call)
+            return
+        self._call_done(worker, call)
+        if status == m.OK:
+            self._resolve(job, result=body)
+        elif status == m.ERROR:
+            self._resolve(job, exception=self._remote_error(job, call, call.start, body))
+        else:  # BAD_PICKLE
+            self._fail_call(job, call, call.start + call.worker_done, SerializationError(body))
+
+    def _remote_error(
+        self, job: Job, call: Call, index: int, body: tuple[BaseException | None, str]
+    ) -> BaseException:
+        exc, tb = body
+        if exc is None:
+            return SerializationError(
+                f"{job.describe(call, index)} raised an exception that could not be sent "
+                f"back (it does not pickle); its traceback:\n{tb}"
+            )
+        exc.__cause__ = RemoteTraceback(tb)
+        return exc
+
+    def _call_done(self, worker: _Worker, call: Call) -> None:
+        worker.outstanding.popleft()
+        job = call.job
+        if isinstance(job, MapJob):
+            job.in_flight -= 1
+            if job.map_future.done():
+                job.release()
+        if worker.outstanding:
+            worker.outstanding[0].job.future._try_start()
+
+    def _resolve(
+        self, job: Job, *, result: object = None, exception: BaseException | None = None
+    ) -> None:
+        job.release()
+        if exception is None:
+            self.stats.completed += 1
+        else:
+            self.stats.failed += 1
+        job.future._finish(result, exception)
+
+    def _fail_call(self, job: Job, call: Call, first: int, error: BaseException) -> None:
+        """Fail a whole call: a single job's future, or every unreported item of a chunk."""
+        if isinstance(job, MapJob):
+            for index in range(first, call.stop):
+                job.map_future._set_error(index, error)
+                self.stats.failed += 1
+            if job.map_future.done():
+                job.release()
+        else:
+            self._resolve(job, exception=error)
+
+    def _replay_log(self, data: bytes) -> None:
+        try:
+            fields = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
+            record = logging.makeLogRecord(fields)
+            logging.getLogger(record.name).handle(record)
+        except Exception:
+            LOGGER.exception("could not replay a log record from a worker")
+
+    def _on_init_error(self, worker: _Worker, data: bytes) -> None:
+        try:
+            exc, tb = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
+        except Exception as error:
+            exc, tb = error, ""
+        if exc is None:
+            exc = ProcpoolError(f"the initializer raised an exception that does not pickle:\n{tb}")
+        elif tb:
+            exc.__cause__ = RemoteTraceback(tb)
+        name = getattr(self.initializer, "__qualname__", repr(self.initializer))
+        error = ProcpoolError(
+            f"{self.name}: the initializer {name} raised {type(exc).__name__}: {exc}; "
+            "the pool is broken and starts no more workers (fix the initializer)"
+        )
+        error.__cause__ = exc
+        self.broken = error
+        with self.lock:
+            self.state = PoolState.BROKEN
+        self._fail_everything(error, cancel=False)
+
+    # ------------------------------------------------------------------------------
+    # deaths, time limits, cancellation
+
+    def _marker(self, worker: _Worker) -> tuple[int, int, int]:
+        base = worker.slot * m.MARK_WIDTH
+        mark = self._mark
+        return mark[base + m.MARK_CALL], mark[base + m.MARK_ITEM], mark[base + m.MARK_SINCE]
+
+    def _on_exit(self, worker: _Worker) -> None:
+        """A worker's sentinel fired: account for its calls, reap it, replace it."""
+        self._drain(worker)
+        worker.process.join()
+        exitcode = worker.process.exitcode
+        if not worker.dying:
+            started_work = bool(worker.outstanding)
+            self._give_up_calls(worker, "died", exitcode)
+            if worker.retiring and exitcode == 0:
+                pass
+            elif not worker.replied and not started_work:
+                self._startup_failures += 1
+        self._discard(worker)
+        if self._startup_failures >= MAX_STARTUP_FAILURES:
+            error = ProcpoolError(
+                f"{self.name}: {self._startup_failures} workers in a row died before doing any "
+                f"work (last one {describe_exitcode(exitcode)}). Under spawn or forkserver the "
+                "main module must be importable and guard its code with "
+                "`if __name__ == '__main__':`"
+            )
+            self.broken = error
+            with self.lock:
+                self.state = PoolState.BROKEN
+            self._fail_everything(error, cancel=False)
+            return
+        self._replace(worker.slot)
+
+    def _discard(self, worker: _Worker) -> None:
+        self.workers.pop(worker.slot, None)
+        worker.task_conn.close()
+        worker.result_conn.close()
+        with contextlib.suppress(ValueError):
+            worker.process.close()
+
+    def _replace(self, slot: int) -> None:
+        if self.state not in (PoolState.RUNNING, PoolState.CLOSED):
+            return
+        if slot in self.workers:
+            return
+        if self.state is PoolState.CLOSED and self._idle():
+            return
+        self._start_worker(slot)
+        self.stats.workers_replaced += 1
+
+    def _kill(self, worker: _Worker, reason: str) -> None:
+        """Kill a worker now and settle its calls; the sentinel reaps it later."""
+        if worker.dying:
+            return
+        self._drain(worker)
+        worker.dying = True
+        with contextlib.suppress(Exception):
+            worker.process.kill()
+        self._give_up_calls(worker, reason, None)
+
+    def _give_up_calls(self, worker: _Worker, reason: str, exitcode: int | None) -> None:
+        """Settle the calls of a worker that is gone: blame one item, hand back the rest."""
+        calls = list(worker.outstanding)
+        worker.outstanding.clear()
+        if not calls:
+            return
+        mark_call, mark_item, _ = self._marker(worker)
+        head = calls[0]
+        for call in calls[1:]:
+            self._requeue(call)
+        job = head.job
+        if job.future.done():
+            if isinstance(job, MapJob):
+                job.in_flight -= 1
+            return
+        if mark_call != head.id:
+            self._requeue(head)  # it never started
+            return
+        pid = worker.process.pid
+        if isinstance(job, MapJob):
+            job.in_flight -= 1
+            running = head.start + max(mark_item, head.worker_done)
+            lost_results = range(head.start + head.worker_done, running)
+            for index in lost_results:
+                job.map_future._set_error(
+                    index,
+                    WorkerLostError(
+                        f"{job.describe(head, index)} finished, but its worker (pid {pid}) "
+                        f"was stopped ({reason}) before it sent the result",
+                        exitcode=exitcode,
+                        pid=pid,
+                    ),
+                )
+                self.stats.failed += 1
+            job.hand_back(running + 1, head.stop)
+            self._blame(job, head, running, reason, exitcode, pid)
+            if job.map_future.done():
+                job.release()
+            elif not job.exhausted:
+                self.queue[id(job)] = job
+                self.queue.move_to_end(id(job), last=False)
+        else:
+            self._blame(job, head, head.start, reason, exitcode, pid)
+
+    def _blame(
+        self, job: Job, call: Call, index: int, reason: str, exitcode: int | None, pid: int | None
+    ) -> None:
+        """Fail (or retry) the one item that was running when its worker was stopped."""
+        if reason == "cancelled":
+            return
+        timed_out = reason == "timeout"
+        if timed_out:
+            self.stats.timed_out += 1
+        attempts = (
+            job.attempts if isinstance(job, SingleJob) else job.attempts.get(index, 0)  # type: ignore[attr-defined]
+        )
+        if attempts < job.retries and (not timed_out or job.retry_timeouts):
+            self.stats.retried += 1
+            if isinstance(job, SingleJob):
+                job.attempts += 1
+                job.requeue(call)
+            else:
+                assert isinstance(job, MapJob)
+                job.attempts[index] = attempts + 1
+                job.hand_back(index, index + 1)
+            self.queue[id(job)] = job
+            self.queue.move_to_end(id(job), last=False)
+            return
+        error: BaseException
+        if timed_out:
+            error = TaskTimeoutError(
+                f"{job.describe(call, index)} ran longer than its time limit of "
+                f"{call.timeout:g} s; its worker (pid {pid}) was killed and replaced",
+                timeout=call.timeout,
+            )
+        else:
+            tries = f" (after {attempts + 1} attempts)" if attempts else ""
+            error = WorkerLostError(
+                f"{job.describe(call, index)}{tries}: its worker (pid {pid}) "
+                f"{describe_exitcode(exitcode)}",
+                exitcode=exitcode,
+                pid=pid,
+            )
+        if isinstance(job, MapJob):
+            job.map_future._set_error(index, error)
+            self.stats.failed += 1
+        else:
+            self._resolve(job, exception=error)
+
+    def _next_deadline(self) -> float | None:
+        nearest: float | None = None
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.dying or not worker.outstanding:
+                continue
+            head = worker.outstanding[0]
+            if head.timeout is None:
+                continue
+            mark_call, _, since = self._marker(worker)
+            if mark_call == head.id:
+                due = since / 1e9 + head.timeout
+            else:
+                # Sent but not started (the worker is still starting up): look again soon.
+                due = now + min(head.timeout, 0.05)
+            nearest = due if nearest is None else min(nearest, due)
+        if nearest is None:
+            return None
+        return max(0.0, nearest - now)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic_ns()
+        for worker in list(self.workers.values()):
+            if worker.dying or not worker.outstanding:
+                continue
+            head = worker.outstanding[0]
+            if head.timeout is None:
+                continue
+            mark_call, _, since = self._marker(worker)
+            if mark_call == head.id and now - since >= head.timeout * 1e9:
+                self._kill(worker, "timeout")
+
+    def _cancel_job(self, job: Job) -> None:
+        """The job's future was cancelled: drop it, and stop any worker running it."""
+        self.queue.pop(id(job), None)
+        self.stats.cancelled += 1
+        for worker in list(self.workers.values()):
+            if any(call.job is job for call in worker.outstanding):
+                self._kill(worker, "cancelled")
+        job.release()
+
+    def _fail_everything(self, error: BaseException | None, *, cancel: bool) -> None:
+        """End every unfinished future: cancel it, or fail it with ``error``."""
+        jobs: dict[int, Job] = {}
+        with self.lock:
+            for job in self.queue.values():
+                jobs[id(job)] = job
+            self.queue.clear()
+        for worker in self.workers.values():
+            for call in worker.outstanding:
+                jobs[id(call.job)] = call.job
+            worker.outstanding.clear()
+            worker.dying = True
+        for job in jobs.values():
+            fut = job.future
+            if fut.done():
+                continue
+            if cancel or error is None:
+                self.stats.cancelled += 1
+                fut._abandon()
+            elif isinstance(fut, MapFuture):
+                fut._fail_remaining(error)
+            else:
+                fut._finish(exception=error)
+            job.release()
+
+    def _stop_workers(self) -> None:
+        """Stop and reap every worker: STOP if they are idle, else kill."""
+        workers = list(self.workers.values())
+        graceful = self.state is PoolState.CLOSED
+        for worker in workers:
+            if graceful and not worker.dying and not worker.retiring:
+                with contextlib.suppress(OSError):
+                    worker.task_conn.send_bytes(m.CALL_HEADER.pack(0, m.STOP))
+            elif not graceful:
+                with contextlib.suppress(Exception):
+                    worker.process.terminate()
+        deadline = time.monotonic() + (STOP_GRACE if graceful else 0.5)
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                with contextlib.suppress(Exception):
+                    worker.process.kill()
+                worker.process.join()
+            self._discard(worker)

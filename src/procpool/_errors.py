@@ -1,0 +1,128 @@
+"""The exception hierarchy of procpool.
+
+::
+
+    Exception
+     └── ProcpoolError
+          ├── WorkerLostError      (also concurrent.futures.process.BrokenProcessPool)
+          ├── TaskTimeoutError     (also TimeoutError)
+          ├── PoolClosedError      (also RuntimeError)
+          └── SerializationError
+
+A task's own exception is never wrapped: it reaches the caller with its own type,
+and the worker-side traceback hangs on ``__cause__`` as a :class:`RemoteTraceback`,
+the way :mod:`concurrent.futures` does it.
+"""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "PoolClosedError",
+    "ProcpoolError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+    "describe_exitcode",
+]
+
+# Why a process most often dies of a given signal; shown to the user because
+# "exit code -9" alone sends people looking in the wrong place.
+_LIKELY_CAUSE = {
+    signal.SIGKILL: "killed from outside, most often by the out-of-memory killer",
+    signal.SIGSEGV: "a crash in native code (a C extension or ctypes)",
+    signal.SIGBUS: "a crash in native code (bad memory access)",
+    signal.SIGABRT: "an abort in native code (a failed C assertion)",
+    signal.SIGTERM: "terminated from outside",
+    signal.SIGFPE: "a floating-point fault in native code",
+    signal.SIGILL: "an illegal instruction in native code",
+}
+
+
+def describe_exitcode(exitcode: int | None) -> str:
+    """Say in words how a process ended, from its ``exitcode``."""
+    if exitcode is None:
+        return "the process ended without an exit code"
+    if exitcode < 0:
+        try:
+            sig = signal.Signals(-exitcode)
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+        cause = _LIKELY_CAUSE.get(sig)
+        text = f"killed by {sig.name} (exit code {exitcode})"
+        return f"{text}: {cause}" if cause else text
+    return f"exited with code {exitcode} (os._exit or sys.exit in the task?)"
+
+
+class ProcpoolError(Exception):
+    """Raised for failures of procpool itself; the base of all procpool errors."""
+
+
+class WorkerLostError(ProcpoolError, BrokenProcessPool):
+    """Raised when the process running a task died before it answered.
+
+    The cause is a signal (SIGKILL from the out-of-memory killer, SIGSEGV from
+    native code), ``os._exit``, or a kill from outside. Only the task(s) that
+    process was running fail; the pool starts a replacement worker.
+
+    Attributes:
+        exitcode: the dead process's exit code (negative: killed by that signal).
+        pid: its process id.
+    """
+
+    def __init__(self, message: str, *, exitcode: int | None = None, pid: int | None = None):
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_worker_lost, (str(self), self.exitcode, self.pid))
+
+
+def _rebuild_worker_lost(message: str, exitcode: int | None, pid: int | None) -> WorkerLostError:
+    return WorkerLostError(message, exitcode=exitcode, pid=pid)
+
+
+class TaskTimeoutError(ProcpoolError, TimeoutError):
+    """Raised when a task ran past its time limit; its worker was killed and replaced.
+
+    Attributes:
+        timeout: the limit, in seconds.
+    """
+
+    def __init__(self, message: str, *, timeout: float | None = None):
+        super().__init__(message)
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_timeout, (str(self), self.timeout))
+
+
+def _rebuild_timeout(message: str, timeout: float | None) -> TaskTimeoutError:
+    return TaskTimeoutError(message, timeout=timeout)
+
+
+class PoolClosedError(ProcpoolError, RuntimeError):
+    """Raised when work is submitted to a pool after ``close()``, ``terminate()`` or ``shutdown()``."""
+
+
+class SerializationError(ProcpoolError):
+    """Raised when a function, argument, result or exception could not be pickled or unpickled.
+
+    The message names what failed and suggests the fix: define the function at
+    module top level, or send functions with cloudpickle (``Pool(cloudpickle=True)``).
+    """
+
+
+class RemoteTraceback(Exception):
+    """Raised never; carries a worker's formatted traceback as an exception's ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

@@ -1,0 +1,505 @@
+"""Futures: ``Future[T]`` with ``then``/``catch``/``await``, and ``MapFuture[R]``.
+
+Both subclass :class:`concurrent.futures.Future`, so ``concurrent.futures.wait``,
+``as_completed`` and ``asyncio.wrap_future`` accept them. They reuse its state
+machine (``_state``, ``_condition``, ``_waiters``) rather than shadowing it, because
+those helpers read the fields directly.
+
+Two things differ from the standard class, both on purpose:
+
+* ``cancel()`` also works on a *running* future when its executor knows how to
+  stop the work (it installs a cancel hook): the worker is killed and replaced.
+* An executor resolves a future with ``_finish``, which wakes waiters at once but
+  hands the callbacks to a runner of the executor's choosing. The pool runs them
+  on its own callback thread, so a callback that blocks, or waits for another
+  future of the same pool, can never stall the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import CancelledError, InvalidStateError
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
+from typing import Any, Generic, TypeVar, cast, overload
+
+__all__ = ["Future", "MapFuture"]
+
+T = TypeVar("T")
+S = TypeVar("S")
+R = TypeVar("R")
+
+LOGGER = logging.getLogger("procpool")
+
+_DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+
+#: Called (outside any lock) when ``cancel()`` succeeds; the argument says
+#: whether the work had already started, in which case it must be stopped.
+CancelHook = Callable[[bool], None]
+#: Runs a future's callbacks; receives a thunk that invokes them.
+CallbackRunner = Callable[[Callable[[], None]], None]
+
+
+def _ignore_cancel(was_running: bool) -> None:
+    """Cancel hook for an executor that is itself doing the cancelling."""
+
+
+def _log_callback_error(fut: object) -> None:
+    LOGGER.exception("exception calling callback for %r", fut)
+
+
+class _SafeCallback(Generic[T]):
+    """Wrap a done-callback so that nothing it raises escapes into our threads."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Future[T]], object]) -> None:
+        self.fn = fn
+
+    def __call__(self, fut: concurrent.futures.Future[T]) -> None:
+        try:
+            self.fn(cast("Future[T]", fut))
+        except BaseException as exc:
+            # KeyboardInterrupt/SystemExit raised by a callback running inline in the
+            # main thread belong to the user's program; anywhere else (the pool's
+            # threads) they would kill a thread that other futures depend on.
+            if (
+                isinstance(exc, (KeyboardInterrupt, SystemExit))
+                and threading.current_thread() is threading.main_thread()
+            ):
+                raise
+            _log_callback_error(fut)
+
+
+class Future(concurrent.futures.Future[T]):
+    """The result of work running in another process; chainable and awaitable.
+
+    A subclass of :class:`concurrent.futures.Future`: ``result()``, ``exception()``,
+    ``done()``, ``cancel()`` and ``add_done_callback()`` behave as there, and
+    ``concurrent.futures.wait``/``as_completed``/``asyncio.wrap_future`` accept it.
+    In addition, ``cancel()`` stops work that is already running (its worker is
+    killed and replaced), :meth:`then` and :meth:`catch` chain follow-up work, and
+    ``await fut`` works in a running asyncio loop.
+
+    Example::
+
+        fut = pool.submit(pow, 2, 10).then(str)   # Future[str]
+        assert fut.result() == "1024"
+    """
+
+    _cancel_hook: CancelHook | None
+    _callback_runner: CallbackRunner | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cancel_hook = None
+        self._callback_runner = None
+
+    # -- executor side -----------------------------------------------------------
+
+    def _try_start(self) -> bool:
+        """Move PENDING -> RUNNING; False if the future was cancelled meanwhile."""
+        with self._condition:
+            if self._state == PENDING:
+                self._state = RUNNING
+                return True
+            return False
+
+    def _finish(self, result: object = None, exception: BaseException | None = None) -> bool:
+        """Resolve the future; False (and no change) if it was already done or cancelled.
+
+        Waiters wake at once; callbacks go to the callback runner, if one is set.
+        """
+        with self._condition:
+            if self._state in _DONE_STATES:
+                return False
+            if exception is not None:
+                self._exception = exception
+                for waiter in self._waiters:
+                    waiter.add_exception(self)
+            else:
+                self._result = cast("T", result)
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+            self._state = FINISHED
+            self._condition.notify_all()
+        self._run_callbacks()
+        return True
+
+    def _run_callbacks(self) -> None:
+        if not self._done_callbacks:
+            return
+        runner = self._callback_runner
+        if runner is None:
+            self._invoke_callbacks()
+        else:
+            runner(self._invoke_callbacks)
+
+    def _abandon(self) -> None:
+        """Cancel, running or not, without calling back into the executor."""
+        self._cancel_hook = _ignore_cancel
+        self.cancel()
+
+    # -- public API ----------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Cancel the work; stop it if it is already running.
+
+        Returns:
+            True if the future is now cancelled, False if it had already finished
+            (or is running on an executor that cannot stop it).
+        """
+        with self._condition:
+            state = self._state
+            if state == FINISHED:
+                return False
+            if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            hook = self._cancel_hook
+            was_running = state == RUNNING
+            if was_running and hook is None:
+                return False
+            # Straight to CANCELLED_AND_NOTIFIED: ``wait``/``as_completed`` see a
+            # cancelled future only in that state, and no executor needs to notify.
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._cancel_hook = None
+        if hook is not None:
+            try:
+                hook(was_running)
+            except Exception:
+                LOGGER.exception("error while cancelling %r", self)
+        self._run_callbacks()
+        return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """As in :class:`concurrent.futures.Future`; for code that drives futures itself."""
+        with self._condition:
+            if self._state == CANCELLED_AND_NOTIFIED:
+                return False
+        return super().set_running_or_notify_cancel()
+
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:  # type: ignore[override]
+        """Call ``fn(future)`` once the future is done (at once if it already is).
+
+        ``fn`` runs in the parent process, never in a worker; an exception it raises
+        is logged on the ``procpool`` logger and never disturbs the pool.
+        """
+        super().add_done_callback(_SafeCallback(fn))
+
+    @overload
+    def then(self, fn: Callable[[T], concurrent.futures.Future[S]], /) -> Future[S]: ...
+    @overload
+    def then(self, fn: Callable[[T], S], /) -> Future[S]: ...
+    def then(self, fn: Callable[[T], Any], /) -> Future[Any]:
+        """Chain ``fn(result)``, run in the parent once this future succeeds.
+
+        The new future holds ``fn``'s return value, or the exception ``fn`` raised.
+        If this future failed or was cancelled, ``fn`` is not called and the new
+        future fails (or is cancelled) the same way. If ``fn`` returns a future,
+        the new future follows it, so chained submissions flatten::
+
+            total = pool.submit(load, path).then(lambda data: pool.submit(parse, data))
+        """
+        chained: Future[Any] = Future()
+        chained._callback_runner = self._callback_runner
+
+        def on_done(source: Future[T]) -> None:
+            if source.cancelled():
+                chained.cancel()
+                return
+            exc = source.exception()
+            if exc is not None:
+                chained._finish(exception=exc)
+                return
+            try:
+                value = fn(source.result())
+            except BaseException as error:
+                chained._finish(exception=error)
+                return
+            _settle(chained, value)
+
+        self.add_done_callback(on_done)
+        return chained
+
+    def catch(self, fn: Callable[[BaseException], S], /) -> Future[T | S]:
+        """Recover from a failure: ``fn(exception)`` runs only if this future failed.
+
+        Success passes through unchanged; cancellation is passed on. The new future
+        holds ``fn``'s return value, or the exception ``fn`` raised::
+
+            value = pool.submit(risky).catch(lambda exc: -1).result()
+        """
+        chained: Future[T | S] = Future()
+        chained._callback_runner = self._callback_runner
+
+        def on_done(source: Future[T]) -> None:
+            if source.cancelled():
+                chained.cancel()
+                return
+            exc = source.exception()
+            if exc is None:
+                chained._finish(source.result())
+                return
+            try:
+                value = fn(exc)
+            except BaseException as error:
+                chained._finish(exception=error)
+                return
+            _settle(chained, value)
+
+        self.add_done_callback(on_done)
+        return chained
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await fut`` inside a running asyncio loop gives the result."""
+        return asyncio.wrap_future(self).__await__()
+
+
+def _settle(target: Future[Any], value: object) -> None:
+    """Resolve ``target`` with ``value``, following it if it is itself a future."""
+    if isinstance(value, concurrent.futures.Future):
+        inner = cast("concurrent.futures.Future[Any]", value)
+
+        def follow(done: concurrent.futures.Future[Any]) -> None:
+            if done.cancelled():
+                target.cancel()
+                return
+            exc = done.exception()
+            if exc is not None:
+                target._finish(exception=exc)
+            else:
+                target._finish(done.result())
+
+        if isinstance(inner, Future):
+            inner.add_done_callback(follow)
+        else:
+            concurrent.futures.Future.add_done_callback(inner, follow)
+        return
+    target._finish(value)
+
+
+_MISSING: Any = object()
+_RELEASED: Any = object()
+
+
+class MapFuture(Future[list[R]], Iterator[R]):
+    """The results of ``Pool.map``: a ``Future[list[R]]`` that is also an ``Iterator[R]``.
+
+    Iterate it to stream the results in input order as they arrive (the first
+    failed item's exception is raised when reached), or call :meth:`result` for the
+    whole list. ``.then(sum)`` chains on the list; ``await`` gives the list.
+
+    Iterating keeps no result alive after yielding it. The list is kept only when
+    it is asked for (``result()``, ``then``, ``catch``, ``await``,
+    ``add_done_callback``); asking for it after iteration has already released
+    items raises :class:`concurrent.futures.InvalidStateError`.
+
+    Example::
+
+        for square in pool.map(pow, range(10), repeat(2)):
+            print(square)
+        total = pool.map(abs, [-1, 2]).then(sum).result()   # 3
+    """
+
+    def __init__(self, size: int, *, timeout: float | None = None) -> None:
+        super().__init__()
+        self._size = size
+        self._values: list[Any] = [_MISSING] * size
+        self._errors: dict[int, BaseException] = {}
+        self._received = 0
+        self._next = 0
+        self._keep = False
+        self._released = False
+        # Executor.map semantics: the deadline counts from the call, for every item.
+        self._deadline: float | None = None
+        #: Told how many more items arrived (progress reporting).
+        self._on_progress: Callable[[int], object] | None = None
+        if timeout is not None:
+            self._deadline = time.monotonic() + timeout
+        if size == 0:
+            self._state = FINISHED
+
+    # -- executor side -----------------------------------------------------------
+
+    def _set_items(self, start: int, values: list[Any]) -> None:
+        """Store results for items ``start .. start+len(values)-1``."""
+        self._set_batch(start, values, None)
+
+    def _set_batch(
+        self, start: int, values: list[Any], errors: dict[int, BaseException] | None
+    ) -> None:
+        """Store a batch of results; ``errors`` maps batch-relative indices to failures."""
+        with self._condition:
+            if self._state in _DONE_STATES:
+                return
+            stop = start + len(values)
+            self._values[start:stop] = values
+            if errors:
+                for index, exc in errors.items():
+                    self._errors[start + index] = exc
+            self._received += len(values)
+            complete = self._received >= self._size
+            if not complete:
+                self._condition.notify_all()
+        self._progressed(len(values))
+        if complete:
+            self._complete()
+
+    def _progressed(self, count: int) -> None:
+        report = self._on_progress
+        if report is not None:
+            try:
+                report(count)
+            except Exception:
+                LOGGER.exception("progress callback failed")
+
+    def _fail_remaining(self, exc: BaseException) -> None:
+        """Fail every item that has no result yet with ``exc``."""
+        with self._condition:
+            if self._state in _DONE_STATES:
+                return
+            for index, value in enumerate(self._values):
+                if value is _MISSING and index not in self._errors:
+                    self._errors[index] = exc
+                    self._values[index] = None
+                    self._received += 1
+        self._complete()
+
+    def _set_error(self, index: int, exc: BaseException) -> None:
+        """Record that item ``index`` failed with ``exc``."""
+        with self._condition:
+            if self._state in _DONE_STATES:
+                return
+            self._errors[index] = exc
+            self._values[index] = None
+            self._received += 1
+            complete = self._received >= self._size
+            if not complete:
+                self._condition.notify_all()
+        self._progressed(1)
+        if complete:
+            self._complete()
+
+    def _complete(self) -> None:
+        with self._condition:
+            if self._state in _DONE_STATES:
+                return
+            first_error = self._first_error()
+            if first_error is not None:
+                self._exception = first_error
+                for waiter in self._waiters:
+                    waiter.add_exception(self)
+            else:
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+            self._state = FINISHED
+            self._condition.notify_all()
+        self._run_callbacks()
+
+    def _first_error(self) -> BaseException | None:
+        if not self._errors:
+            return None
+        return self._errors[min(self._errors)]
+
+    # -- the list --------------------------------------------------------------------
+
+    def _keep_list(self) -> None:
+        with self._condition:
+            if self._released:
+                raise InvalidStateError(
+                    "the MapFuture's list is gone: iterating it released the results "
+                    "already yielded; call result() (or then/catch/await) before iterating "
+                    "if you need both"
+                )
+            self._keep = True
+
+    def result(self, timeout: float | None = None) -> list[R]:
+        """Wait for every item and return the results as a list, in input order.
+
+        Raises:
+            The first failed item's exception (in input order); ``CancelledError``;
+            ``TimeoutError`` if not done within ``timeout`` seconds;
+            ``InvalidStateError`` if iteration has already released results.
+        """
+        self._keep_list()
+        with self._condition:
+            # Item arrivals notify the condition too: wait until done or out of time.
+            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                raise CancelledError()
+            if self._state != FINISHED:
+                raise concurrent.futures.TimeoutError()
+            if self._exception is not None:
+                raise self._exception
+            return list(self._values)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for every item; return the first failed item's exception, or None."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                raise CancelledError()
+            if self._state != FINISHED:
+                raise concurrent.futures.TimeoutError()
+            return self._exception
+
+    def add_done_callback(self, fn: Callable[[Future[list[R]]], object]) -> None:  # type: ignore[override]
+        """As :meth:`Future.add_done_callback`; keeps the list for the callback."""
+        self._keep_list()
+        super().add_done_callback(fn)
+
+    # -- iteration -------------------------------------------------------------------
+
+    def __iter__(self) -> MapFuture[R]:
+        return self
+
+    def __next__(self) -> R:
+        with self._condition:
+            index = self._next
+            if index >= self._size:
+                raise StopIteration
+            while True:
+                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                    raise CancelledError()
+                value = self._values[index]
+                if value is not _MISSING:
+                    break
+                if index in self._errors:
+                    break
+                if self._deadline is None:
+                    self._condition.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            if value is _MISSING and index not in self._errors:
+                timed_out = True
+            else:
+                timed_out = False
+                self._next = index + 1
+                error = self._errors.get(index)
+                if not self._keep:
+                    self._values[index] = _RELEASED
+                    self._released = True
+        if timed_out:
+            # As Executor.map: a result that is not ready in time cancels the rest.
+            self.cancel()
+            raise concurrent.futures.TimeoutError()
+        if error is not None:
+            raise error
+        return cast("R", value)
+

@@ -1,0 +1,241 @@
+"""Work items as the dispatcher sees them: jobs, and the calls they are cut into.
+
+A *job* is what a user asked for: one ``submit`` (:class:`SingleJob`) or one
+``map`` / one ``imap`` chunk (:class:`MapJob`). The dispatcher asks the job at the
+head of its queue for the next *call* (one message to one worker). A single job
+is one call; a map job is cut into chunks whose size adapts to the measured time
+per item, so tiny items travel in large batches and long ones one by one.
+
+Jobs hold their function and inputs only until their future is done; calls hold
+only their own slice.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _messages as m
+from ._channel import describe_callable, encode_call
+from ._errors import SerializationError
+from ._future import Future, MapFuture
+
+_ids = itertools.count(1)
+
+
+def new_call_id() -> int:
+    """A process-wide unique id for a call message."""
+    return next(_ids)
+
+#: A chunk should keep a worker busy about this long: long enough that the round
+#: trip is noise, short enough that the tail of a map stays balanced.
+TARGET_CHUNK_SECONDS = 0.02
+
+
+class Call:
+    """One message to one worker: a whole single job, or a range of a map job."""
+
+    __slots__ = ("data", "id", "job", "start", "stop", "timeout", "worker_done")
+
+    def __init__(self, job: Job, data: bytes, start: int = 0, stop: int = 1) -> None:
+        self.id: int = m.CALL_HEADER.unpack_from(data)[0]
+        self.job = job
+        self.data = data
+        # Range of the job's items this call carries (0..1 for a single job).
+        self.start = start
+        self.stop = stop
+        #: How many items, counted from ``start``, the parent has results for.
+        self.worker_done = 0
+        self.timeout = job.timeout
+
+
+class Job:
+    """Base of the two kinds of job."""
+
+    future: Future[Any]
+    group: object
+    timeout: float | None
+    retries: int
+    retry_timeouts: bool
+    fn: Callable[..., Any] | None
+
+    def next_call(self, workers: int) -> Call | None:
+        """The next call to send, or None when everything has been handed out."""
+        raise NotImplementedError
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every item has been handed out (retries may add more)."""
+        raise NotImplementedError
+
+    def describe(self, call: Call, index: int) -> str:
+        """Name the task (and item) for error messages."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop the function and inputs once the future is done."""
+        self.fn = None
+
+
+class SingleJob(Job):
+    """One ``submit``: the call is pickled up front, in the submitting thread."""
+
+    def __init__(
+        self,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        data: bytes,
+        *,
+        timeout: float | None,
+        retries: int,
+        retry_timeouts: bool,
+    ) -> None:
+        self.future = future
+        self.fn = fn
+        self.name = describe_callable(fn)
+        self.group = self
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_timeouts = retry_timeouts
+        self._data: bytes | None = data
+        self.attempts = 0
+
+    def next_call(self, workers: int) -> Call | None:
+        data = self._data
+        if data is None:
+            return None
+        self._data = None
+        return Call(self, data)
+
+    def requeue(self, call: Call) -> None:
+        """Hand the same call out again (it never started, or it is being retried)."""
+        self._data = call.data
+
+    @property
+    def exhausted(self) -> bool:
+        return self._data is None
+
+    def describe(self, call: Call, index: int) -> str:
+        return f"task {self.name}"
+
+    def release(self) -> None:
+        self.fn = None
+        self._data = None
+
+
+class MapJob(Job):
+    """A ``map`` (or one ``imap`` chunk): items cut into adaptive chunks."""
+
+    def __init__(
+        self,
+        future: MapFuture[Any],
+        fn: Callable[..., Any],
+        items: Sequence[Any],
+        *,
+        star: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        retries: int,
+        retry_timeouts: bool,
+        cloud: bool,
+        base_index: int = 0,
+        group: object = None,
+    ) -> None:
+        self.future = future
+        self.map_future = future
+        self.fn = fn
+        self.name = describe_callable(fn)
+        self.items: Sequence[Any] | None = items
+        self.star = star
+        self.fixed = chunksize
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_timeouts = retry_timeouts
+        self.cloud = cloud
+        self.base_index = base_index
+        self.group = group if group is not None else self
+        self.next_index = 0
+        self.size = len(items)
+        #: Ranges handed back (never started, or retried), served before new items.
+        self.pending: deque[tuple[int, int]] = deque()
+        self.attempts: dict[int, int] = {}
+        self.seconds_per_item: float | None = None
+        self.in_flight = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.pending and self.next_index >= self.size
+
+    def _chunk_size(self, workers: int) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        remaining = self.size - self.next_index
+        # Keep the tail balanced: never more than a share of what is left.
+        share = max(1, -(-remaining // (2 * workers)))
+        if self.seconds_per_item is None:
+            # Nothing measured yet: start small, so slow items spread at once and
+            # the first replies tell us how big chunks should be.
+            return min(share, 1 if self.in_flight < workers else 4)
+        by_time = int(TARGET_CHUNK_SECONDS / max(self.seconds_per_item, 1e-9))
+        return max(1, min(share, by_time))
+
+    def record_timing(self, items: int, seconds: float) -> None:
+        """Learn the time per item from a reply (an average, weighted to the new)."""
+        if items <= 0:
+            return
+        sample = seconds / items
+        old = self.seconds_per_item
+        self.seconds_per_item = sample if old is None else 0.5 * old + 0.5 * sample
+
+    def next_call(self, workers: int) -> Call | None:
+        kind = m.STARCHUNK if self.star else m.CHUNK
+        while True:
+            items = self.items
+            if items is None or self.fn is None:
+                return None
+            if self.pending:
+                start, stop = self.pending.popleft()
+            elif self.next_index < self.size:
+                start = self.next_index
+                stop = min(self.size, start + self._chunk_size(workers))
+                self.next_index = stop
+            else:
+                return None
+            chunk = list(items[start:stop])
+            try:
+                data = encode_call(new_call_id(), kind, self.fn, (chunk,), self.cloud)
+            except SerializationError as exc:
+                if stop - start > 1:
+                    # Find the culprit(s): hand the range out again one item at a time.
+                    self.pending.extendleft(reversed([(i, i + 1) for i in range(start, stop)]))
+                else:
+                    error = _item_serialization_error(self, start, chunk[0], exc)
+                    self.map_future._set_error(start, error)
+                continue
+            self.in_flight += 1
+            return Call(self, data, start, stop)
+
+    def hand_back(self, start: int, stop: int) -> None:
+        """Queue items ``start..stop`` again (they never started)."""
+        if start < stop:
+            self.pending.appendleft((start, stop))
+
+    def describe(self, call: Call, index: int) -> str:
+        return f"item {self.base_index + index} of map({self.name}, ...)"
+
+    def release(self) -> None:
+        self.fn = None
+        self.items = None
+        self.pending.clear()
+
+
+def _item_serialization_error(
+    job: MapJob, index: int, item: object, cause: SerializationError
+) -> SerializationError:
+    args = item if job.star and isinstance(item, tuple) else (item,)
+    from ._channel import diagnose_call
+
+    detail = diagnose_call(job.fn, tuple(args), {}) if job.fn is not None else str(cause)  # pyright: ignore[reportUnknownArgumentType]
+    return SerializationError(f"item {job.base_index + index} of map: {detail}")

@@ -1,0 +1,69 @@
+"""The small fixed formats that cross the process boundary.
+
+Every message on a pipe is one ``send_bytes`` frame: a fixed binary header
+followed by a pickle body. The header is read without unpickling anything, so a
+body that cannot be unpickled still names the call it belongs to, and only that
+call fails.
+
+Parent -> worker (``CALL_HEADER``: call id, kind)::
+
+    CALL        body: (fn, args, kwargs)        run fn(*args, **kwargs)
+    CHUNK       body: (fn, items)               run fn(item) for each item
+    STARCHUNK   body: (fn, items)               run fn(*item) for each item
+    STOP        no body                         exit the loop cleanly
+
+Worker -> parent (``REPLY_HEADER``: call id, status, seconds spent)::
+
+    OK          body: value                     the call's return value
+    ERROR       body: (exception, traceback)    the call raised
+    ITEMS       body: (offset, values, errors, final)   results of part of a chunk
+    BAD_PICKLE  body: message                   a call, result or exception would not (un)pickle
+    INIT_ERROR  body: (exception, traceback)    the initializer raised; the worker exits
+    LOG         body: dict of LogRecord fields  a forwarded log record (forward_logs=True)
+
+The worker also publishes, in a shared ``marker`` array, which call and which item
+of a chunk it is running and since when. That costs two stores per item instead of
+a message per item, and it is what lets the parent blame exactly one item when a
+worker dies or overruns its time limit, and hand the items after it to another
+worker instead of failing them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+CALL_HEADER = struct.Struct("<qB")
+REPLY_HEADER = struct.Struct("<qBd")
+
+# Kinds of call.
+CALL = 0
+CHUNK = 1
+STARCHUNK = 2
+STOP = 3
+#: Or-ed into the kind: the function travels as cloudpickle bytes.
+CLOUDPICKLED = 0x10
+
+# Statuses of a reply.
+OK = 0
+ERROR = 1
+ITEMS = 2
+BAD_PICKLE = 3
+INIT_ERROR = 4
+LOG = 5
+
+#: Call id used by messages that belong to no call (INIT_ERROR, LOG).
+NO_CALL = -1
+
+# Layout of one worker's slot in the shared marker array (int64 each).
+MARK_CALL = 0  # id of the call being run, or -1 between calls
+MARK_ITEM = 1  # index, within a chunk, of the item being run
+MARK_SINCE = 2  # time.monotonic_ns() when that item started
+MARK_WIDTH = 3
+
+#: How long a worker may hold finished chunk results before sending them. Bounds
+#: the results a death can lose and keeps per-item time limits honest, while tiny
+#: items still travel in large batches.
+FLUSH_INTERVAL = 0.005
+#: An item that took this long has its result sent before the next item starts:
+#: the message costs little next to the item, and no crash can lose the result.
+SLOW_ITEM = 0.001

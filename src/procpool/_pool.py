@@ -1,0 +1,708 @@
+"""The public ``Pool``: argument checks, lifecycle, submit/map/imap, the with-block.
+
+Scheduling lives in :mod:`procpool._dispatcher`; this module turns calls into
+jobs and hands them over. See the dispatcher's docstring for the data flow.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from concurrent.futures import wait as _wait_futures
+from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+from typing_extensions import ParamSpec, Self
+
+from . import _messages as m
+from ._channel import encode_call
+from ._dispatcher import Dispatcher, PoolState
+from ._errors import SerializationError
+from ._future import Future, MapFuture
+from ._jobs import MapJob, SingleJob, new_call_id
+from ._progress import Progress, Reporter, make_reporter
+
+__all__ = ["Pool", "PoolStats", "default_context", "resolve_context"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+T4 = TypeVar("T4")
+T5 = TypeVar("T5")
+
+StartMethod = Literal["fork", "spawn", "forkserver"]
+
+_pool_numbers = itertools.count(1)
+_live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+_exit_hook_installed = False
+_exit_lock = threading.Lock()
+
+
+def default_start_method() -> StartMethod:
+    """forkserver where it exists (Linux; the Python 3.14 default), else spawn.
+
+    Never fork by default: forking a process that runs threads (ours, or the
+    user's) can deadlock the child, which Python 3.12+ warns about.
+    """
+    import multiprocessing
+
+    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
+
+
+def default_context() -> BaseContext:
+    """The multiprocessing context procpool uses when none is given."""
+    import multiprocessing
+
+    return multiprocessing.get_context(default_start_method())
+
+
+def resolve_context(context: StartMethod | BaseContext | None) -> BaseContext:
+    """Turn the ``context=`` argument into a context, or raise ValueError."""
+    import multiprocessing
+
+    if context is None:
+        return default_context()
+    if isinstance(context, BaseContext):
+        return context
+    methods = multiprocessing.get_all_start_methods()
+    if not isinstance(context, str) or context not in methods:  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(
+            f"unknown start method {context!r}: use one of {', '.join(methods)}, "
+            "a multiprocessing context, or None for the default"
+        )
+    return multiprocessing.get_context(context)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (affinity and cgroup-aware where Python is)."""
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        count: int | None = counter()
+        if count:
+            return count
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _check_timeout(name: str, value: float | None) -> None:
+    if value is not None and not value >= 0:
+        raise ValueError(f"{name} must be None or a number of seconds >= 0, not {value!r}")
+
+
+def _check_count(name: str, value: int | None, minimum: int) -> None:
+    if value is not None and (not isinstance(value, int) or value < minimum):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+
+
+def _python_exit() -> None:
+    # Runs before the interpreter joins non-daemon threads: like
+    # ProcessPoolExecutor, an open pool finishes its queued work, then stops.
+    for dispatcher in list(_live):
+        dispatcher.close()
+    for dispatcher in list(_live):
+        dispatcher.join()
+
+
+def _install_exit_hook() -> None:
+    global _exit_hook_installed
+    with _exit_lock:
+        if _exit_hook_installed:
+            return
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(_python_exit)
+        else:  # pragma: no cover - every supported CPython has it
+            import atexit
+
+            atexit.register(_python_exit)
+        _exit_hook_installed = True
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool's counters, from :meth:`Pool.stats`.
+
+    Items of a ``map`` count one each. ``busy_seconds`` has one entry per worker
+    slot: time spent running tasks, summed over the workers that held the slot.
+    """
+
+    submitted: int
+    completed: int
+    failed: int
+    cancelled: int
+    timed_out: int
+    retried: int
+    workers_started: int
+    workers_replaced: int
+    busy_seconds: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Options:
+    timeout: float | None
+    retries: int
+    retry_timeouts: bool
+
+
+class _Handle:
+    """Shared by a pool and its ``options()`` views; closes the pool when all are gone."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        weakref.finalize(self, dispatcher.close)
+
+
+class Pool(Executor):
+    """A pool of worker processes; a typed :class:`concurrent.futures.Executor`.
+
+    Args:
+        workers: how many processes; None means the CPUs this process may use.
+        context: start method ("fork", "spawn", "forkserver"), a multiprocessing
+            context, or None: forkserver on Linux, spawn elsewhere.
+        initializer: called as ``initializer(*initargs)`` in each worker when it
+            starts; if it raises, the pool is broken and its futures fail.
+        initargs: arguments for ``initializer``.
+        max_tasks_per_worker: replace a worker after this many calls (a map chunk
+            counts as one), to bound leaks in task code.
+        task_timeout: default time limit per task (per item of a map), in seconds.
+            On expiry the worker is killed and replaced and the future fails with
+            :class:`TaskTimeoutError`; the other tasks go on.
+        retries: run a task again, up to this many times, when its worker dies
+            (only for tasks that are safe to run twice). Default 0.
+        retry_timeouts: also retry tasks that ran past their time limit.
+        cloudpickle: send functions with cloudpickle, so lambdas and closures work
+            (arguments and results stay on pickle). Needs ``procpool[cloudpickle]``
+            and the same Python version in the workers.
+        forward_logs: send log records emitted in workers to the parent's logging
+            handlers (the record's ``process`` is the worker's pid).
+
+    Raises:
+        ValueError: ``workers < 1``, an unknown start method, a negative timeout.
+
+    Leaving ``with Pool() as pool:`` normally closes the pool and waits for every
+    task; leaving it by an exception (KeyboardInterrupt too) terminates it::
+
+        with procpool.Pool(4) as pool:
+            squares = pool.map(pow, range(10), [2] * 10).result()
+            total = pool.submit(sum, squares).then(str).result()
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        context: StartMethod | BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
+        retry_timeouts: bool = False,
+        cloudpickle: bool = False,
+        forward_logs: bool = False,
+    ) -> None:
+        _check_count("workers", workers, 1)
+        _check_count("max_tasks_per_worker", max_tasks_per_worker, 1)
+        _check_count("retries", retries, 0)
+        _check_timeout("task_timeout", task_timeout)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {initializer!r}")
+        if not isinstance(initargs, tuple):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        ctx = resolve_context(context)
+        if cloudpickle:
+            try:
+                import cloudpickle as _cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # noqa: F401
+            except ImportError as exc:
+                raise ImportError(
+                    "Pool(cloudpickle=True) needs cloudpickle: pip install 'procpool[cloudpickle]'"
+                ) from exc
+        self._workers = workers if workers is not None else _usable_cpus()
+        self._cloud = cloudpickle
+        self._options = _Options(task_timeout, retries, retry_timeouts)
+        self._name = f"procpool.Pool-{next(_pool_numbers)}"
+        _install_exit_hook()
+        dispatcher = Dispatcher(
+            ctx,
+            self._workers,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_worker=max_tasks_per_worker,
+            forward_logs=forward_logs,
+            name=self._name,
+        )
+        _live.add(dispatcher)
+        self._handle = _Handle(dispatcher)
+        self._dispatcher = dispatcher
+
+    def __repr__(self) -> str:
+        d = self._dispatcher
+        return f"<procpool.Pool {self._name} workers={self._workers} state={d.state.value}>"
+
+    @property
+    def workers(self) -> int:
+        """The number of worker processes the pool keeps running."""
+        return self._workers
+
+    # -- per-submission options -------------------------------------------------------
+
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_timeouts: bool | None = None,
+    ) -> Self:
+        """A view of this pool whose submissions carry their own limits.
+
+        The view shares the workers and the lifecycle of this pool (closing either
+        closes both); only the defaults for new work differ::
+
+            fut = pool.options(timeout=2.0).submit(slow_call, 10)
+            results = pool.options(retries=3).map(flaky, items)
+
+        Args:
+            timeout: time limit per task (per item of a map), in seconds.
+            retries: how many times to re-run a task whose worker died.
+            retry_timeouts: also re-run tasks that ran out of time.
+        """
+        _check_timeout("timeout", timeout)
+        _check_count("retries", retries, 0)
+        view = copy.copy(self)
+        current = self._options
+        view._options = _Options(
+            timeout if timeout is not None else current.timeout,
+            retries if retries is not None else current.retries,
+            retry_timeouts if retry_timeouts is not None else current.retry_timeouts,
+        )
+        return view
+
+    # -- submit -----------------------------------------------------------------------
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` in a worker; return its future.
+
+        A :class:`ProcessTask` instance is a ``Callable[[], R]``: ``pool.submit(task)``
+        runs ``task.run()`` in a worker. If ``fn`` or an argument cannot be pickled,
+        the future fails with :class:`SerializationError` naming the culprit.
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, not {fn!r}")
+        dispatcher = self._dispatcher
+        dispatcher.check_open()
+        future: Future[R] = Future()
+        try:
+            data = encode_call(new_call_id(), m.CALL, fn, (args, kwargs), self._cloud)
+        except SerializationError as exc:
+            future._finish(exception=exc)
+            return future
+        opts = self._options
+        job = SingleJob(
+            future,
+            fn,
+            data,
+            timeout=opts.timeout,
+            retries=opts.retries,
+            retry_timeouts=opts.retry_timeouts,
+        )
+        dispatcher.add(job)
+        return future
+
+    # -- map --------------------------------------------------------------------------
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3, T4], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        iter4: Iterable[T4],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3, T4, T5], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        iter4: Iterable[T4],
+        iter5: Iterable[T5],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    def map(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]:
+        """Apply ``fn`` to every item (of zipped iterables), in parallel, in input order.
+
+        The inputs are read at once (as ``Executor.map`` does; use :meth:`imap` for
+        endless or huge inputs). The result is a :class:`MapFuture`: iterate it to
+        stream results in order, or call ``.result()`` for the list, which equals
+        ``list(map(fn, *iterables))``; an item that raised raises the same exception.
+
+        Args:
+            chunksize: items per message to a worker; None adapts it to the measured
+                time per item, so tiny items do not cost a round trip each.
+            timeout: as in ``Executor.map``: iteration raises ``TimeoutError`` for a
+                result not ready ``timeout`` seconds after this call.
+            progress: True for a tqdm bar, or a callback ``(done, total)``.
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, not {fn!r}")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        _check_count("chunksize", chunksize, 1)
+        _check_timeout("timeout", timeout)
+        dispatcher = self._dispatcher
+        dispatcher.check_open()
+        star = len(iterables) > 1
+        items: list[Any] = list(zip(*iterables)) if star else list(iterables[0])
+        future: MapFuture[R] = MapFuture(len(items), timeout=timeout)
+        reporter = make_reporter(progress, len(items), getattr(fn, "__name__", "map"))
+        if reporter is not None:
+            future._on_progress = reporter.advance
+        if not items:
+            return future
+        opts = self._options
+        job = MapJob(
+            future,
+            fn,
+            items,
+            star=star,
+            chunksize=chunksize,
+            timeout=opts.timeout,
+            retries=opts.retries,
+            retry_timeouts=opts.retry_timeouts,
+            cloud=self._cloud,
+        )
+        dispatcher.add(job, len(items))
+        return future
+
+    # -- imap -------------------------------------------------------------------------
+
+    def imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[R]:
+        """Lazily apply ``fn`` to each item; yield results in input order.
+
+        At most ``buffersize`` items are read ahead of the consumer (default:
+        ``4 * workers * chunksize``), so an endless generator works in bounded
+        memory. An item that raised raises its exception when reached; the iterator
+        can be resumed after it with ``next()``. Breaking out of the loop early
+        cancels the work not yet started.
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=True)
+
+    def imap_unordered(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[R]:
+        """Like :meth:`imap`, but yield results as they complete, in any order."""
+        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=False)
+
+    def _imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        chunksize: int,
+        buffersize: int | None,
+        progress: Progress,
+        *,
+        ordered: bool,
+    ) -> Iterator[R]:
+        if not callable(fn):
+            raise TypeError(f"imap() needs a callable, not {fn!r}")
+        _check_count("chunksize", chunksize, 1)
+        _check_count("buffersize", buffersize, 1)
+        self._dispatcher.check_open()
+        if buffersize is None:
+            buffersize = 4 * self._workers * chunksize
+        reporter = make_reporter(progress, None, getattr(fn, "__name__", "imap"))
+        return _IMapIterator(
+            self, fn, iter(iterable), chunksize, max(buffersize, chunksize), ordered, reporter
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Take no new work; the work already queued still runs. Does not wait."""
+        self._dispatcher.close()
+
+    def terminate(self) -> None:
+        """Stop now: kill the workers; every unfinished future is cancelled. Does not wait."""
+        self._dispatcher.terminate()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the workers have exited, after :meth:`close` or :meth:`terminate`.
+
+        Raises:
+            ValueError: if the pool is still running (call close() first).
+        """
+        _check_timeout("timeout", timeout)
+        if self._dispatcher.state is PoolState.RUNNING:
+            raise ValueError("join() needs close() or terminate() first: the pool is running")
+        self._dispatcher.join(timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As :meth:`concurrent.futures.Executor.shutdown`: close, optionally wait.
+
+        Args:
+            wait: wait until every queued task has finished and the workers exited.
+            cancel_futures: first cancel the work that no worker has started.
+        """
+        dispatcher = self._dispatcher
+        if cancel_futures:
+            done = threading.Event()
+
+            def cancel_queued() -> None:
+                for job in list(dispatcher.queue.values()):
+                    if not job.future.running():
+                        job.future.cancel()
+                done.set()
+
+            dispatcher.command(cancel_queued)
+            if dispatcher.thread.is_alive():
+                done.wait(5.0)
+        dispatcher.close()
+        if wait:
+            dispatcher.join()
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool's counters."""
+        s = self._dispatcher.stats
+        return PoolStats(
+            submitted=s.submitted,
+            completed=s.completed,
+            failed=s.failed,
+            cancelled=s.cancelled,
+            timed_out=s.timed_out,
+            retried=s.retried,
+            workers_started=s.workers_started,
+            workers_replaced=s.workers_replaced,
+            busy_seconds=tuple(s.busy),
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        if exc_type is None:
+            try:
+                self.close()
+                self._dispatcher.join()
+            except BaseException:
+                # Ctrl-C while waiting for the tasks: stop them instead.
+                self.terminate()
+                self._dispatcher.join()
+                raise
+        else:
+            self.terminate()
+            self._dispatcher.join()
+        return None
+
+
+class _IMapIterator(Iterator[R]):
+    """The iterator behind imap/imap_unordered: reads ahead at most ``buffersize`` items."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        fn: Callable[[Any], R],
+        source: Iterator[Any],
+        chunksize: int,
+        buffersize: int,
+        ordered: bool,
+        reporter: Reporter | None,
+    ) -> None:
+        self._pool = pool
+        self._fn = fn
+        self._source: Iterator[Any] | None = source
+        self._chunksize = chunksize
+        self._buffersize = buffersize
+        self._ordered = ordered
+        self._reporter = reporter
+        self._ahead = 0  # items read from the source and not yet yielded
+        self._read = 0
+        self._chunks: deque[MapFuture[R]] = deque()
+        self._current: MapFuture[R] | None = None
+        self._group = object()
+        self._source_error: BaseException | None = None
+
+    def _top_up(self) -> None:
+        source = self._source
+        while source is not None and self._ahead + self._chunksize <= self._buffersize:
+            try:
+                chunk = list(itertools.islice(source, self._chunksize))
+            except BaseException as exc:
+                # Raised when the consumer gets there, after the items read before it,
+                # as a serial loop would.
+                self._source_error = exc
+                self._source = None
+                return
+            if not chunk:
+                self._source = source = None
+                break
+            future: MapFuture[R] = MapFuture(len(chunk))
+            opts = self._pool._options  # pyright: ignore[reportPrivateUsage]
+            job = MapJob(
+                future,
+                self._fn,
+                chunk,
+                star=False,
+                chunksize=len(chunk),
+                timeout=opts.timeout,
+                retries=opts.retries,
+                retry_timeouts=opts.retry_timeouts,
+                cloud=self._pool._cloud,  # pyright: ignore[reportPrivateUsage]
+                base_index=self._read,
+                group=self._group,
+            )
+            self._pool._dispatcher.add(job, len(chunk))  # pyright: ignore[reportPrivateUsage]
+            self._read += len(chunk)
+            self._ahead += len(chunk)
+            self._chunks.append(future)
+
+    def __iter__(self) -> _IMapIterator[R]:
+        return self
+
+    def __next__(self) -> R:
+        while True:
+            current = self._current
+            if current is not None:
+                try:
+                    value = next(current)
+                except StopIteration:
+                    self._current = None
+                    continue
+                except BaseException:
+                    self._item_done()
+                    raise
+                self._item_done()
+                return value
+            self._top_up()
+            if not self._chunks:
+                error, self._source_error = self._source_error, None
+                if error is not None:
+                    raise error
+                raise StopIteration
+            if self._ordered:
+                self._current = self._chunks.popleft()
+            else:
+                done, _ = _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
+                first = next(iter(done))
+                self._chunks.remove(first)  # type: ignore[arg-type]
+                self._current = first  # type: ignore[assignment]
+
+    def _item_done(self) -> None:
+        self._ahead -= 1
+        if self._reporter is not None:
+            self._reporter.advance(1)
+        # Keep the workers fed while the consumer works on this item.
+        if self._source is not None:
+            self._top_up()
+
+    def close(self) -> None:
+        """Stop: cancel the chunks no worker has started; read no more input."""
+        self._source = None
+        for future in self._chunks:
+            if not future.running():
+                future.cancel()
+        self._chunks.clear()
+        self._current = None
+        if self._reporter is not None:
+            self._reporter.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

@@ -1,0 +1,251 @@
+"""The loop that runs in each worker process.
+
+It reads one call at a time from its task pipe, runs it and writes the reply to
+its result pipe. Calls are handled strictly in order, so the parent always knows
+which call a worker is on; for chunks, the shared ``marker`` says which item.
+
+This module imports nothing heavy (no ``_pool``, no ``_dispatcher``) so that a
+worker starts fast under ``spawn`` and ``forkserver``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import _messages as m
+from ._channel import decode_function, encode_reply, exception_body
+
+#: How often a worker checks that its parent is still alive.
+_PARENT_CHECK_INTERVAL = 0.2
+
+
+def watch_parent() -> None:
+    """Start a thread that exits the process when its parent dies (no orphans).
+
+    Reparenting changes ``getppid()``; this works for fork, spawn and forkserver
+    alike (under forkserver the parent is the server, which exits with the
+    program), where pipe EOF does not (forked siblings inherit each other's ends).
+    """
+    parent_pid = os.getppid()
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(_PARENT_CHECK_INTERVAL)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+class _Sender:
+    """The result pipe, shared by the worker loop and forwarded log records."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            self.conn.send_bytes(data)
+
+    def reply(self, call_id: int, status: int, elapsed: float, body: object) -> None:
+        try:
+            data = encode_reply(call_id, status, elapsed, body)
+        except Exception as exc:
+            data = encode_reply(
+                call_id,
+                m.BAD_PICKLE,
+                elapsed,
+                f"the result could not be pickled ({type(exc).__name__}: {exc}); "
+                "return only picklable data from tasks",
+            )
+        self.send(data)
+
+
+class _LogForwarder(logging.Handler):
+    """Send log records to the parent, which replays them into its own handlers."""
+
+    def __init__(self, sender: _Sender) -> None:
+        super().__init__()
+        self.sender = sender
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = dict(record.__dict__)
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            if record.exc_info:
+                fields["exc_text"] = self.format(record) if not record.exc_text else record.exc_text
+            fields["exc_info"] = None
+            fields.pop("message", None)
+            self.sender.send(encode_reply(m.NO_CALL, m.LOG, 0.0, fields))
+        except Exception:
+            self.handleError(record)
+
+
+def _run_chunk(
+    call_id: int,
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    star: bool,
+    sender: _Sender,
+    mark: Any,
+    base: int,
+) -> None:
+    """Run ``fn`` over ``items``, publishing the running item in ``mark``.
+
+    Finished results leave for the parent before the next item starts whenever
+    the last item was slow or the batch is FLUSH_INTERVAL old, so a crash loses
+    at most the results of a few milliseconds of tiny items; other results travel
+    in one batch at the end.
+    """
+    clock_ns = time.monotonic_ns
+    flush_ns = int(m.FLUSH_INTERVAL * 1e9)
+    slow_ns = int(m.SLOW_ITEM * 1e9)
+    values: list[Any] = []
+    errors: dict[int, tuple[BaseException | None, str]] = {}
+    offset = 0
+    item_slot = base + m.MARK_ITEM
+    since_slot = base + m.MARK_SINCE
+    batch_start = previous = clock_ns()
+    for index, item in enumerate(items):
+        now = clock_ns()
+        if values and (now - batch_start >= flush_ns or now - previous >= slow_ns):
+            sender.reply(
+                call_id, m.ITEMS, (now - batch_start) / 1e9, (offset, values, errors or None, False)
+            )
+            offset = index
+            values = []
+            errors = {}
+            batch_start = now = clock_ns()
+        previous = now
+        mark[since_slot] = now
+        mark[item_slot] = index
+        try:
+            values.append(fn(*item) if star else fn(item))
+        except BaseException as exc:
+            values.append(None)
+            errors[index] = exception_body(exc)
+    elapsed = (clock_ns() - batch_start) / 1e9
+    try:
+        data = encode_reply(call_id, m.ITEMS, elapsed, (offset, values, errors or None, True))
+    except Exception:
+        data = _encode_items_one_by_one(call_id, elapsed, offset, values, errors)
+    sender.send(data)
+
+
+def _encode_items_one_by_one(
+    call_id: int,
+    elapsed: float,
+    offset: int,
+    values: list[Any],
+    errors: dict[int, tuple[BaseException | None, str]],
+) -> bytes:
+    """Some result of the batch does not pickle: fail just those items."""
+    for i, value in enumerate(values):
+        if offset + i in errors:
+            continue
+        try:
+            pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            values[i] = None
+            errors[offset + i] = (
+                None,
+                f"the result could not be pickled ({type(exc).__name__}: {exc}); "
+                "return only picklable data from tasks",
+            )
+    return encode_reply(call_id, m.ITEMS, elapsed, (offset, values, errors or None, True))
+
+
+def worker_main(
+    task_conn: Connection,
+    result_conn: Connection,
+    marker: Any,
+    slot: int,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    forward_logs: bool,
+) -> None:
+    """Entry point of a pool worker process."""
+    # The parent handles Ctrl-C for the whole pool; a worker that raised
+    # KeyboardInterrupt too would print a traceback for every process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch_parent()
+    sender = _Sender(result_conn)
+    if forward_logs:
+        root = logging.getLogger()
+        root.addHandler(_LogForwarder(sender))
+        root.setLevel(logging.DEBUG)
+    base = slot * m.MARK_WIDTH
+    call_slot = base + m.MARK_CALL
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            sender.reply(m.NO_CALL, m.INIT_ERROR, 0.0, exception_body(exc))
+            sys.exit(3)
+    header = m.CALL_HEADER
+    header_size = header.size
+    clock = time.monotonic
+    while True:
+        try:
+            data = task_conn.recv_bytes()
+        except (EOFError, OSError):
+            break
+        call_id, kind = header.unpack_from(data)
+        if kind == m.STOP:
+            break
+        marker[base + m.MARK_SINCE] = time.monotonic_ns()
+        marker[base + m.MARK_ITEM] = 0
+        marker[call_slot] = call_id
+        started = clock()
+        try:
+            wire_fn, *body = pickle.loads(memoryview(data)[header_size:])
+            fn = decode_function(wire_fn)
+        except BaseException as exc:
+            sender.reply(
+                call_id,
+                m.BAD_PICKLE,
+                clock() - started,
+                f"the call could not be unpickled in the worker ({type(exc).__name__}: {exc}); "
+                "functions and classes must be importable by the worker: define them at "
+                "module top level (not in __main__ of an interactive session), or pass "
+                "Pool(cloudpickle=True)",
+            )
+            marker[call_slot] = -1
+            continue
+        del data
+        kind &= ~m.CLOUDPICKLED
+        if kind == m.CALL:
+            _run_call(call_id, fn, body[0], body[1], sender, started)
+        else:
+            _run_chunk(call_id, fn, body[0], kind == m.STARCHUNK, sender, marker, base)
+        # Drop the finished call's function and arguments before waiting for the next.
+        del fn, wire_fn, body
+        marker[call_slot] = -1
+
+
+def _run_call(
+    call_id: int,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    sender: _Sender,
+    started: float,
+) -> None:
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        sender.reply(call_id, m.ERROR, time.monotonic() - started, exception_body(exc))
+    else:
+        sender.reply(call_id, m.OK, time.monotonic() - started, result)
+
