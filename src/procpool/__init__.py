@@ -43,10 +43,15 @@ __all__ = (
     "spawn",
 )
 
+
 # Public names say procpool.X in reprs, tracebacks, pickles and docs, not the
 # private module that defines them.
-for _name in __all__:
-    _obj = globals()[_name]
-    if hasattr(_obj, "__module__"):
-        _obj.__module__ = __name__
-del _name, _obj
+def _rename_modules() -> None:
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) or callable(obj):
+            obj.__module__ = __name__
+
+
+_rename_modules()
+del _rename_modules

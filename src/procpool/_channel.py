@@ -8,10 +8,11 @@ and the usual fix.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._errors import SerializationError
 from ._messages import CALL_HEADER, CLOUDPICKLED, REPLY_HEADER
@@ -35,26 +36,27 @@ def describe_callable(fn: object) -> str:
 
 def _find_unpicklable(obj: object, path: str, depth: int = 0) -> tuple[str, object, str] | None:
     """Find the innermost part of ``obj`` that does not pickle: (path, part, error)."""
+    whole = obj  # before isinstance() narrows ``obj``
     try:
         pickle.dumps(obj, PROTOCOL)
         return None
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     if depth < 4:
-        children: Iterable[tuple[str, object]] = ()
+        children: list[tuple[str, object]] = []
         if isinstance(obj, Mapping):
-            items: Mapping[object, object] = obj  # pyright: ignore[reportUnknownVariableType]
-            children = ((f"{path}[{key!r}]", value) for key, value in items.items())
+            items = cast("Mapping[object, object]", obj)
+            children = [(f"{path}[{key!r}]", value) for key, value in items.items()]
         elif isinstance(obj, (list, tuple, set, frozenset)):
-            seq: Iterable[object] = obj  # pyright: ignore[reportUnknownVariableType]
-            children = ((f"{path}[{i}]", value) for i, value in enumerate(seq))
+            seq = cast("Iterable[object]", obj)
+            children = [(f"{path}[{i}]", value) for i, value in enumerate(seq)]
         elif hasattr(obj, "__dict__") and not callable(obj):
-            children = ((f"{path}.{key}", value) for key, value in vars(obj).items())
+            children = [(f"{path}.{key}", value) for key, value in vars(obj).items()]
         for child_path, child in children:
             found = _find_unpicklable(child, child_path, depth + 1)
             if found is not None:
                 return found
-    return (path, obj, error)
+    return (path, whole, error)
 
 
 def diagnose_call(fn: object, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
@@ -86,9 +88,8 @@ def pickle_function(fn: object, use_cloudpickle: bool) -> object:
     """Return ``fn`` itself, or its cloudpickle bytes when asked."""
     if not use_cloudpickle:
         return fn
-    import cloudpickle  # pyright: ignore[reportMissingTypeStubs]
-
-    data: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)  # pyright: ignore[reportUnknownMemberType]
+    cloudpickle: Any = importlib.import_module("cloudpickle")
+    data: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)
     return data
 
 
@@ -116,7 +117,7 @@ def decode_function(fn: object) -> Callable[..., Any]:
     if isinstance(fn, bytes):
         loaded: Callable[..., Any] = pickle.loads(fn)
         return loaded
-    return fn  # type: ignore[return-value]
+    return cast("Callable[..., Any]", fn)
 
 
 def encode_reply(call_id: int, status: int, elapsed: float, body: object) -> bytes:

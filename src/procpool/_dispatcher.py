@@ -1,3 +1,5 @@
+# pyright: reportPrivateUsage=false
+# (The executor side of futures and jobs is package-internal, shared across modules.)
 """The dispatcher: the one thread that owns a pool's scheduling state.
 
 Data flow of one task::
@@ -36,13 +38,14 @@ import threading
 import time
 import warnings
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from . import _messages as m
+from ._context import new_process
 from ._errors import (
     PoolClosedError,
     ProcpoolError,
@@ -52,7 +55,7 @@ from ._errors import (
     WorkerLostError,
     describe_exitcode,
 )
-from ._future import Future, MapFuture
+from ._future import MapFuture
 from ._jobs import Call, Job, MapJob, SingleJob
 from ._worker import worker_main
 
@@ -108,7 +111,7 @@ class _Worker:
 
 
 @contextlib.contextmanager
-def _forking_from_a_thread(ctx: BaseContext) -> Iterator[None]:
+def _forking_from_a_thread(ctx: BaseContext) -> Generator[None, None, None]:
     """Silence Python 3.12+'s fork-with-threads DeprecationWarning for an explicit fork.
 
     The user chose ``context="fork"``; the default (forkserver/spawn) never forks
@@ -172,7 +175,7 @@ class Dispatcher:
         self._woken = False
 
         self.marker = ctx.RawArray("q", m.MARK_WIDTH * workers)
-        self._mark = memoryview(self.marker).cast("B").cast("q")  # type: ignore[arg-type]
+        self._mark = memoryview(self.marker).cast("B").cast("q")
         self.workers: dict[int, _Worker] = {}
         self._by_conn: dict[object, _Worker] = {}
         self._startup_failures = 0
@@ -311,9 +314,10 @@ class Dispatcher:
         task_r, task_w = ctx.Pipe(duplex=False)
         result_r, result_w = ctx.Pipe(duplex=False)
         self._mark[slot * m.MARK_WIDTH + m.MARK_CALL] = -1
-        process = ctx.Process(  # type: ignore[attr-defined]
-            target=worker_main,
-            args=(
+        process = new_process(
+            ctx,
+            worker_main,
+            (
                 task_r,
                 result_w,
                 self.marker,
@@ -519,6 +523,7 @@ class Dispatcher:
         job = call.job
         worker.busy += elapsed
         self.stats.busy[worker.slot] += elapsed
+        body: Any
         try:
             body = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
         except Exception as exc:
@@ -609,8 +614,8 @@ class Dispatcher:
     def _on_init_error(self, worker: _Worker, data: bytes) -> None:
         try:
             exc, tb = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
-        except Exception as error:
-            exc, tb = error, ""
+        except Exception as unpickle_error:
+            exc, tb = unpickle_error, ""
         if exc is None:
             exc = ProcpoolError(f"the initializer raised an exception that does not pickle:\n{tb}")
         elif tb:
@@ -741,9 +746,11 @@ class Dispatcher:
         timed_out = reason == "timeout"
         if timed_out:
             self.stats.timed_out += 1
-        attempts = (
-            job.attempts if isinstance(job, SingleJob) else job.attempts.get(index, 0)  # type: ignore[attr-defined]
-        )
+        if isinstance(job, SingleJob):
+            attempts = job.attempts
+        else:
+            assert isinstance(job, MapJob)
+            attempts = job.attempts.get(index, 0)
         if attempts < job.retries and (not timed_out or job.retry_timeouts):
             self.stats.retried += 1
             if isinstance(job, SingleJob):

@@ -1,3 +1,5 @@
+# pyright: reportPrivateUsage=false
+# (The executor side of futures and jobs is package-internal, shared across modules.)
 """Futures: ``Future[T]`` with ``then``/``catch``/``await``, and ``MapFuture[R]``.
 
 Both subclass :class:`concurrent.futures.Future`, so ``concurrent.futures.wait``,
@@ -31,7 +33,7 @@ from concurrent.futures._base import (
     PENDING,
     RUNNING,
 )
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 __all__ = ["Future", "MapFuture"]
 
@@ -99,6 +101,12 @@ class Future(concurrent.futures.Future[T]):
 
     _cancel_hook: CancelHook | None
     _callback_runner: CallbackRunner | None
+
+    if TYPE_CHECKING:
+        # Defined by concurrent.futures.Future at run time; missing from typeshed.
+        _done_callbacks: list[Callable[[concurrent.futures.Future[Any]], object]]
+
+        def _invoke_callbacks(self) -> None: ...
 
     def __init__(self) -> None:
         super().__init__()
@@ -191,7 +199,7 @@ class Future(concurrent.futures.Future[T]):
                 return False
         return super().set_running_or_notify_cancel()
 
-    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:  # type: ignore[override]
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """Call ``fn(future)`` once the future is done (at once if it already is).
 
         ``fn`` runs in the parent process, never in a worker; an exception it raises
@@ -271,7 +279,7 @@ class Future(concurrent.futures.Future[T]):
 def _settle(target: Future[Any], value: object) -> None:
     """Resolve ``target`` with ``value``, following it if it is itself a future."""
     if isinstance(value, concurrent.futures.Future):
-        inner = cast("concurrent.futures.Future[Any]", value)
+        inner: concurrent.futures.Future[Any] = value  # pyright: ignore[reportUnknownVariableType]
 
         def follow(done: concurrent.futures.Future[Any]) -> None:
             if done.cancelled():
@@ -286,7 +294,7 @@ def _settle(target: Future[Any], value: object) -> None:
         if isinstance(inner, Future):
             inner.add_done_callback(follow)
         else:
-            concurrent.futures.Future.add_done_callback(inner, follow)
+            concurrent.futures.Future.add_done_callback(inner, follow)  # pyright: ignore[reportUnknownMemberType]
         return
     target._finish(value)
 
@@ -456,7 +464,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
                 raise concurrent.futures.TimeoutError()
             return self._exception
 
-    def add_done_callback(self, fn: Callable[[Future[list[R]]], object]) -> None:  # type: ignore[override]
+    def add_done_callback(self, fn: Callable[[Future[list[R]]], object]) -> None:
         """As :meth:`Future.add_done_callback`; keeps the list for the callback."""
         self._keep_list()
         super().add_done_callback(fn)
@@ -486,6 +494,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
                 if remaining <= 0:
                     break
                 self._condition.wait(remaining)
+            error: BaseException | None = None
             if value is _MISSING and index not in self._errors:
                 timed_out = True
             else:
@@ -502,4 +511,3 @@ class MapFuture(Future[list[R]], Iterator[R]):
         if error is not None:
             raise error
         return cast("R", value)
-

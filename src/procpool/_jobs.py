@@ -1,3 +1,5 @@
+# pyright: reportPrivateUsage=false
+# (The executor side of futures and jobs is package-internal, shared across modules.)
 """Work items as the dispatcher sees them: jobs, and the calls they are cut into.
 
 A *job* is what a user asked for: one ``submit`` (:class:`SingleJob`) or one
@@ -15,7 +17,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from . import _messages as m
 from ._channel import describe_callable, encode_call
@@ -28,6 +30,7 @@ _ids = itertools.count(1)
 def new_call_id() -> int:
     """A process-wide unique id for a call message."""
     return next(_ids)
+
 
 #: A chunk should keep a worker busy about this long: long enough that the round
 #: trip is noise, short enough that the tail of a map stays balanced.
@@ -234,8 +237,8 @@ class MapJob(Job):
 def _item_serialization_error(
     job: MapJob, index: int, item: object, cause: SerializationError
 ) -> SerializationError:
-    args = item if job.star and isinstance(item, tuple) else (item,)
+    args: tuple[Any, ...] = cast("tuple[Any, ...]", item) if job.star else (item,)
     from ._channel import diagnose_call
 
-    detail = diagnose_call(job.fn, tuple(args), {}) if job.fn is not None else str(cause)  # pyright: ignore[reportUnknownArgumentType]
+    detail = diagnose_call(job.fn, tuple(args), {}) if job.fn is not None else str(cause)
     return SerializationError(f"item {job.base_index + index} of map: {detail}")

@@ -1,3 +1,5 @@
+# pyright: reportPrivateUsage=false
+# (The executor side of futures and jobs is package-internal, shared across modules.)
 """The public ``Pool``: argument checks, lifecycle, submit/map/imap, the with-block.
 
 Scheduling lives in :mod:`procpool._dispatcher`; this module turns calls into
@@ -6,10 +8,11 @@ jobs and hands them over. See the dispatcher's docstring for the data flow.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import itertools
 import os
-import sys
 import threading
 import weakref
 from collections import deque
@@ -19,19 +22,20 @@ from concurrent.futures import wait as _wait_futures
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from typing_extensions import ParamSpec, Self
 
 from . import _messages as m
 from ._channel import encode_call
+from ._context import StartMethod, resolve_context
 from ._dispatcher import Dispatcher, PoolState
 from ._errors import SerializationError
 from ._future import Future, MapFuture
 from ._jobs import MapJob, SingleJob, new_call_id
 from ._progress import Progress, Reporter, make_reporter
 
-__all__ = ["Pool", "PoolStats", "default_context", "resolve_context"]
+__all__ = ["Pool", "PoolStats"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,49 +45,11 @@ T3 = TypeVar("T3")
 T4 = TypeVar("T4")
 T5 = TypeVar("T5")
 
-StartMethod = Literal["fork", "spawn", "forkserver"]
 
 _pool_numbers = itertools.count(1)
 _live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 _exit_hook_installed = False
 _exit_lock = threading.Lock()
-
-
-def default_start_method() -> StartMethod:
-    """forkserver where it exists (Linux; the Python 3.14 default), else spawn.
-
-    Never fork by default: forking a process that runs threads (ours, or the
-    user's) can deadlock the child, which Python 3.12+ warns about.
-    """
-    import multiprocessing
-
-    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
-        return "forkserver"
-    return "spawn"
-
-
-def default_context() -> BaseContext:
-    """The multiprocessing context procpool uses when none is given."""
-    import multiprocessing
-
-    return multiprocessing.get_context(default_start_method())
-
-
-def resolve_context(context: StartMethod | BaseContext | None) -> BaseContext:
-    """Turn the ``context=`` argument into a context, or raise ValueError."""
-    import multiprocessing
-
-    if context is None:
-        return default_context()
-    if isinstance(context, BaseContext):
-        return context
-    methods = multiprocessing.get_all_start_methods()
-    if not isinstance(context, str) or context not in methods:  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(
-            f"unknown start method {context!r}: use one of {', '.join(methods)}, "
-            "a multiprocessing context, or None for the default"
-        )
-    return multiprocessing.get_context(context)
 
 
 def _usable_cpus() -> int:
@@ -226,7 +192,7 @@ class Pool(Executor):
         ctx = resolve_context(context)
         if cloudpickle:
             try:
-                import cloudpickle as _cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # noqa: F401
+                importlib.import_module("cloudpickle")
             except ImportError as exc:
                 raise ImportError(
                     "Pool(cloudpickle=True) needs cloudpickle: pip install 'procpool[cloudpickle]'"
@@ -327,7 +293,7 @@ class Pool(Executor):
 
     # -- map --------------------------------------------------------------------------
 
-    @overload
+    @overload  # type: ignore[override]
     def map(
         self,
         fn: Callable[[T1], R],
@@ -392,7 +358,7 @@ class Pool(Executor):
         chunksize: int | None = None,
         progress: Progress = False,
     ) -> MapFuture[R]: ...
-    def map(  # pyright: ignore[reportIncompatibleMethodOverride]
+    def map(
         self,
         fn: Callable[..., R],
         *iterables: Iterable[Any],
@@ -426,7 +392,8 @@ class Pool(Executor):
         dispatcher = self._dispatcher
         dispatcher.check_open()
         star = len(iterables) > 1
-        items: list[Any] = list(zip(*iterables)) if star else list(iterables[0])
+        first: Iterable[Any] = iterables[0]
+        items: list[Any] = list(zip(*iterables, strict=False)) if star else list(first)
         future: MapFuture[R] = MapFuture(len(items), timeout=timeout)
         reporter = make_reporter(progress, len(items), getattr(fn, "__name__", "map"))
         if reporter is not None:
@@ -632,7 +599,7 @@ class _IMapIterator(Iterator[R]):
                 self._source = source = None
                 break
             future: MapFuture[R] = MapFuture(len(chunk))
-            opts = self._pool._options  # pyright: ignore[reportPrivateUsage]
+            opts = self._pool._options
             job = MapJob(
                 future,
                 self._fn,
@@ -642,11 +609,11 @@ class _IMapIterator(Iterator[R]):
                 timeout=opts.timeout,
                 retries=opts.retries,
                 retry_timeouts=opts.retry_timeouts,
-                cloud=self._pool._cloud,  # pyright: ignore[reportPrivateUsage]
+                cloud=self._pool._cloud,
                 base_index=self._read,
                 group=self._group,
             )
-            self._pool._dispatcher.add(job, len(chunk))  # pyright: ignore[reportPrivateUsage]
+            self._pool._dispatcher.add(job, len(chunk))
             self._read += len(chunk)
             self._ahead += len(chunk)
             self._chunks.append(future)
@@ -677,10 +644,10 @@ class _IMapIterator(Iterator[R]):
             if self._ordered:
                 self._current = self._chunks.popleft()
             else:
-                done, _ = _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
-                first = next(iter(done))
-                self._chunks.remove(first)  # type: ignore[arg-type]
-                self._current = first  # type: ignore[assignment]
+                _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
+                first = next(chunk for chunk in self._chunks if chunk.done())
+                self._chunks.remove(first)
+                self._current = first
 
     def _item_done(self) -> None:
         self._ahead -= 1
@@ -702,7 +669,5 @@ class _IMapIterator(Iterator[R]):
             self._reporter.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass

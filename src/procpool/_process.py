@@ -15,16 +15,15 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
 from . import _messages as m
-from ._channel import diagnose_call, describe_callable, encode_reply, exception_body
+from ._channel import describe_callable, diagnose_call, encode_reply, exception_body
+from ._context import StartMethod, new_process, resolve_context
 from ._errors import RemoteTraceback, SerializationError, WorkerLostError, describe_exitcode
 from ._future import Future
-from ._pool import StartMethod, resolve_context
 from ._worker import watch_parent
 
 __all__ = ["ProcessHandle", "spawn"]
@@ -87,12 +86,10 @@ class ProcessHandle(Future[R]):
         self._fn_name = describe_callable(fn)
         reader, writer = ctx.Pipe(duplex=False)
         self._conn: Connection | None = reader
-        self._process: BaseProcess = ctx.Process(  # type: ignore[attr-defined]
-            target=_child_main,
-            args=(writer, fn, args, kwargs),
-            name=name,
-            daemon=daemon,
+        process = new_process(
+            ctx, _child_main, (writer, fn, args, kwargs), name=name, daemon=daemon
         )
+        self._process = process
         self._exitcode: int | None = None
         self._reaped = threading.Event()
         self._cancel_hook = self._on_cancel
@@ -113,7 +110,7 @@ class ProcessHandle(Future[R]):
             writer.close()
         self._started = True
         self._try_start()
-        self._pid = self._process.pid
+        self._pid: int | None = self._process.pid
         self._watcher = threading.Thread(
             target=self._watch, name=f"procpool-watch-{self._pid}", daemon=True
         )
@@ -160,15 +157,15 @@ class ProcessHandle(Future[R]):
         if status == m.OK:
             self._finish(body)
         elif status == m.ERROR:
-            exc, tb = body
-            if exc is None:
-                exc = SerializationError(
+            error, tb = body
+            if error is None:
+                error = SerializationError(
                     f"{self._fn_name} raised an exception that does not pickle; "
                     f"its traceback:\n{tb}"
                 )
             else:
-                exc.__cause__ = RemoteTraceback(tb)
-            self._finish(exception=exc)
+                error.__cause__ = RemoteTraceback(tb)
+            self._finish(exception=error)
         else:
             self._finish(exception=SerializationError(body))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -22,7 +23,7 @@ class Reporter:
         self._callback: Callable[[int, int | None], object] | None = None
         if progress is True:
             try:
-                from tqdm.auto import tqdm
+                tqdm: Any = importlib.import_module("tqdm.auto").tqdm
             except ImportError as exc:
                 raise ImportError(
                     "progress=True needs tqdm: pip install 'procpool[progress]' "

@@ -5,16 +5,12 @@ from __future__ import annotations
 from multiprocessing.context import BaseContext
 from typing import Any, Generic, TypeVar
 
-from ._pool import StartMethod
+from ._context import StartMethod
 from ._process import ProcessHandle
 
 __all__ = ["ProcessTask"]
 
 R = TypeVar("R")
-
-
-def _run_task(task: ProcessTask[R]) -> R:
-    return task.run()
 
 
 class ProcessTask(Generic[R]):
@@ -58,7 +54,7 @@ class ProcessTask(Generic[R]):
         ProcessTask._counter += 1
         self._name = name if name is not None else f"{type(self).__name__}-{ProcessTask._counter}"
         self._daemon = daemon
-        self._context = context
+        self._context: StartMethod | BaseContext | None = context
         self._handle: ProcessHandle[R] | None = None
 
     def run(self) -> R:
@@ -86,7 +82,7 @@ class ProcessTask(Generic[R]):
         if self._handle is not None:
             raise RuntimeError(f"{self._name} was already started; create a new task")
         handle: ProcessHandle[R] = ProcessHandle(
-            _run_task, (self,), {}, name=self._name, daemon=self._daemon, context=self._context
+            self.run, (), {}, name=self._name, daemon=self._daemon, context=self._context
         )
         self._handle = handle
         return handle

@@ -248,4 +248,3 @@ def _run_call(
         sender.reply(call_id, m.ERROR, time.monotonic() - started, exception_body(exc))
     else:
         sender.reply(call_id, m.OK, time.monotonic() - started, result)
-
