@@ -534,9 +534,9 @@ class Procpool(Contender):
 
 # --------------------------------------------------------------------------- dask hook
 #
-# HOOK (issue 6): procpool.DaskPool on a dask LocalCluster, for B2 and B3 only.
-# It is added to CONTENDERS (and to those two workloads in run.py) once
-# src/procpool/_dask.py exists; see DaskPool below.
+# HOOK (issue 6): procpool.DaskPool on a dask LocalCluster, for B2 and B3 only
+# (run.py's build_jobs adds it to those two).  It runs when ``distributed`` is
+# installed and procpool has DaskPool; otherwise the probe says why it is skipped.
 
 
 class _DaskSession(_ProcpoolSession):
@@ -546,9 +546,7 @@ class _DaskSession(_ProcpoolSession):
         self.cluster = cluster
 
     def close(self) -> None:
-        close = getattr(self.pool, "close", None)
-        if close is not None:
-            close()
+        super().close()  # DaskPool.close() + join(): every task done
         self.client.close()
         self.cluster.close()
 

@@ -63,6 +63,7 @@ DEFAULT_CONTENDERS = [
     "mpire",
     "joblib",
     "procpool",
+    "dask",
 ]
 
 
@@ -345,6 +346,9 @@ def build_jobs(
 ) -> tuple[list[Job], list[str]]:
     """The measurement jobs of B1-B8 for these contenders; plus skip notes."""
     notes: list[str] = []
+    # The Dask backend only runs B2 and B3 (issue 6); everything else is local pools.
+    dask = ["dask"] if "dask" in contenders else []
+    contenders = [k for k in contenders if k != "dask"]
     peers = [k for k in contenders if k != "serial"]
     fork = {"method": COMPARISON_METHOD}
     jobs: list[Job] = []
@@ -357,7 +361,7 @@ def build_jobs(
     jobs.append(Job("B1", "B1", contenders, {"workload": "B1", **fork, "n": sizes.b1_n}, slow))
 
     b2_iters = int(iters_per_s * sizes.b2_seconds)
-    b2 = contenders + (["dask"] if "dask" in CONTENDERS and _dask_enabled(contenders) else [])
+    b2 = contenders + dask
     jobs.append(
         Job(
             "B2",
@@ -410,15 +414,10 @@ def build_jobs(
     return jobs, notes
 
 
-def _dask_enabled(contenders: list[str]) -> bool:
-    """HOOK (issue 6): B2/B3 on procpool.DaskPool once src/procpool/_dask.py exists."""
-    return "dask" in contenders
-
-
 def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]:
     """Turn medians into table rows and evaluate procpool's targets."""
     rows: list[Row] = []
-    cols = [*keys, "dask"]
+    cols = list(dict.fromkeys([*keys, "dask"]))
 
     if "B1" in jobs:
         job = jobs["B1"]
@@ -611,7 +610,7 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
 
 def render_table(rows: list[Row], keys: list[str]) -> str:
     """The one table: a Markdown table that also reads well in a terminal."""
-    used = [k for k in [*keys, "dask"] if any(k in r.cells for r in rows)]
+    used = [k for k in dict.fromkeys([*keys, "dask"]) if any(k in r.cells for r in rows)]
     has_floor = any(r.floor is not None for r in rows)
     header = ["workload", "unit"] + [CONTENDERS[k].label for k in used]
     header += (["floor / limit"] if has_floor else []) + ["target", "procpool measured", "status"]
@@ -819,7 +818,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the harness works")
     p.add_argument(
         "--contenders",
-        help="comma-separated subset of: " + ", ".join(CONTENDERS) + " (default: all but dask)",
+        help="comma-separated subset of: " + ", ".join(CONTENDERS) + " (default: all)",
     )
     p.add_argument("--workloads", help="comma-separated subset of B1..B8 (default: all)")
     p.add_argument("--reps", type=int, help="runs per figure (default 5; quick 2)")

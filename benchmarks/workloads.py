@@ -42,7 +42,7 @@ def spin(iterations: int) -> int:
     return acc
 
 
-def calibrate_spin(target_seconds: float, rounds: int = 5) -> int:
+def calibrate_spin(target_seconds: float, rounds: int = 7) -> int:
     """Return the ``spin`` iteration count that takes ``target_seconds`` here.
 
     The fastest of ``rounds`` timings is used: it is the one least disturbed by
@@ -50,7 +50,8 @@ def calibrate_spin(target_seconds: float, rounds: int = 5) -> int:
     """
     import time
 
-    probe = 200_000
+    probe = 1_000_000  # ~50 ms: long enough that timer and scheduler noise vanish
+    spin(probe // 10)  # warm up (first call pays for bytecode specialisation)
     best = float("inf")
     for _ in range(rounds):
         t0 = time.perf_counter()
