@@ -1,0 +1,28 @@
+"""Shared fixtures: one ``start_method`` fixture over fork, spawn and forkserver."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+
+import pytest
+
+import procpool
+
+START_METHODS = [
+    m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
+]
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Each start method this platform has."""
+    method: str = request.param
+    return method
+
+
+@pytest.fixture
+def pool(start_method: str) -> Iterator[procpool.Pool]:
+    """A two-worker pool under each start method, closed and joined after the test."""
+    with procpool.Pool(2, context=start_method) as p:  # type: ignore[arg-type]
+        yield p

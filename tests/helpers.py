@@ -1,0 +1,232 @@
+"""Tiny top-level functions for tests: workers import them by name under spawn."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import procpool
+
+
+def square(x: int) -> int:
+    """Return x * x."""
+    return x * x
+
+
+def add(x: int, y: int) -> int:
+    """Return x + y."""
+    return x + y
+
+
+def identity(x: Any) -> Any:
+    """Return x unchanged."""
+    return x
+
+
+def fail_on(x: int, bad: frozenset[int] = frozenset({3})) -> int:
+    """Return x, or raise ValueError if x is in ``bad``."""
+    if x in bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def raise_value_error(message: str) -> None:
+    """Raise ValueError(message)."""
+    raise ValueError(message)
+
+
+def exit_with(code: int) -> None:
+    """Leave the process at once with ``os._exit(code)``."""
+    os._exit(code)
+
+
+def sigkill_self() -> None:
+    """Kill the process with SIGKILL, as the out-of-memory killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash() -> None:
+    """Segfault by reading address 0 through ctypes."""
+    ctypes.string_at(0)
+
+
+def crash_on(x: int, bad: int) -> int:
+    """Return x, or die with os._exit(13) when x == bad."""
+    if x == bad:
+        os._exit(13)
+    return x
+
+
+def sleep_then(seconds: float, value: Any = None) -> Any:
+    """Sleep, then return value."""
+    time.sleep(seconds)
+    return value
+
+
+def sleep_item(x: int) -> int:
+    """Sleep x milliseconds, then return x."""
+    time.sleep(x / 1000)
+    return x
+
+
+def slow_crash_on(x: int, bad: int) -> int:
+    """Sleep 20 ms per item; die with os._exit(13) when x == bad."""
+    if x == bad:
+        os._exit(13)
+    time.sleep(0.02)
+    return x
+
+
+def getpid(_: object = None) -> int:
+    """Return the worker's pid."""
+    return os.getpid()
+
+
+def getpid_after(seconds: float) -> int:
+    """Sleep, then return the worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def write_then_sleep(path: str, seconds: float) -> None:
+    """Write our pid to ``path``, then sleep (a task that is visibly running)."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def append_line(path: str, line: str) -> str:
+    """Append a line to a file (to count how often a task really ran)."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    return line
+
+
+class ErrorAtPickle:
+    """An object whose pickling fails."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("ErrorAtPickle refuses to be pickled")
+
+
+def _unpickle_fails() -> None:
+    raise RuntimeError("ErrorAtUnpickle refuses to be unpickled")
+
+
+class ErrorAtUnpickle:
+    """An object that pickles but fails to unpickle."""
+
+    def __reduce__(self) -> Any:
+        return (_unpickle_fails, ())
+
+
+def return_unpicklable() -> Any:
+    """Return a lock, which does not pickle."""
+    return threading.Lock()
+
+
+def return_error_at_unpickle() -> Any:
+    """Return an object that fails to unpickle in the parent."""
+    return ErrorAtUnpickle()
+
+
+class UnpicklableError(Exception):
+    """An exception whose __init__ needs two arguments, so it does not unpickle."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def raise_unpicklable_error() -> None:
+    """Raise an exception that cannot make the trip back."""
+    raise UnpicklableError(1, 2)
+
+
+class Holder:
+    """A plain object with attributes (for attribute-path diagnostics)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        self.__dict__.update(attrs)
+
+
+_state: dict[str, Any] = {}
+
+
+def init_state(value: Any) -> None:
+    """Initializer: remember a value in the worker."""
+    _state["value"] = value
+
+
+def read_state() -> Any:
+    """Return what init_state stored in this worker."""
+    return _state.get("value")
+
+
+def failing_initializer() -> None:
+    """Initializer that raises."""
+    raise RuntimeError("initializer exploded")
+
+
+def log_something(message: str) -> int:
+    """Log a warning in the worker; return the worker's pid."""
+    logging.getLogger("procpool.tests.worker").warning(message)
+    return os.getpid()
+
+
+def nested_pool_sum(n: int) -> int:
+    """Create a pool inside a task and use it."""
+    with procpool.Pool(2) as pool:
+        return sum(pool.map(square, range(n)).result())
+
+
+def nested_spawn(x: int) -> int:
+    """Spawn a process inside a task."""
+    return procpool.spawn(square, x).result(timeout=30)
+
+
+def count_children() -> int:
+    """How many child processes this process has right now (Linux /proc)."""
+    pid = os.getpid()
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            count += 1
+    return count
+
+
+def burn(ms: float) -> float:
+    """Spin the CPU for ``ms`` milliseconds; return the time spent."""
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+    return ms
+
+
+class Greet(procpool.ProcessTask[str]):
+    """A ProcessTask that greets."""
+
+    def __init__(self, who: str) -> None:
+        super().__init__()
+        self.who = who
+
+    def run(self) -> str:
+        return f"hello {self.who}"
+
+
+class FailingTask(procpool.ProcessTask[int]):
+    """A ProcessTask whose run() raises."""
+
+    def run(self) -> int:
+        raise KeyError("missing")

@@ -1,0 +1,348 @@
+"""Pool: submit, map, imap, options, lifecycle and the with-block."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import helpers
+import procpool
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_submit_returns_the_functions_value(pool: procpool.Pool) -> None:
+    assert pool.submit(helpers.add, 2, y=3).result(timeout=30) == 5
+
+
+def test_submit_keeps_the_exception_type_with_remote_traceback(pool: procpool.Pool) -> None:
+    fut = pool.submit(helpers.raise_value_error, "boom")
+    with pytest.raises(ValueError, match="boom") as info:
+        fut.result(timeout=30)
+    cause = info.value.__cause__
+    assert isinstance(cause, procpool._errors.RemoteTraceback)
+    assert "raise_value_error" in str(cause)
+
+
+def test_map_is_ordered_and_equal_to_serial(pool: procpool.Pool) -> None:
+    xs = list(range(1000))
+    assert pool.map(helpers.square, xs).result(timeout=30) == list(map(helpers.square, xs))
+
+
+def test_map_with_several_iterables_zips_like_builtin_map(pool: procpool.Pool) -> None:
+    result = pool.map(helpers.add, range(5), [10, 20, 30]).result(timeout=30)
+    assert result == list(map(helpers.add, range(5), [10, 20, 30]))
+
+
+def test_map_iteration_streams_in_order_and_raises_at_the_failed_item(
+    pool: procpool.Pool,
+) -> None:
+    it = iter(pool.map(helpers.fail_on, range(6), chunksize=2))
+    assert [next(it), next(it), next(it)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad item 3"):
+        next(it)
+    assert list(it) == [4, 5]
+
+
+def test_map_result_raises_the_first_failed_items_exception(pool: procpool.Pool) -> None:
+    fut = pool.map(helpers.fail_on, range(10), itertools.repeat(frozenset({7, 4})))
+    with pytest.raises(ValueError, match="bad item 4"):
+        fut.result(timeout=30)
+
+
+def test_map_then_chains_on_the_list(pool: procpool.Pool) -> None:
+    assert pool.map(helpers.square, range(4)).then(sum).result(timeout=30) == 14
+
+
+def test_map_of_nothing_is_an_empty_done_future(pool: procpool.Pool) -> None:
+    fut = pool.map(helpers.square, [])
+    assert fut.done()
+    assert fut.result() == []
+    assert list(pool.map(helpers.square, [])) == []
+
+
+def test_map_list_after_iteration_released_items_is_an_invalid_state(
+    pool: procpool.Pool,
+) -> None:
+    fut = pool.map(helpers.square, range(3))
+    assert next(fut) == 0
+    with pytest.raises(concurrent.futures.InvalidStateError, match="iterat"):
+        fut.result()
+
+
+def test_map_iterated_after_result_keeps_the_list(pool: procpool.Pool) -> None:
+    fut = pool.map(helpers.square, range(3))
+    assert fut.result(timeout=30) == [0, 1, 4]
+    assert list(fut) == [0, 1, 4]
+    assert fut.result() == [0, 1, 4]
+
+
+def test_map_timeout_raises_timeout_error_when_iterating(pool: procpool.Pool) -> None:
+    fut = pool.map(helpers.sleep_then, [0.0, 5.0], timeout=0.5)
+    it = iter(fut)
+    assert next(it) is None
+    with pytest.raises(TimeoutError):
+        next(it)
+    assert fut.cancelled()
+
+
+def test_map_automatic_chunking_batches_tiny_items(pool: procpool.Pool) -> None:
+    before = pool.stats()
+    assert pool.map(helpers.square, range(20_000)).result(timeout=30)[-1] == 19_999**2
+    after = pool.stats()
+    assert after.completed - before.completed == 20_000
+
+
+def test_imap_is_lazy_and_bounded_on_an_endless_generator(pool: procpool.Pool) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    it = pool.imap(helpers.square, endless(), buffersize=8)
+    got = [next(it) for _ in range(50)]
+    assert got == [i * i for i in range(50)]
+    # Read ahead of the consumer by at most buffersize.
+    assert pulled <= 50 + 8
+
+
+def test_imap_with_chunks_and_unordered(pool: procpool.Pool) -> None:
+    xs = list(range(100))
+    assert list(pool.imap(helpers.square, xs, chunksize=7)) == [x * x for x in xs]
+    assert sorted(pool.imap_unordered(helpers.square, xs, chunksize=3)) == [x * x for x in xs]
+
+
+def test_imap_raises_at_the_failed_item_and_can_go_on(pool: procpool.Pool) -> None:
+    it = pool.imap(helpers.fail_on, range(5))
+    assert next(it) == 0
+    assert next(it) == 1
+    assert next(it) == 2
+    with pytest.raises(ValueError, match="bad item 3"):
+        next(it)
+    assert next(it) == 4
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_imap_source_error_is_raised_after_the_items_before_it(pool: procpool.Pool) -> None:
+    def source() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise LookupError("input broke")
+
+    it = pool.imap(helpers.square, source())
+    assert next(it) == 1
+    assert next(it) == 4
+    with pytest.raises(LookupError, match="input broke"):
+        next(it)
+
+
+def test_then_catch_and_flattening(pool: procpool.Pool) -> None:
+    fut = pool.submit(helpers.square, 3).then(str)
+    assert fut.result(timeout=30) == "9"
+    recovered = pool.submit(helpers.raise_value_error, "x").catch(lambda exc: type(exc).__name__)
+    assert recovered.result(timeout=30) == "ValueError"
+
+    def chain(x: int) -> procpool.Future[int]:
+        return pool.submit(helpers.square, x)
+
+    assert pool.submit(helpers.square, 2).then(chain).result(timeout=30) == 16
+
+
+def test_await_a_pool_future(pool: procpool.Pool) -> None:
+    async def main() -> list[int]:
+        one = await pool.submit(helpers.square, 5)
+        many = await pool.map(helpers.square, range(3))
+        via_executor = await asyncio.get_running_loop().run_in_executor(pool, helpers.square, 6)
+        return [one, *many, via_executor]
+
+    assert asyncio.run(main()) == [25, 0, 1, 4, 36]
+
+
+def test_wait_and_as_completed_accept_pool_futures(pool: procpool.Pool) -> None:
+    futures = [pool.submit(helpers.square, i) for i in range(10)]
+    done, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert not not_done
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == sorted(
+        i * i for i in range(10)
+    )
+    assert len(done) == 10
+
+
+def test_options_sets_a_time_limit_for_one_submission(pool: procpool.Pool) -> None:
+    slow = pool.options(timeout=0.3).submit(helpers.sleep_then, 10)
+    fine = pool.submit(helpers.sleep_then, 0.5, "ok")
+    with pytest.raises(procpool.TaskTimeoutError, match="time limit"):
+        slow.result(timeout=30)
+    assert fine.result(timeout=30) == "ok"
+
+
+def test_cancel_queued_future_never_runs(tmp_path: object, start_method: str) -> None:
+    path = os.path.join(str(tmp_path), "ran.txt")
+    with procpool.Pool(1, context=start_method) as pool:  # type: ignore[arg-type]
+        blocker = pool.submit(helpers.sleep_then, 0.5)
+        queued = pool.submit(helpers.append_line, path, "queued")
+        assert queued.cancel()
+        assert queued.cancelled()
+        blocker.result(timeout=30)
+    assert not os.path.exists(path)
+
+
+def test_cancel_running_future_kills_its_worker_and_spares_others(
+    pool: procpool.Pool, tmp_path: object
+) -> None:
+    marker = os.path.join(str(tmp_path), "pid")
+    running = pool.submit(helpers.write_then_sleep, marker, 30)
+    other = pool.submit(helpers.sleep_then, 0.5, "other")
+    deadline = time.monotonic() + 20
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running.running()
+    assert running.cancel()
+    assert running.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        running.result()
+    assert other.result(timeout=30) == "other"
+    # The pool replaced the killed worker and still works at full size.
+    pids = {pool.submit(helpers.getpid_after, 0.2).result(timeout=30) for _ in range(4)}
+    assert pool.stats().workers_replaced >= 1
+    assert len(pids) >= 1
+
+
+def test_close_lets_queued_work_finish_and_rejects_new_work(start_method: str) -> None:
+    pool = procpool.Pool(2, context=start_method)  # type: ignore[arg-type]
+    futures = [pool.submit(helpers.sleep_then, 0.05, i) for i in range(6)]
+    pool.close()
+    with pytest.raises(procpool.PoolClosedError):
+        pool.submit(helpers.square, 1)
+    with pytest.raises(procpool.PoolClosedError):
+        pool.map(helpers.square, [1])
+    pool.join()
+    assert [f.result() for f in futures] == list(range(6))
+
+
+def test_terminate_ends_every_future_quickly(start_method: str) -> None:
+    pool = procpool.Pool(2, context=start_method)  # type: ignore[arg-type]
+    futures = [pool.submit(helpers.sleep_then, 30) for _ in range(6)]
+    mapped = pool.map(helpers.sleep_item, [30_000] * 4)
+    time.sleep(0.2)
+    started = time.monotonic()
+    pool.terminate()
+    pool.join()
+    assert time.monotonic() - started < 5
+    assert all(f.done() for f in futures)
+    assert mapped.done()
+    assert all(f.cancelled() for f in futures)
+    with pytest.raises(procpool.PoolClosedError):
+        pool.submit(helpers.square, 1)
+
+
+def test_with_block_exit_by_exception_terminates(start_method: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(KeyError):
+        with procpool.Pool(2, context=start_method) as pool:  # type: ignore[arg-type]
+            fut = pool.submit(helpers.sleep_then, 30)
+            raise KeyError("leave")
+    assert time.monotonic() - started < 10
+    assert fut.done()
+
+
+def test_with_block_normal_exit_waits_for_every_task(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method) as pool:  # type: ignore[arg-type]
+        futures = [pool.submit(helpers.sleep_then, 0.1, i) for i in range(5)]
+    assert [f.result(timeout=0) for f in futures] == list(range(5))
+
+
+def test_shutdown_cancel_futures_cancels_queued_work(start_method: str) -> None:
+    pool = procpool.Pool(1, context=start_method)  # type: ignore[arg-type]
+    first = pool.submit(helpers.sleep_then, 0.5, "first")
+    rest = [pool.submit(helpers.sleep_then, 5) for _ in range(3)]
+    time.sleep(0.2)
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert first.result() == "first"
+    assert all(f.cancelled() for f in rest)
+
+
+def test_join_while_running_is_an_error() -> None:
+    with procpool.Pool(1) as pool, pytest.raises(ValueError, match="close"):
+        pool.join()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workers": 0}, "workers"),
+        ({"workers": -3}, "workers"),
+        ({"context": "threads"}, "start method"),
+        ({"task_timeout": -1}, "task_timeout"),
+        ({"max_tasks_per_worker": 0}, "max_tasks_per_worker"),
+        ({"retries": -1}, "retries"),
+    ],
+)
+def test_bad_arguments_raise_value_error_at_once(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        procpool.Pool(**kwargs)  # type: ignore[arg-type]
+
+
+def test_default_workers_is_the_usable_cpu_count() -> None:
+    with procpool.Pool() as pool:
+        assert pool.workers == len(os.sched_getaffinity(0))
+
+
+def test_max_tasks_per_worker_replaces_workers(start_method: str) -> None:
+    with procpool.Pool(1, context=start_method, max_tasks_per_worker=2) as pool:  # type: ignore[arg-type]
+        pids = [pool.submit(helpers.getpid).result(timeout=30) for _ in range(6)]
+    assert len(set(pids)) == 3
+
+
+def test_initializer_sets_per_worker_state(start_method: str) -> None:
+    with procpool.Pool(
+        2, context=start_method, initializer=helpers.init_state, initargs=(42,)
+    ) as pool:  # type: ignore[arg-type]
+        assert pool.map(helpers.read_state, []).result() == []
+        assert {pool.submit(helpers.read_state).result(timeout=30) for _ in range(4)} == {42}
+
+
+def test_process_task_instance_runs_in_a_pool(pool: procpool.Pool) -> None:
+    assert pool.submit(helpers.Greet("pool")).result(timeout=30) == "hello pool"
+
+
+def test_stats_count_what_happened(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method) as pool:  # type: ignore[arg-type]
+        pool.map(helpers.square, range(10)).result(timeout=30)
+        with pytest.raises(ValueError):
+            pool.submit(helpers.raise_value_error, "x").result(timeout=30)
+        stats = pool.stats()
+    assert stats.submitted == 11
+    assert stats.completed == 10
+    assert stats.failed == 1
+    assert stats.workers_started == 2
+    assert len(stats.busy_seconds) == 2
+    with pytest.raises(AttributeError):
+        stats.completed = 3  # type: ignore[misc]
+
+
+def test_submit_from_many_threads(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method) as pool:  # type: ignore[arg-type]
+        results: dict[int, list[int]] = {}
+
+        def producer(t: int) -> None:
+            futures = [pool.submit(helpers.add, t, i) for i in range(200)]
+            results[t] = [f.result(timeout=60) for f in futures]
+
+        threads = [threading.Thread(target=producer, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results == {t: [t + i for i in range(200)] for t in range(4)}
