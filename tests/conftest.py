@@ -24,5 +24,5 @@ def start_method(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def pool(start_method: str) -> Iterator[procpool.Pool]:
     """A two-worker pool under each start method, closed and joined after the test."""
-    with procpool.Pool(2, context=start_method) as p:  # type: ignore[arg-type]
+    with procpool.Pool(2, context=start_method) as p:
         yield p
