@@ -1,0 +1,1187 @@
+"""``DaskPool``: procpool's typed API on a ``dask.distributed`` cluster.
+
+Moving a program from one machine to a cluster changes one line::
+
+    with procpool.Pool() as pool:                            # local processes
+    with procpool.DaskPool("tcp://scheduler:8786") as pool:  # a Dask cluster
+
+``submit``, ``map``, ``imap``, ``imap_unordered``, ``options``, ``then``, ``catch``,
+``await`` and the ``with`` block keep their types and meaning; docs/scale-out.md
+lists every difference (Dask cannot stop a task that is already running, for one).
+
+The data flow of one task::
+
+    DaskPool.submit ── client.submit(partial(fn, *args), key=<name>-<uuid>, pure=False)
+         │               the Dask future is kept in ``_Core.jobs`` until the task is
+         │               done: Dask forgets a task whose future is garbage-collected
+         ▼
+    scheduler ──> a worker thread runs fn (inside ``_call_limited`` if it has a time limit)
+         │
+         ▼
+    Dask's callback thread: ``_Core.on_dask_done`` fetches the result or the exception,
+    translates it (KilledWorker -> WorkerLostError, remote traceback -> __cause__),
+    submits again if a retry is due, else resolves the procpool Future with
+    ``_finish`` and drops the Dask future
+         │
+         ▼
+    the pool's callback thread runs the user's callbacks (then/catch/add_done_callback),
+    so a callback that blocks can never stall Dask's own callback thread.
+
+``map`` and ``imap`` send chunks of items to ``_run_chunk``, which runs on the worker,
+catches each item's exception separately and returns one outcome per item: items
+fail exactly as they would in a serial ``map``.
+
+``distributed`` is imported only when a ``DaskPool`` is built, so ``import procpool``
+never needs it, and this module type-checks with or without it (the client is ``Any``).
+"""
+
+# The executor side of Future/MapFuture (_finish, _set_batch, _cancel_hook, ...) is
+# underscore-named to keep it out of the public API, not out of the executors.
+# pyright: reportPrivateUsage=false
+# DaskPool.map's overloads check 1-5 iterables against fn's parameters (as typeshed's
+# builtins.map does) where Executor.map accepts anything; mypy calls that an
+# incompatible override, pyright does not, and a `type: ignore` that pyright deems
+# unnecessary is an error there, so the code is disabled for mypy in this file.
+# mypy: disable-error-code="override"
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import copy
+import enum
+import functools
+import importlib
+import itertools
+import logging
+import math
+import pickle
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar, cast, overload
+
+from typing_extensions import ParamSpec, Self
+
+from ._errors import (
+    PoolClosedError,
+    RemoteTraceback,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from ._future import Future, MapFuture
+from ._pool import PoolStats
+from ._progress import Progress, Reporter, make_reporter
+
+__all__ = ["DaskPool"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+T4 = TypeVar("T4")
+T5 = TypeVar("T5")
+
+LOGGER = logging.getLogger("procpool")
+
+INSTALL_HINT = 'DaskPool needs dask.distributed: pip install "procpool[dask]"'
+
+#: One item's result from ``_run_chunk``: (True, value, None) or (False, exception, traceback text).
+_Outcome = tuple[bool, Any, "str | None"]
+
+
+def _import_distributed() -> Any:
+    """Import ``distributed`` on first use; typed ``Any`` so no stubs are needed."""
+    try:
+        return importlib.import_module("distributed")
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+
+
+def _task_name(fn: Callable[..., object]) -> str:
+    """A readable name for Dask keys (the dashboard shows it), ``partial`` unwrapped."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+def _check_timeout(name: str, value: float | None) -> None:
+    if value is not None and not value >= 0:  # `not >=` also rejects NaN
+        raise ValueError(f"{name} must be None or a number of seconds >= 0, not {value!r}")
+
+
+def _finite(timeout: float | None) -> float | None:
+    """``math.inf`` means no limit: the worker then needs no helper thread."""
+    return None if timeout is None or math.isinf(timeout) else timeout
+
+
+def _check_count(name: str, value: int | None, minimum: int) -> None:
+    if value is not None and (not isinstance(value, int) or value < minimum):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+
+
+# -- code that runs on the Dask workers --------------------------------------------------
+#
+# These functions travel to the workers by reference (``procpool._dask._run_chunk``),
+# so procpool must be installed there too, the same version as in the client.
+
+
+def _timeout_error(fn: Callable[..., object], timeout: float) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"{_task_name(fn)} ran longer than its time limit of {timeout:g} s (Dask cannot "
+        "stop a running task: its thread on the worker goes on until the function "
+        "returns, and the result is discarded)",
+        timeout=timeout,
+    )
+
+
+def _call_limited(
+    fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+) -> T:
+    """Run ``fn(*args, **kwargs)`` on a worker; raise ``TaskTimeoutError`` after ``timeout`` s.
+
+    The call runs in a helper thread so that the Dask task answers on time even
+    when the function is stuck in C code. The clock starts when the worker starts
+    the task, so time spent waiting in the scheduler's queue never counts.
+    """
+    outcome: list[tuple[bool, Any]] = []
+    finished = threading.Event()
+    # The helper thread sees the task's context variables, as the task thread would.
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            outcome.append((True, context.run(fn, *args, **kwargs)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    # Daemon: a task that never returns must not keep the worker process from exiting.
+    helper = threading.Thread(target=run, name=f"procpool-{_task_name(fn)}", daemon=True)
+    helper.start()
+    if not finished.wait(timeout):
+        raise _timeout_error(fn, timeout)
+    ok, value = outcome[0]
+    if ok:
+        return cast("T", value)
+    raise value
+
+
+def _failure(fn: Callable[..., object], exc: BaseException) -> _Outcome:
+    """Package an item's exception so that it survives the trip back to the client."""
+    tb = exc.__traceback__
+    # Skip _run_chunk's own frame: the user wants to see their function.
+    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+    try:
+        # A round trip, not just dumps: an exception whose __init__ wants other
+        # arguments than its .args pickles fine, then fails to unpickle in the client,
+        # which would fail the whole chunk instead of this one item.
+        pickle.loads(pickle.dumps(exc))
+    except Exception as error:
+        exc = SerializationError(
+            f"{_task_name(fn)} raised {type(exc).__qualname__}: {exc}, which cannot be sent "
+            f"back from the worker ({type(error).__name__}: {error}); give the exception "
+            "class an __init__ that accepts its .args, or a __reduce__"
+        )
+    return (False, exc, text)
+
+
+def _run_chunk(
+    fn: Callable[..., object],
+    items: Sequence[tuple[Any, ...]],
+    timeout: float | None,
+    timeout_retries: int,
+) -> list[_Outcome]:
+    """Run ``fn(*item)`` for each item on a worker; one outcome per item, in order.
+
+    An item's exception is caught and returned with its formatted traceback, so
+    the other items of the chunk still run and every item fails or succeeds exactly
+    as in a serial ``map``. An item that runs out of time is run again up to
+    ``timeout_retries`` times.
+    """
+    outcomes: list[_Outcome] = []
+    for args in items:
+        attempts = timeout_retries
+        while True:
+            try:
+                value = fn(*args) if timeout is None else _call_limited(fn, args, {}, timeout)
+            except TaskTimeoutError as exc:
+                if attempts > 0:
+                    attempts -= 1
+                    continue
+                outcomes.append(_failure(fn, exc))
+            except Exception as exc:
+                outcomes.append(_failure(fn, exc))
+            else:
+                outcomes.append((True, value, None))
+            break
+    return outcomes
+
+
+# -- the client side ----------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    RUNNING = "running"
+    CLOSED = "closed"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True)
+class _Options:
+    timeout: float | None
+    retries: int
+    retry_timeouts: bool
+
+
+class _CallbackThread:
+    """Runs the user's future callbacks, in order, on one thread owned by the pool.
+
+    Dask runs done-callbacks on a single thread shared by every Dask future in the
+    process; a user callback that waits for another future of this pool would block
+    the very thread that must resolve it. So callbacks are handed over to this thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def __call__(self, thunk: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._closed:
+                if self._thread is None:
+                    # Daemon: a callback that never returns must not block interpreter exit.
+                    self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                    self._thread.start()
+                self._queue.put(thunk)
+                return
+        # After the pool is gone (a late cancel, say) run inline rather than drop it.
+        thunk()
+
+    def _loop(self) -> None:
+        while True:
+            thunk = self._queue.get()
+            if thunk is None:
+                return
+            try:
+                thunk()
+            except Exception:  # _SafeCallback already logs; this is a last resort
+                LOGGER.exception("error in a procpool callback")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._thread is not None:
+                self._queue.put(None)
+
+    def join(self, timeout: float | None) -> None:
+        thread = self._thread
+        # A callback that calls pool.join() must not wait for itself.
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+@dataclass
+class _Job:
+    """One Dask task in flight, and what is needed to submit it again."""
+
+    name: str
+    call: Callable[[], object]
+    future: Future[Any]
+    retries_left: int
+    retry_timeouts: bool
+    dask_future: Any = None
+
+
+class _Counters:
+    """The numbers behind :meth:`DaskPool.stats`; items of a map count one each."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.timed_out = 0
+        self.retried = 0
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, count in counts.items():
+                setattr(self, name, getattr(self, name) + count)
+
+
+class _Core:
+    """What a pool and its ``options()`` views share: the client, lifecycle, tasks in flight."""
+
+    def __init__(self, distributed: Any, client: Any, owns_client: bool) -> None:
+        self.distributed = distributed
+        self.client = client
+        self.owns_client = owns_client
+        self.client_released = False
+        self.state = _State.RUNNING
+        # Guards state and jobs; ``idle`` is signalled whenever jobs becomes empty.
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        # Holding the Dask future is what keeps a task alive (Dask releases a task
+        # whose last future is garbage-collected); the entry goes as soon as the task
+        # is done, so neither futures nor inputs pile up.
+        self.jobs: dict[str, _Job] = {}
+        self.callbacks = _CallbackThread(f"procpool-dask-callbacks-{id(self):x}")
+        self.counters = _Counters()
+
+    def closed_error(self) -> PoolClosedError:
+        return PoolClosedError(f"the DaskPool is {self.state.value}: it accepts no new work")
+
+    def check_open(self) -> None:
+        with self.lock:
+            if self.state is not _State.RUNNING:
+                raise self.closed_error()
+
+    def worker_threads(self) -> int:
+        return max(1, int(sum(self.client.nthreads().values())))
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def launch(
+        self, name: str, call: Callable[[], object], opts: _Options, *, user_facing: bool
+    ) -> tuple[str, Future[Any]]:
+        """Submit ``call`` to Dask; return its key and a procpool future bridged to it."""
+        fut: Future[Any] = Future()
+        if user_facing:
+            fut._callback_runner = self.callbacks
+        job = _Job(name, call, fut, opts.retries, opts.retry_timeouts)
+        with self.lock:
+            if self.state is not _State.RUNNING:
+                raise self.closed_error()
+            key = self._submit_locked(job)
+        if key is not None:
+            fut._cancel_hook = lambda _was_running: self.cancel_keys([key])
+            self._watch(key, job)
+        return key or "", fut
+
+    def _submit_locked(self, job: _Job) -> str | None:
+        # Explicit unique key: pure=False alone would do, but the key also names the
+        # task on the dashboard after the user's function instead of a procpool helper.
+        key = f"{job.name}-{uuid.uuid4().hex}"
+        try:
+            job.dask_future = self.client.submit(job.call, key=key, pure=False)
+        except TypeError as exc:
+            # distributed pickles the task right here; a TypeError is what it raises
+            # for a function or argument that neither pickle nor cloudpickle can take.
+            job.future._finish(
+                exception=_serialization_error(
+                    f"the call of {job.name} (function or arguments)", exc
+                )
+            )
+            return None
+        self.jobs[key] = job
+        return key
+
+    def _watch(self, key: str, job: _Job) -> None:
+        job.dask_future.add_done_callback(functools.partial(self.on_dask_done, key))
+
+    def cancel_keys(self, keys: list[str]) -> None:
+        """Cancel these tasks on the cluster and forget them."""
+        with self.lock:
+            jobs = [job for job in (self.jobs.pop(key, None) for key in keys) if job is not None]
+            if not self.jobs:
+                self.idle.notify_all()
+        self.cancel_dask([job.dask_future for job in jobs])
+
+    def cancel_dask(self, dask_futures: list[Any]) -> None:
+        if not dask_futures:
+            return
+        try:
+            self.client.cancel(dask_futures)
+        except Exception:  # the client may be closing already; the futures die with it
+            LOGGER.debug("could not cancel %d Dask futures", len(dask_futures), exc_info=True)
+
+    # -- results (on Dask's callback thread) ------------------------------------------------
+
+    def on_dask_done(self, key: str, dask_future: Any) -> None:
+        """Resolve a job's future from its finished Dask future, or submit it again."""
+        with self.lock:
+            job = self.jobs.get(key)
+        if job is None:  # cancelled or terminated meanwhile: its future is already done
+            return
+        try:
+            outcome = self._outcome(job, dask_future)
+        except BaseException as exc:  # never leave a future hanging
+            outcome = exc
+        if isinstance(outcome, BaseException) and self._retry(key, job, outcome):
+            return
+        if isinstance(outcome, _Cancelled):
+            job.future._abandon()  # cancelled from the Dask side (client.cancel, restart)
+        elif isinstance(outcome, BaseException):
+            job.future._finish(exception=outcome)
+        else:
+            job.future._finish(outcome.value)
+        with self.lock:
+            self.jobs.pop(key, None)
+            if not self.jobs:
+                self.idle.notify_all()
+
+    def _retry(self, key: str, job: _Job, exc: BaseException) -> bool:
+        """Submit ``job`` again if its failure calls for it; True if it was."""
+        due = isinstance(exc, WorkerLostError) or (
+            job.retry_timeouts and isinstance(exc, TaskTimeoutError)
+        )
+        if not due or job.retries_left <= 0:
+            return False
+        with self.lock:
+            if self.jobs.pop(key, None) is None or self.state is _State.TERMINATED:
+                return False
+            job.retries_left -= 1
+            new_key = self._submit_locked(job)
+        if new_key is None:
+            return True  # _submit_locked failed the future
+        self.counters.add(retried=1)
+        job.future._cancel_hook = lambda _was_running: self.cancel_keys([new_key])
+        self._watch(new_key, job)
+        return True
+
+    def _outcome(self, job: _Job, dask_future: Any) -> _Value | _Cancelled | BaseException:
+        status = dask_future.status
+        if status == "cancelled":
+            return _Cancelled()
+        try:
+            if status != "error":
+                return _Value(dask_future.result())
+            exc: BaseException = dask_future.exception()
+            tb: TracebackType | None = dask_future.traceback()
+        except concurrent.futures.CancelledError:
+            return _Cancelled()
+        except TypeError as error:
+            # A worker keeps a result it cannot pickle and fails only when we fetch it.
+            return _serialization_error(f"the result of {job.name}", error)
+        except Exception as error:  # the client lost the scheduler, and the like
+            return error
+        if isinstance(exc, self.distributed.KilledWorker):
+            lost = WorkerLostError(
+                f"the Dask worker running {job.name} died (or was lost) before it "
+                f"answered, and Dask gave up on the task: {exc}"
+            )
+            lost.__cause__ = exc
+            return lost
+        if tb is not None:
+            # As concurrent.futures does: the worker's frames travel as text on
+            # __cause__, and the local traceback starts fresh where result() raises.
+            exc.__cause__ = RemoteTraceback("".join(traceback.format_exception(type(exc), exc, tb)))
+            exc.__traceback__ = None
+        return exc
+
+    # -- shutting down ----------------------------------------------------------------------
+
+    def release_client(self) -> None:
+        with self.lock:
+            if self.client_released or not self.owns_client:
+                return
+            self.client_released = True
+        try:
+            self.client.close()
+        except Exception:
+            LOGGER.exception("error while closing the Dask client %r", self.client)
+
+
+class _Value:
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+class _Cancelled:
+    __slots__ = ()
+
+
+class DaskPool(Executor):
+    """A ``concurrent.futures.Executor`` that runs procpool's API on a Dask cluster.
+
+    Args:
+        client_or_address: a ``distributed.Client`` (used as it is and left open);
+            a scheduler address such as ``"tcp://host:8786"``, or a cluster object
+            (a client is made for it and closed with the pool); or ``None``: the
+            current default Dask client if there is one, else a new ``LocalCluster``
+            on this machine, closed with the pool.
+        task_timeout: default time limit of each task (each item of a map), in
+            seconds, counted from the moment a worker starts it. A task over its
+            limit fails with :class:`~procpool.TaskTimeoutError`; Dask cannot stop
+            it, so its thread on the worker runs on and the result is thrown away.
+        retries: submit a task again, up to this many times, when Dask gives up on
+            it because workers died running it (``KilledWorker``). Dask itself
+            already re-runs such a task ``distributed.scheduler.allowed-failures``
+            times (3 by default) first.
+        retry_timeouts: also run again, up to ``retries`` times, a task that ran
+            out of time.
+
+    Every call returns procpool's own :class:`~procpool.Future` or
+    :class:`~procpool.MapFuture`, and every task is submitted with ``pure=False``:
+    two submissions of the same call run twice. Leaving the ``with`` block normally
+    waits for every task; leaving it by an exception cancels them::
+
+        with procpool.DaskPool("tcp://scheduler:8786") as pool:
+            squares = pool.map(pow, range(10), [2] * 10).result()
+
+    Raises:
+        ImportError: ``distributed`` is not installed (``pip install "procpool[dask]"``).
+        ValueError: a negative ``task_timeout`` or ``retries``.
+    """
+
+    def __init__(
+        self,
+        client_or_address: object = None,
+        *,
+        task_timeout: float | None = None,
+        retries: int = 0,
+        retry_timeouts: bool = False,
+    ) -> None:
+        _check_timeout("task_timeout", task_timeout)
+        _check_count("retries", retries, 0)
+        distributed = _import_distributed()
+        owns = True
+        client: Any
+        if isinstance(client_or_address, distributed.Client):
+            client, owns = client_or_address, False
+        elif client_or_address is None:
+            try:
+                client, owns = distributed.get_client(), False
+            except ValueError:
+                # No client around: Client() starts a LocalCluster and closes it with
+                # itself. set_as_default=False: a library must not take over the
+                # process-wide default client.
+                client = distributed.Client(set_as_default=False)
+        else:
+            client = distributed.Client(client_or_address, set_as_default=False)
+        if getattr(client, "asynchronous", False):
+            if owns:
+                client.close()
+            raise TypeError(
+                "DaskPool needs a synchronous distributed.Client (asynchronous=False); "
+                "to use it from asyncio, await the procpool futures it returns"
+            )
+        self._core = _Core(distributed, client, owns)
+        self._options = _Options(_finite(task_timeout), retries, retry_timeouts)
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` this pool submits to."""
+        return self._core.client
+
+    @property
+    def workers(self) -> int:
+        """The number of worker threads on the cluster right now (at least 1)."""
+        return self._core.worker_threads()
+
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_timeouts: bool | None = None,
+    ) -> Self:
+        """Return a view of this pool whose submissions carry their own settings.
+
+        The view shares the client and the lifecycle of this pool (closing either
+        closes both); only the defaults for new work differ. ``None`` keeps the
+        pool's setting::
+
+            fut = pool.options(timeout=2.0).submit(slow_call, 10)
+            results = pool.options(retries=3).map(flaky, items)
+
+        Args:
+            timeout: time limit per task (per item of a map), in seconds;
+                ``math.inf`` lifts the pool's ``task_timeout``.
+            retries: how many times to submit again a task whose workers died.
+            retry_timeouts: also submit again tasks that ran out of time.
+        """
+        _check_timeout("timeout", timeout)
+        _check_count("retries", retries, 0)
+        view = copy.copy(self)
+        current = self._options
+        view._options = _Options(
+            _finite(timeout) if timeout is not None else current.timeout,
+            retries if retries is not None else current.retries,
+            retry_timeouts if retry_timeouts is not None else current.retry_timeouts,
+        )
+        return view
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` on the cluster; return its future.
+
+        If ``fn`` or an argument cannot be pickled (Dask sends functions with
+        cloudpickle, so lambdas are fine), the future fails with
+        :class:`~procpool.SerializationError`::
+
+            fut = pool.submit(pow, 2, 10)   # Future[int]
+            assert fut.result() == 1024
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, not {fn!r}")
+        opts = self._options
+        # functools.partial keeps the arguments opaque to Dask: as task arguments,
+        # Dask would compute any Dask collection among them and would take keyword
+        # arguments such as key=, workers= or retries= for its own.
+        if opts.timeout is None:
+            call: Callable[[], object] = functools.partial(fn, *args, **kwargs)
+        else:
+            call = functools.partial(_call_limited, fn, args, kwargs, opts.timeout)
+        _, fut = self._core.launch(_task_name(fn), call, opts, user_facing=True)
+        self._core.counters.add(submitted=1)
+        fut.add_done_callback(self._count)
+        return fut
+
+    # Executor.map takes any number of iterables and `fn=` by keyword; these overloads
+    # check the types of 1-5 iterables against fn's parameters instead, as typeshed's
+    # builtins.map does, so a wrong argument type is an error.
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3, T4], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        iter4: Iterable[T4],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3, T4, T5], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        iter4: Iterable[T4],
+        iter5: Iterable[T5],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Any],
+        iter2: Iterable[Any],
+        iter3: Iterable[Any],
+        iter4: Iterable[Any],
+        iter5: Iterable[Any],
+        iter6: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]:
+        """Apply ``fn`` to every item (of zipped iterables) on the cluster, in input order.
+
+        The inputs are read at once (as ``Executor.map`` does; use :meth:`imap` for
+        endless or huge inputs) and sent ``chunksize`` items per Dask task; ``None``
+        makes about four chunks per worker thread. The result is a
+        :class:`~procpool.MapFuture`: iterate it to stream results in order, or call
+        ``.result()`` for the list, which equals ``list(map(fn, *iterables))``; an
+        item that raised raises the same exception::
+
+            squares = pool.map(pow, range(5), [2] * 5)
+            assert squares.result() == [0, 1, 4, 9, 16]
+
+        Args:
+            timeout: as in ``Executor.map``: iteration raises ``TimeoutError`` for a
+                result not ready ``timeout`` seconds after this call.
+            chunksize: items per Dask task; None picks it from the worker count.
+            progress: True for a tqdm bar, or a callback ``(done, total)``.
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, not {fn!r}")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        _check_count("chunksize", chunksize, 1)
+        _check_timeout("timeout", timeout)
+        core = self._core
+        core.check_open()
+        items = list(zip(*iterables))  # noqa: B905 (stops at the shortest, as builtins.map)
+        result: MapFuture[R] = MapFuture(len(items), timeout=timeout)
+        result._callback_runner = core.callbacks
+        reporter = make_reporter(progress, len(items), _task_name(fn))
+        if reporter is not None:
+            result._on_progress = reporter.advance
+        if not items:
+            return result
+        if chunksize is None:
+            # As multiprocessing.Pool.map: about four chunks per worker thread, so tiny
+            # items do not each pay a scheduler round trip, and the load still balances.
+            chunksize = max(1, math.ceil(len(items) / (4 * core.worker_threads())))
+        keys: list[str] = []
+        for start in range(0, len(items), chunksize):
+            part = items[start : start + chunksize]
+            key, chunk = self._launch_chunk(fn, part)
+            keys.append(key)
+            chunk.add_done_callback(
+                functools.partial(_deliver_chunk, result, start, len(part), core.counters)
+            )
+        core.counters.add(submitted=len(items))
+        # The hook holds keys, not the chunk futures: those hold results, which an
+        # iterated MapFuture must not keep alive.
+        result._cancel_hook = lambda _was_running: core.cancel_keys(keys)
+        return result
+
+    def imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[R]:
+        """Lazily apply ``fn`` to each item on the cluster; yield results in input order.
+
+        At most ``buffersize`` items are read ahead of the consumer (default: four
+        per worker thread, times ``chunksize``), so an endless generator works in
+        bounded memory. An item that raised raises its exception when reached; the
+        iterator can be resumed after it. Breaking out of the loop early (or
+        ``close()`` on the iterator) cancels the chunks still in flight. If the pool
+        is closed before the input runs out, the items already sent are yielded,
+        then :class:`~procpool.PoolClosedError` is raised::
+
+            for line in pool.imap(str.upper, open("big.txt")):
+                print(line, end="")
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=True)
+
+    def imap_unordered(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[R]:
+        """Like :meth:`imap`, but yield results as they complete, in any order."""
+        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=False)
+
+    def close(self) -> None:
+        """Take no new work; the work already submitted still runs. Does not wait."""
+        core = self._core
+        with core.lock:
+            if core.state is _State.RUNNING:
+                core.state = _State.CLOSED
+
+    def terminate(self) -> None:
+        """Stop now: cancel every unfinished task; their futures report cancelled.
+
+        Dask drops the tasks that have not started; one already running on a worker
+        cannot be stopped and runs on, but its result is discarded. A client the
+        pool made is closed (with its cluster, if it started one). Does not wait.
+        """
+        core = self._core
+        with core.lock:
+            core.state = _State.TERMINATED
+            jobs = list(core.jobs.values())
+            core.jobs.clear()
+            core.idle.notify_all()
+        for job in jobs:
+            job.future._abandon()
+        core.cancel_dask([job.dask_future for job in jobs])
+        core.callbacks.close()
+        core.release_client()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until every task is done, after :meth:`close` or :meth:`terminate`.
+
+        Then the callbacks of those futures have run, and a client the pool made is
+        closed. With a ``timeout``, return after at most that long.
+
+        Raises:
+            ValueError: if the pool is still running (call close() first).
+        """
+        _check_timeout("timeout", timeout)
+        core = self._core
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with core.lock:
+            if core.state is _State.RUNNING:
+                raise ValueError("join() needs close() or terminate() first: the pool is running")
+            while core.jobs:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                core.idle.wait(remaining)
+        core.callbacks.close()
+        core.callbacks.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        core.release_client()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As :meth:`concurrent.futures.Executor.shutdown`: close, optionally wait.
+
+        Args:
+            wait: wait until every task has finished (and a client the pool made is
+                closed).
+            cancel_futures: first cancel every unfinished task. Dask does not tell
+                the client which tasks have started, so running ones are cancelled
+                too (their threads run on; the results are discarded).
+        """
+        core = self._core
+        self.close()
+        if cancel_futures:
+            with core.lock:
+                jobs = list(core.jobs.values())
+            for job in jobs:
+                job.future.cancel()
+        if wait:
+            self.join()
+        else:
+            # Close a client we made once the work is done, without making the caller wait.
+            threading.Thread(target=self.join, name="procpool-dask-shutdown", daemon=True).start()
+
+    def stats(self) -> PoolStats:
+        """Return a snapshot of the pool's counters (shared with its ``options()`` views).
+
+        ``workers_started``, ``workers_replaced`` and ``busy_seconds`` stay empty:
+        Dask manages the workers, and its dashboard shows their activity.
+        """
+        c = self._core.counters
+        with c.lock:
+            return PoolStats(
+                submitted=c.submitted,
+                completed=c.completed,
+                failed=c.failed,
+                cancelled=c.cancelled,
+                timed_out=c.timed_out,
+                retried=c.retried,
+                workers_started=0,
+                workers_replaced=0,
+                busy_seconds=(),
+            )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        """Leave normally: close and wait for all tasks. Leave by an exception: terminate."""
+        if exc_type is None:
+            try:
+                self.close()
+                self.join()
+            except BaseException:
+                # Ctrl-C while waiting for the tasks: cancel them instead.
+                self.terminate()
+                self.join()
+                raise
+        else:
+            self.terminate()
+            self.join()
+        return None
+
+    def __repr__(self) -> str:
+        core = self._core
+        with core.lock:
+            state, jobs = core.state.value, len(core.jobs)
+        return f"<procpool.DaskPool {state} tasks={jobs} client={core.client!r}>"
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _count(self, fut: Future[Any]) -> None:
+        counters = self._core.counters
+        if fut.cancelled():
+            counters.add(cancelled=1)
+        elif isinstance(fut.exception(), TaskTimeoutError):
+            counters.add(failed=1, timed_out=1)
+        elif fut.exception() is not None:
+            counters.add(failed=1)
+        else:
+            counters.add(completed=1)
+
+    def _launch_chunk(
+        self, fn: Callable[..., object], items: list[tuple[Any, ...]]
+    ) -> tuple[str, Future[list[_Outcome]]]:
+        opts = self._options
+        timeout_retries = opts.retries if opts.retry_timeouts else 0
+        call = functools.partial(_run_chunk, fn, items, opts.timeout, timeout_retries)
+        # Timeouts of single items are retried on the worker; the chunk as a whole
+        # is submitted again only when its workers died.
+        chunk_opts = _Options(None, opts.retries, False)
+        return self._core.launch(_task_name(fn), call, chunk_opts, user_facing=False)
+
+    def _imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        chunksize: int,
+        buffersize: int | None,
+        progress: Progress,
+        *,
+        ordered: bool,
+    ) -> Iterator[R]:
+        if not callable(fn):
+            raise TypeError(f"imap() needs a callable, not {fn!r}")
+        _check_count("chunksize", chunksize, 1)
+        _check_count("buffersize", buffersize, 1)
+        core = self._core
+        core.check_open()
+        if buffersize is None:
+            buffersize = 4 * core.worker_threads() * chunksize
+        reporter = make_reporter(progress, None, _task_name(fn))
+
+        def launch(items: list[tuple[Any, ...]]) -> tuple[str, Future[list[_Outcome]]]:
+            core.counters.add(submitted=len(items))
+            return self._launch_chunk(fn, items)
+
+        return _IMapIterator(
+            core, launch, iterable, chunksize, buffersize, reporter, ordered=ordered
+        )
+
+
+def _serialization_error(what: str, error: BaseException) -> SerializationError:
+    err = SerializationError(
+        f"{what} could not be pickled for Dask ({type(error).__name__}: {error}); "
+        "pass plain data (no locks, open files, sockets or generators)"
+    )
+    err.__cause__ = error
+    return err
+
+
+def _with_remote_traceback(exc: BaseException, text: str | None) -> BaseException:
+    if text is not None:
+        exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def _deliver_chunk(
+    target: MapFuture[Any],
+    start: int,
+    size: int,
+    counters: _Counters,
+    chunk: Future[list[_Outcome]],
+) -> None:
+    """Copy a finished chunk's outcomes into the MapFuture (on Dask's callback thread)."""
+    if chunk.cancelled():
+        counters.add(cancelled=size)
+        target._abandon()  # the map as a whole was cancelled, or the pool terminated
+        return
+    error = chunk.exception()
+    if error is not None:
+        # The whole task failed (workers lost, a result that cannot be pickled): every item did.
+        counters.add(failed=size)
+        target._set_batch(start, [None] * size, dict.fromkeys(range(size), error))
+        return
+    values: list[Any] = []
+    errors: dict[int, BaseException] = {}
+    for index, (ok, value, text) in enumerate(chunk.result()):
+        if ok:
+            values.append(value)
+        else:
+            values.append(None)
+            errors[index] = _with_remote_traceback(value, text)
+    timed_out = sum(isinstance(exc, TaskTimeoutError) for exc in errors.values())
+    counters.add(completed=size - len(errors), failed=len(errors), timed_out=timed_out)
+    target._set_batch(start, values, errors)
+
+
+def _put_done(
+    done: queue.SimpleQueue[tuple[int, Future[list[_Outcome]]]],
+    size: int,
+    chunk: Future[list[_Outcome]],
+) -> None:
+    done.put((size, chunk))
+
+
+class _IMapIterator(Iterator[R]):
+    """The iterator behind ``imap``/``imap_unordered``: reads its input lazily, in chunks.
+
+    Items read from the input but not yet yielded never exceed ``buffersize``; a
+    chunk is sent as soon as there is room for it, so the cluster stays busy while
+    the consumer works.
+    """
+
+    def __init__(
+        self,
+        core: _Core,
+        launch: Callable[[list[tuple[Any, ...]]], tuple[str, Future[list[_Outcome]]]],
+        iterable: Iterable[Any],
+        chunksize: int,
+        buffersize: int,
+        reporter: Reporter | None,
+        *,
+        ordered: bool,
+    ) -> None:
+        self._core = core
+        self._launch = launch
+        self._source: Iterator[Any] | None = iter(iterable)
+        self._chunksize = min(chunksize, buffersize)
+        self._room = buffersize  # items that may still be read ahead
+        self._reporter = reporter
+        self._ordered = ordered
+        # (items in the chunk, its future): in input order, or in completion order.
+        self._pending: deque[tuple[int, Future[list[_Outcome]]]] = deque()
+        self._completed: queue.SimpleQueue[tuple[int, Future[list[_Outcome]]]] = queue.SimpleQueue()
+        self._keys: dict[Future[list[_Outcome]], str] = {}
+        self._in_flight = 0
+        self._ready: deque[_Outcome] = deque()  # outcomes of the chunk being yielded
+        # Raised once the items already sent are yielded: the input's own exception,
+        # or PoolClosedError when the pool closed before the input ran out.
+        self._tail_error: BaseException | None = None
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._source is not None and self._room >= self._chunksize:
+            try:
+                items = [(item,) for item in itertools.islice(self._source, self._chunksize)]
+            except BaseException as exc:
+                # Raised when the consumer gets there, after the items read before it,
+                # as a serial loop would.
+                self._source = None
+                self._tail_error = exc
+                return
+            if len(items) < self._chunksize:
+                self._source = None  # exhausted: never call next() on it again
+            if not items:
+                return
+            try:
+                key, chunk = self._launch(items)
+            except PoolClosedError as exc:
+                self._source = None
+                self._tail_error = exc
+                return
+            self._room -= len(items)
+            self._in_flight += 1
+            self._keys[chunk] = key
+            if self._ordered:
+                self._pending.append((len(items), chunk))
+            else:
+                chunk.add_done_callback(functools.partial(_put_done, self._completed, len(items)))
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> R:
+        while not self._ready:
+            if self._in_flight == 0:
+                error, self._tail_error = self._tail_error, None
+                if error is not None:
+                    raise error
+                if self._reporter is not None:
+                    self._reporter.close()
+                raise StopIteration
+            size, chunk = self._pending.popleft() if self._ordered else self._completed.get()
+            self._in_flight -= 1
+            self._keys.pop(chunk, None)
+            if chunk.cancelled():
+                # The pool was terminated (or the iterator closed): nothing more will come.
+                self.close()
+                raise concurrent.futures.CancelledError()
+            error = chunk.exception()
+            if error is not None:
+                self._ready.extend((False, error, None) for _ in range(size))
+            else:
+                self._ready.extend(chunk.result())
+        ok, value, text = self._ready.popleft()
+        self._room += 1
+        if self._reporter is not None:
+            self._reporter.advance(1)
+        self._fill()  # keep the workers fed while the consumer works on this item
+        if ok:
+            return cast("R", value)
+        raise _with_remote_traceback(value, text)
+
+    def close(self) -> None:
+        """Stop: read no more input and cancel the chunks in flight."""
+        self._source = None
+        keys = list(self._keys.values())
+        self._keys.clear()
+        self._pending.clear()
+        self._in_flight = 0
+        self._ready.clear()
+        self._core.cancel_keys(keys)
+        if self._reporter is not None:
+            self._reporter.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._keys:
+                self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
