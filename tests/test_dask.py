@@ -30,13 +30,13 @@ distributed = pytest.importorskip(
 )
 
 import dask  # noqa: E402  (after the importorskip above)
-import dask_helpers as h  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import dask_helpers as h  # noqa: E402
 import procpool  # noqa: E402
-from procpool._errors import RemoteTraceback  # noqa: E402
 from procpool import DaskPool  # noqa: E402
+from procpool._errors import RemoteTraceback  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -288,9 +288,9 @@ def test_map_fails_the_same_items_as_serial(pool: DaskPool) -> None:
         try:
             seen.append(next(iterator))
         except h.DaskHelperError as exc:
-            assert "dask_helpers.py" in str(exc.__cause__)
-            seen.append("error")
-    assert seen == [2, 3, "error", 5, 6, "error", 8, 9, "error"]
+            seen.append(("error", "dask_helpers.py" in str(exc.__cause__)))
+    error = ("error", True)  # raised with the worker's traceback as __cause__
+    assert seen == [2, 3, error, 5, 6, error, 8, 9, error]
 
 
 def test_map_timeout_raises_timeout_error_when_iterating(pool: DaskPool) -> None:
