@@ -81,7 +81,7 @@ EXPECTED: dict[str, list[str]] = {
         r"slow task: TaskTimeoutError, also TimeoutError=True",
         re.escape("other tasks: [0.01, 0.01, 0.01, 0.01, 0.01]"),
         re.escape("pool-wide task_timeout: ['ok', 'timed out', 'ok']"),
-        r"stats: timed_out=1 workers_replaced=1",
+        r"stats: submitted=3 completed=2 timed_out=1",
     ],
     "executor_compat.py": [
         r"is an Executor: True",

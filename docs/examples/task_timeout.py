@@ -32,8 +32,10 @@ def main() -> None:
             for f in futures
         ]
         print(f"pool-wide task_timeout: {outcomes}")
-        stats = pool.stats()
-        print(f"stats: timed_out={stats.timed_out} workers_replaced={stats.workers_replaced}")
+    stats = pool.stats()  # after the block: every task has ended
+    print(
+        f"stats: submitted={stats.submitted} completed={stats.completed} timed_out={stats.timed_out}"
+    )
 
 
 if __name__ == "__main__":
