@@ -230,3 +230,13 @@ class FailingTask(procpool.ProcessTask[int]):
 
     def run(self) -> int:
         raise KeyError("missing")
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    """Poll ``predicate()`` until it is true or ``timeout`` passes (test use only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())

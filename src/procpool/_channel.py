@@ -74,12 +74,11 @@ def diagnose_call(fn: object, args: tuple[Any, ...], kwargs: Mapping[str, Any]) 
         found = _find_unpicklable(value, "")
         if found is not None:
             path, part, error = found
-            where = f" at {label}{path}" if path else ""
+            inside = f"{label}{path} is a {type(part).__qualname__} object: " if path else ""
             return (
-                f"{label} of {describe_callable(fn)} could not be pickled: "
-                f"{type(part).__qualname__} object{where} ({error}); "
-                "send only picklable data (plain values, top-level classes), "
-                "or create the resource inside the task"
+                f"{label} of {describe_callable(fn)} ({type(value).__qualname__}) could not be "
+                f"pickled: {inside}{error}; send only picklable data (plain values, "
+                "top-level classes), or create the resource inside the task"
             )
     return f"the call to {describe_callable(fn)} could not be pickled"
 

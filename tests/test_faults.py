@@ -1,0 +1,350 @@
+"""Faults: worker deaths, time limits, retries, pickling failures, callbacks, initializers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import helpers
+import procpool
+from procpool import SerializationError, TaskTimeoutError, WorkerLostError
+
+pytestmark = pytest.mark.timeout(90)
+
+
+# -- worker death ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "expect"),
+    [
+        (helpers.exit_with, (7,), "exited with code 7"),
+        (helpers.sigkill_self, (), "SIGKILL"),
+        (helpers.crash, (), "SIGSEGV"),
+    ],
+    ids=["os._exit", "sigkill", "segfault"],
+)
+def test_worker_death_fails_only_its_future(
+    start_method: str, fn: object, args: tuple[object, ...], expect: str
+) -> None:
+    with procpool.Pool(2, context=start_method) as pool:
+        others = [pool.submit(helpers.sleep_then, 0.3, i) for i in range(4)]
+        doomed = pool.submit(fn, *args)  # type: ignore[arg-type]
+        with pytest.raises(WorkerLostError, match=expect) as info:
+            doomed.result(timeout=30)
+        assert [f.result(timeout=30) for f in others] == [0, 1, 2, 3]
+        # Still two workers, still usable.
+        assert pool.map(helpers.square, range(20)).result(timeout=30) == [i * i for i in range(20)]
+        assert helpers.wait_for(lambda: pool.stats().workers_replaced >= 1)
+    error = info.value
+    assert isinstance(error, procpool.ProcpoolError)
+    assert isinstance(error, procpool.WorkerLostError)
+    assert error.exitcode is not None
+    assert fn.__name__ in str(error)  # type: ignore[attr-defined]
+
+
+def test_worker_lost_error_is_a_broken_process_pool() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    assert issubclass(WorkerLostError, BrokenProcessPool)
+
+
+def test_sigkill_message_names_the_oom_killer(start_method: str) -> None:
+    with procpool.Pool(1, context=start_method) as pool:
+        fut = pool.submit(helpers.sigkill_self)
+        with pytest.raises(WorkerLostError, match="out-of-memory"):
+            fut.result(timeout=30)
+
+
+def test_segfault_message_names_native_code(start_method: str) -> None:
+    with procpool.Pool(1, context=start_method) as pool:
+        with pytest.raises(WorkerLostError, match="native code"):
+            pool.submit(helpers.crash).result(timeout=30)
+
+
+def test_worker_killed_from_outside_fails_only_its_task(
+    start_method: str, tmp_path: object
+) -> None:
+    marker = os.path.join(str(tmp_path), "pid")
+    with procpool.Pool(2, context=start_method) as pool:
+        victim = pool.submit(helpers.write_then_sleep, marker, 30)
+        bystander = pool.submit(helpers.sleep_then, 1.0, "alive")
+        deadline = time.monotonic() + 20
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        with open(marker) as f:
+            os.kill(int(f.read()), signal.SIGKILL)
+        with pytest.raises(WorkerLostError, match="SIGKILL"):
+            victim.result(timeout=30)
+        assert bystander.result(timeout=30) == "alive"
+
+
+def test_death_inside_a_map_chunk_fails_only_the_running_item(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method) as pool:
+        fut = pool.map(helpers.slow_crash_on, range(12), [5] * 12, chunksize=12)
+        outcomes: list[object] = []
+        it = iter(fut)
+        for _ in range(12):
+            try:
+                outcomes.append(next(it))
+            except WorkerLostError as exc:
+                outcomes.append(exc)
+    assert [o for i, o in enumerate(outcomes) if i != 5] == [i for i in range(12) if i != 5]
+    error = outcomes[5]
+    assert isinstance(error, WorkerLostError)
+    assert "item 5 of map" in str(error)
+    assert "slow_crash_on" in str(error)
+
+
+def test_items_after_a_crash_in_a_chunk_run_on_another_worker(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method) as pool:
+        fut = pool.map(helpers.crash_on, range(200), [100] * 200, chunksize=200)
+        error = fut.exception(timeout=30)
+    assert isinstance(error, WorkerLostError)
+    # Items 101..199 never started in the dead worker: they were run again elsewhere.
+    values = fut._values
+    assert values[101:] == list(range(101, 200))
+
+
+# -- time limits ----------------------------------------------------------------------
+
+
+def test_pool_task_timeout_kills_only_the_late_task(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method, task_timeout=0.5) as pool:
+        late = pool.submit(helpers.sleep_then, 30)
+        on_time = [pool.submit(helpers.sleep_then, 0.1, i) for i in range(4)]
+        with pytest.raises(TaskTimeoutError, match="time limit of 0.5 s") as info:
+            late.result(timeout=30)
+        assert isinstance(info.value, TimeoutError)
+        assert info.value.timeout == 0.5
+        assert [f.result(timeout=30) for f in on_time] == [0, 1, 2, 3]
+        assert helpers.wait_for(lambda: pool.stats().workers_replaced >= 1)
+        assert pool.stats().timed_out == 1
+
+
+def test_time_limit_applies_per_item_of_a_map(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method) as pool:
+        delays = [50, 50, 5000, 50, 50, 50]
+        fut = pool.options(timeout=1.0).map(helpers.sleep_item, delays, chunksize=6)
+        outcomes: list[object] = []
+        for _ in delays:
+            try:
+                outcomes.append(next(fut))
+            except TaskTimeoutError as exc:
+                outcomes.append(type(exc))
+    assert outcomes == [50, 50, TaskTimeoutError, 50, 50, 50]
+
+
+def test_time_limit_does_not_count_worker_start_up(start_method: str) -> None:
+    # The initializer sleeps longer than the limit; only the task's own time counts.
+    with procpool.Pool(
+        1,
+        context=start_method,
+        initializer=helpers.sleep_then,
+        initargs=(1.0,),
+        task_timeout=0.8,
+    ) as pool:
+        assert pool.submit(helpers.sleep_then, 0.1, "ok").result(timeout=30) == "ok"
+
+
+# -- retries --------------------------------------------------------------------------
+
+
+def test_retries_rerun_a_task_whose_worker_died(start_method: str, tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "runs")
+    with procpool.Pool(2, context=start_method, retries=2) as pool:
+        fut = pool.submit(helpers.exit_with, 1)
+        with pytest.raises(WorkerLostError, match="after 3 attempts"):
+            fut.result(timeout=60)
+        assert pool.stats().retried == 2
+        line = pool.options(retries=1).submit(helpers.append_line, path, "x")
+        assert line.result(timeout=30) == "x"
+
+
+def test_retries_skip_timeouts_unless_asked(start_method: str) -> None:
+    with procpool.Pool(1, context=start_method, retries=3) as pool:
+        with pytest.raises(TaskTimeoutError):
+            pool.options(timeout=0.3).submit(helpers.sleep_then, 10).result(timeout=30)
+        assert pool.stats().retried == 0
+        with pytest.raises(TaskTimeoutError):
+            pool.options(timeout=0.3, retries=1, retry_timeouts=True).submit(
+                helpers.sleep_then, 10
+            ).result(timeout=30)
+        assert pool.stats().retried == 1
+
+
+# -- serialization --------------------------------------------------------------------
+
+
+def test_unpicklable_argument_fails_only_that_future(pool: procpool.Pool) -> None:
+    bad = pool.submit(helpers.identity, helpers.Holder(ok=1, lock=threading.Lock()))
+    good = pool.submit(helpers.square, 4)
+    with pytest.raises(
+        SerializationError, match=r"argument 0 .*Holder.*argument 0\.lock is a lock"
+    ) as info:
+        bad.result(timeout=30)
+    assert "lock" in str(info.value)
+    assert good.result(timeout=30) == 16
+
+
+def test_unpicklable_keyword_argument_is_named(pool: procpool.Pool) -> None:
+    fut = pool.submit(helpers.sleep_then, 0, value=helpers.ErrorAtPickle())
+    with pytest.raises(SerializationError, match="keyword argument 'value'"):
+        fut.result(timeout=30)
+
+
+def test_unpicklable_function_suggests_the_fix(pool: procpool.Pool) -> None:
+    fut = pool.submit(lambda: 1)
+    with pytest.raises(SerializationError, match="top level.*cloudpickle"):
+        fut.result(timeout=30)
+
+
+def test_cloudpickle_option_sends_lambdas_and_closures(start_method: str) -> None:
+    offset = 10
+    with procpool.Pool(2, context=start_method, cloudpickle=True) as pool:
+        assert pool.submit(lambda: offset + 1).result(timeout=30) == 11
+        assert pool.map(lambda x: x + offset, range(3)).result(timeout=30) == [10, 11, 12]
+
+
+def test_unpicklable_result_fails_only_that_future(pool: procpool.Pool) -> None:
+    fut = pool.submit(helpers.return_unpicklable)
+    with pytest.raises(SerializationError, match="result could not be pickled"):
+        fut.result(timeout=30)
+    assert pool.submit(helpers.square, 3).result(timeout=30) == 9
+
+
+def test_result_that_fails_to_unpickle_in_the_parent(pool: procpool.Pool) -> None:
+    fut = pool.submit(helpers.return_error_at_unpickle)
+    with pytest.raises(SerializationError, match="unpickled in the parent"):
+        fut.result(timeout=30)
+
+
+def test_argument_that_fails_to_unpickle_in_the_worker(pool: procpool.Pool) -> None:
+    fut = pool.submit(helpers.identity, helpers.ErrorAtUnpickle())
+    with pytest.raises(SerializationError, match="unpickled in the worker"):
+        fut.result(timeout=30)
+
+
+def test_exception_that_cannot_travel_back_keeps_its_traceback(pool: procpool.Pool) -> None:
+    fut = pool.submit(helpers.raise_unpicklable_error)
+    with pytest.raises(SerializationError, match="UnpicklableError") as info:
+        fut.result(timeout=30)
+    assert "raise_unpicklable_error" in str(info.value)
+
+
+def test_unpicklable_map_item_fails_only_that_item(pool: procpool.Pool) -> None:
+    items: list[object] = [1, 2, threading.Lock(), 4]
+    fut = pool.map(helpers.identity, items)
+    with pytest.raises(SerializationError, match="item 2 of map"):
+        fut.result(timeout=30)
+    assert fut._values[:2] == [1, 2]
+    assert fut._values[3] == 4
+
+
+def test_unpicklable_map_result_fails_only_that_item(pool: procpool.Pool) -> None:
+    fut = pool.map(helpers.identity, [1, 2, 3])
+    assert fut.result(timeout=30) == [1, 2, 3]
+
+
+# -- callbacks ------------------------------------------------------------------------
+
+
+def test_raising_callbacks_never_break_the_pool(
+    pool: procpool.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    def bad_callback(_: object) -> None:
+        raise RuntimeError("callback exploded")
+
+    def worse_callback(_: object) -> None:
+        raise SystemExit("callback wants out")
+
+    with caplog.at_level(logging.ERROR, logger="procpool"):
+        for _ in range(3):
+            fut = pool.submit(helpers.square, 2)
+            fut.add_done_callback(bad_callback)
+            fut.add_done_callback(worse_callback)
+            assert fut.result(timeout=30) == 4
+        chained = pool.submit(helpers.square, 2).then(helpers.raise_value_error)
+        with pytest.raises(ValueError, match="4"):
+            chained.result(timeout=30)
+        caught = pool.submit(helpers.raise_value_error, "a").catch(helpers.raise_value_error)
+        with pytest.raises(ValueError):
+            caught.result(timeout=30)
+        assert pool.map(helpers.square, range(5)).result(timeout=30) == [0, 1, 4, 9, 16]
+        deadline = time.monotonic() + 10
+        while "callback exploded" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert "callback exploded" in caplog.text
+
+
+def test_callbacks_can_submit_and_wait_for_more_work(pool: procpool.Pool) -> None:
+    results: list[int] = []
+    done = threading.Event()
+
+    def follow_up(fut: procpool.Future[int]) -> None:
+        # Blocks on another future of the same pool: must not deadlock.
+        results.append(pool.submit(helpers.square, fut.result()).result(timeout=30))
+        done.set()
+
+    pool.submit(helpers.square, 3).add_done_callback(follow_up)
+    assert done.wait(30)
+    assert results == [81]
+
+
+def test_then_submitting_from_a_callback_while_the_pool_closes(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method) as pool:
+        fut = pool.submit(helpers.sleep_then, 0.3, 2).then(lambda x: pool.submit(helpers.square, x))
+    assert fut.result(timeout=0) == 4
+
+
+# -- initializer ----------------------------------------------------------------------
+
+
+def test_initializer_failure_fails_futures_with_the_cause(start_method: str) -> None:
+    pool = procpool.Pool(2, context=start_method, initializer=helpers.failing_initializer)
+    errors: list[BaseException] = []
+    for i in range(4):
+        # Depending on how fast the workers start, the pool is broken before or
+        # after the submission: the future fails, or submit() raises. Same error.
+        try:
+            fut = pool.submit(helpers.square, i)
+        except procpool.ProcpoolError as exc:
+            errors.append(exc)
+            continue
+        exc_or_none = fut.exception(timeout=30)
+        assert exc_or_none is not None
+        errors.append(exc_or_none)
+    for error in errors:
+        assert isinstance(error, procpool.ProcpoolError)
+        assert "initializer" in str(error)
+        root = error
+        while root.__cause__ is not None and not isinstance(root, RuntimeError):
+            root = root.__cause__
+        assert isinstance(root, RuntimeError)
+        assert "exploded" in str(root)
+    with pytest.raises(procpool.ProcpoolError, match="broken"):
+        pool.submit(helpers.square, 1)
+    pool.close()
+    pool.join(timeout=30)
+    assert pool.stats().workers_started <= 2
+
+
+# -- logging --------------------------------------------------------------------------
+
+
+def test_forward_logs_replays_worker_records_in_the_parent(
+    start_method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="procpool.tests.worker"):
+        with procpool.Pool(1, context=start_method, forward_logs=True) as pool:
+            pid = pool.submit(helpers.log_something, "hello from a worker").result(timeout=30)
+    records = [r for r in caplog.records if r.name == "procpool.tests.worker"]
+    assert [r.getMessage() for r in records] == ["hello from a worker"]
+    assert records[0].process == pid
+    assert pid != os.getpid()
