@@ -13,8 +13,10 @@ name does not start with ``test_``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 PACKAGE = "procpool"
@@ -26,14 +28,16 @@ def run_pyright() -> dict[str, Any]:
         sys.executable,
         "-m",
         "pyright",
-        "--pythonpath",
-        sys.executable,
         "--verifytypes",
         PACKAGE,
         "--ignoreexternal",
         "--outputjson",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # --verifytypes ignores --pythonpath and finds packages through the `python` on
+    # PATH (pyright 1.1.414), so put this interpreter's folder first.
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     try:
         report: dict[str, Any] = json.loads(proc.stdout)
     except json.JSONDecodeError:
