@@ -490,6 +490,37 @@ def test_shutdown_cancel_futures_cancels_what_is_unfinished(pool: DaskPool) -> N
     assert all(f.cancelled() for f in futures)
 
 
+def test_terminate_cancels_maps_and_imaps_in_flight(pool: DaskPool) -> None:
+    mapped = pool.map(h.sleep_then, [5.0] * 4, chunksize=1)
+    streamed = pool.imap(h.sleep_then, [5.0] * 4)
+    pool.terminate()
+    assert mapped.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        next(streamed)
+    with pytest.raises(StopIteration):
+        next(streamed)
+
+
+def test_breaking_out_of_imap_cancels_the_chunks_in_flight(
+    pool: DaskPool, dask_client: object
+) -> None:
+    before = _keys(dask_client)
+    for value in pool.imap(h.sleep_then, itertools.repeat(0.5), buffersize=4):
+        assert value == 0
+        break
+    gc.collect()  # the dropped iterator cancels its chunks (CPython: already at the break)
+    assert _wait_until(lambda: not _keys(dask_client) - before)
+
+
+def test_no_argument_uses_the_default_dask_client(dask_client: object) -> None:
+    address = dask_client.scheduler.address  # type: ignore[attr-defined]
+    with distributed.Client(address) as default:  # becomes the default client
+        with DaskPool() as pool:
+            assert pool.client is default
+            assert pool.submit(h.square, 6).result(timeout=30) == 36
+        assert default.status == "running"  # not ours to close
+
+
 def test_dask_futures_are_released_once_done(pool: DaskPool, dask_client: object) -> None:
     before = _keys(dask_client)
     results = pool.map(h.square, range(40), chunksize=5).result(timeout=30)

@@ -406,6 +406,18 @@ class _Core:
                 self.idle.notify_all()
         self.cancel_dask([job.dask_future for job in jobs])
 
+    def cancel_all(self, state: _State) -> None:
+        """Move to ``state`` and cancel every unfinished task, with one call to Dask."""
+        with self.lock:
+            if self.state is not _State.TERMINATED:
+                self.state = state
+            jobs = list(self.jobs.values())
+            self.jobs.clear()
+            self.idle.notify_all()
+        for job in jobs:
+            job.future._abandon()  # a map's chunk passes this on to its MapFuture
+        self.cancel_dask([job.dask_future for job in jobs])
+
     def cancel_dask(self, dask_futures: list[Any]) -> None:
         if not dask_futures:
             return
@@ -455,6 +467,8 @@ class _Core:
             return True  # _submit_locked failed the future
         self.counters.add(retried=1)
         job.future._cancel_hook = lambda _was_running: self.cancel_keys([new_key])
+        if job.future.cancelled():  # cancelled while being resubmitted: the hook came too late
+            self.cancel_keys([new_key])
         self._watch(new_key, job)
         return True
 
@@ -854,14 +868,7 @@ class DaskPool(Executor):
         pool made is closed (with its cluster, if it started one). Does not wait.
         """
         core = self._core
-        with core.lock:
-            core.state = _State.TERMINATED
-            jobs = list(core.jobs.values())
-            core.jobs.clear()
-            core.idle.notify_all()
-        for job in jobs:
-            job.future._abandon()
-        core.cancel_dask([job.dask_future for job in jobs])
+        core.cancel_all(_State.TERMINATED)
         core.callbacks.close()
         core.release_client()
 
@@ -899,13 +906,10 @@ class DaskPool(Executor):
                 the client which tasks have started, so running ones are cancelled
                 too (their threads run on; the results are discarded).
         """
-        core = self._core
-        self.close()
         if cancel_futures:
-            with core.lock:
-                jobs = list(core.jobs.values())
-            for job in jobs:
-                job.future.cancel()
+            self._core.cancel_all(_State.CLOSED)
+        else:
+            self.close()
         if wait:
             self.join()
         else:
@@ -1149,11 +1153,12 @@ class _IMapIterator(Iterator[R]):
             size, chunk = self._pending.popleft() if self._ordered else self._completed.get()
             self._in_flight -= 1
             self._keys.pop(chunk, None)
-            if chunk.cancelled():
-                # The pool was terminated (or the iterator closed): nothing more will come.
+            try:
+                error = chunk.exception()
+            except concurrent.futures.CancelledError:
+                # The pool was terminated or shut down: nothing more will come.
                 self.close()
-                raise concurrent.futures.CancelledError()
-            error = chunk.exception()
+                raise
             if error is not None:
                 self._ready.extend((False, error, None) for _ in range(size))
             else:
