@@ -240,3 +240,18 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(predicate())
+
+
+def poly(x: int) -> int:
+    """A deterministic function that raises on some inputs (multiples of 7 minus 1)."""
+    if x % 7 == 6:
+        raise ArithmeticError(f"no {x}")
+    return 3 * x * x - x + 1
+
+
+def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    """Run fn serially; return ("ok", value) or ("error", (type, message))."""
+    try:
+        return ("ok", fn(*args))
+    except Exception as exc:
+        return ("error", (type(exc), str(exc)))

@@ -1,0 +1,113 @@
+"""Typing tests: checked by mypy --strict and pyright strict, never executed.
+
+``assert_type`` lines state what must be inferred. Lines that must be rejected
+carry ``# type: ignore[code]`` (mypy) and ``# pyright: ignore[rule]`` (pyright);
+both checkers report unused ignores as errors, so a line that stops failing
+breaks the build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Iterator
+
+from typing_extensions import assert_type
+
+import procpool
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: str) -> str:
+    return str(x) + y
+
+
+def three(a: int, b: float, c: str) -> tuple[int, float, str]:
+    return (a, b, c)
+
+
+def to_square(x: int) -> procpool.Future[int]:
+    raise NotImplementedError
+
+
+class Greet(procpool.ProcessTask[str]):
+    def __init__(self, who: str) -> None:
+        super().__init__()
+        self.who = who
+
+    def run(self) -> str:
+        return f"hello {self.who}"
+
+
+def check_pool(pool: procpool.Pool) -> None:
+    fut = pool.submit(square, 3)
+    assert_type(fut, procpool.Future[int])
+    assert_type(fut.result(), int)
+    assert_type(pool.submit(add, 1, y="a"), procpool.Future[str])
+
+    mapped = pool.map(square, [1, 2, 3])
+    assert_type(mapped, procpool.MapFuture[int])
+    assert_type(mapped.result(), list[int])
+    assert_type(next(mapped), int)
+    assert_type(pool.map(add, [1], ["a"]), procpool.MapFuture[str])
+    assert_type(pool.map(three, [1], [2.0], ["c"]), procpool.MapFuture[tuple[int, float, str]])
+    assert_type(mapped.then(sum), procpool.Future[int])
+
+    assert_type(pool.imap(square, range(10)), Iterator[int])
+    assert_type(pool.imap_unordered(square, range(10), chunksize=4), Iterator[int])
+
+    assert_type(fut.then(str), procpool.Future[str])
+    # A callback returning a future is flattened.
+    assert_type(fut.then(to_square), procpool.Future[int])
+    assert_type(fut.catch(lambda exc: "failed"), procpool.Future[int | str])
+
+    assert_type(pool.options(timeout=1.0).submit(square, 2), procpool.Future[int])
+    assert_type(pool.submit(Greet("x")), procpool.Future[str])
+    assert_type(pool.stats().completed, int)
+
+    done, _ = concurrent.futures.wait([fut])
+    assert_type(done, set[concurrent.futures.Future[int]])
+
+    # Must be rejected.
+    pool.submit(square, "three")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.submit(square)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    pool.submit(square, 1, base=2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    pool.map(square, ["a", "b"])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.map(add, [1], [2])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.imap(square, ["a"])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    fut.result().upper()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+    procpool.Pool(workers="4")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.Pool(context="thread")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+def check_spawn_and_task() -> None:
+    handle = procpool.spawn(square, 2)
+    assert_type(handle, procpool.ProcessHandle[int])
+    assert_type(handle.result(), int)
+    assert_type(handle.exitcode, int | None)
+    assert_type(handle.pid, int | None)
+    assert_type(handle.then(str), procpool.Future[str])
+    procpool.spawn(square, "2")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+    task = Greet("world")
+    assert_type(task.start(), procpool.ProcessHandle[str])
+    assert_type(task.result(), str)
+    assert_type(task(), str)
+    _ = task.result() + 1  # type: ignore[operator]  # pyright: ignore[reportOperatorIssue, reportUnknownVariableType]
+
+
+async def check_await(pool: procpool.Pool) -> None:
+    assert_type(await pool.submit(square, 2), int)
+    assert_type(await pool.map(square, [2]), list[int])
+    loop = asyncio.get_running_loop()
+    assert_type(await loop.run_in_executor(pool, square, 3), int)
+
+
+def check_errors() -> None:
+    error = procpool.WorkerLostError("x", exitcode=-9)
+    assert_type(error.exitcode, int | None)
+    assert isinstance(error, concurrent.futures.process.BrokenProcessPool)
+    assert_type(procpool.TaskTimeoutError("late").timeout, float | None)
