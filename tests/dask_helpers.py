@@ -94,3 +94,10 @@ def cpu_work(n: int) -> int:
 def identity(x: int) -> int:
     """Return ``x`` (benchmark B3: round-trip latency)."""
     return x
+
+
+def worker_address() -> str:
+    """Return the address of the Dask worker running this task (needs its context)."""
+    import distributed
+
+    return str(distributed.get_worker().address)

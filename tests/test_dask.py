@@ -414,6 +414,13 @@ def test_pool_wide_task_timeout_and_time_spent_queued_does_not_count(dask_client
         assert limited.options(timeout=math.inf).submit(h.sleep_then, 1.8, 5).result(30) == 5
 
 
+def test_a_time_limited_task_still_sees_its_dask_worker(pool: DaskPool) -> None:
+    # It runs in a helper thread with a copy of the task's context, where Dask keeps
+    # the current worker, so get_worker() and worker_client() work as without a limit.
+    address = pool.options(timeout=10).submit(h.worker_address).result(timeout=30)
+    assert address.startswith("tcp://127.0.0.1:")
+
+
 def test_map_items_over_the_limit_fail_alone(pool: DaskPool) -> None:
     result = pool.options(timeout=0.5).map(h.sleep_then, [0.0, 3.0, 0.0], [1, 2, 3], chunksize=3)
     outcomes: list[object] = []
