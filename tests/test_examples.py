@@ -97,6 +97,15 @@ EXPECTED: dict[str, list[str]] = {
         rf"imap sum: {sum(x * x for x in range(20))}",
         re.escape("imap progress ends at: (20, None)"),
     ],
+    "dask_scale_out.py": [
+        r"local: submit: 144",
+        r"local: sum of squares: 328350",
+        re.escape("local: imap: [0, 1, 4, 9, 16]"),
+        r"is an Executor: True",
+        r"dask: submit: 144",
+        r"dask: sum of squares: 328350",
+        re.escape("dask: imap: [0, 1, 4, 9, 16]"),
+    ],
     "cloudpickle_lambdas.py": [
         r"plain pickle: SerializationError",
         re.escape("closure: [0, 3, 6, 9, 12]"),
@@ -105,7 +114,10 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 # Examples that need an optional extra: skipped, with the install hint, without it.
-NEEDS_MODULE = {"cloudpickle_lambdas.py": ("cloudpickle", "procpool[cloudpickle]")}
+NEEDS_MODULE = {
+    "cloudpickle_lambdas.py": ("cloudpickle", "procpool[cloudpickle]"),
+    "dask_scale_out.py": ("distributed", "procpool[dask]"),
+}
 
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.py"))
 
