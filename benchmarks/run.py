@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +273,8 @@ class Row:
     status: str = ""  # "met", "MISSED", "n/a" or "" (no target on this row)
     #: value a target line is drawn at in the plot (absolute targets only)
     target_value: float | None = None
+    #: whether the plot shows the serial bar (meaningless for latency, state, memory)
+    plot_serial: bool = True
 
 
 def fmt(v: float | None) -> str:
@@ -474,6 +476,7 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
                 "µs",
                 "lower",
                 cells,
+                plot_serial=False,
                 floor=floor,
                 target="≤ 0.65x mp.Pool",
                 measured=(f"{fmt(r)}x mp.Pool, {fmt(vs_pipe)}x Pipe" if r is not None else "—"),
@@ -552,6 +555,7 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
                 "items",
                 "lower",
                 ahead,
+                plot_serial=False,
                 target=f"≤ buffersize ({sizes.b7_buffersize:,})",
                 measured=fmt(pp),
                 status=_status(None if pp is None else pp <= sizes.b7_buffersize),
@@ -565,6 +569,7 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
                 "MB",
                 "lower",
                 rss,
+                plot_serial=False,
                 target="< 5 MB",
                 measured=f"{fmt(pp)} MB" if pp is not None else "—",
                 status=_status(None if pp is None else pp < 5),
@@ -597,6 +602,7 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
                 "s",
                 "lower",
                 cells,
+                plot_serial=False,
                 target="≤ best peer",
                 measured=f"{fmt(r)}x {CONTENDERS[best[0]].label}" if r and best else "—",
                 status=_status(None if r is None else r <= 1.0),
@@ -660,25 +666,28 @@ def footnotes(
             f"{sizes.b1_slow_n:,} items and scaled linearly to {sizes.b1_n:,}, because the "
             "full size takes minutes per run."
         )
-    notes.append(
-        f"B5: MB/s = input bytes ({sizes.b5_count} x {sizes.b5_mb} MB) / wall time; identity "
-        "also moves them back. Floor column: bare multiprocessing.Pipe echo (B3), "
-        "in-process np.copyto rate (B5)."
-    )
-    notes.append(
-        f"B7: imap of x*x over a generator of {sizes.b7_n:,} ints, chunksize "
-        f"{sizes.b7_chunksize:,} for every library, procpool buffersize "
-        f"{sizes.b7_buffersize:,}; read-ahead = items pulled from the generator minus items "
-        "consumed, at its largest; RSS growth = parent's peak RSS ("
-        + ", ".join(sorted(rss_methods) or ["VmHWM"])
-        + ") above its RSS after pool start. Executor.map (PPE, loky) and pebble read all "
-        "input up front by design."
-    )
-    notes.append(
-        f"B8: pool start + {sizes.b8_tasks:,} lookups in a {sizes.b8_mb} MB object + shutdown. "
-        "procpool, mp.Pool, PPE, loky, pebble: initializer storing it in a module global; "
-        "mpire: shared_objects; joblib: passed as an argument (auto memory-mapped)."
-    )
+    if "B5" in jobs:
+        notes.append(
+            f"B5: MB/s = input bytes ({sizes.b5_count} x {sizes.b5_mb} MB) / wall time; identity "
+            "also moves them back. Floor column: bare multiprocessing.Pipe echo (B3), "
+            "in-process np.copyto rate (B5)."
+        )
+    if "B7" in jobs:
+        notes.append(
+            f"B7: imap of x*x over a generator of {sizes.b7_n:,} ints, chunksize "
+            f"{sizes.b7_chunksize:,} for every library, procpool buffersize "
+            f"{sizes.b7_buffersize:,}; read-ahead = items pulled from the generator minus items "
+            "consumed, at its largest; RSS growth = parent's peak RSS ("
+            + ", ".join(sorted(rss_methods) or ["VmHWM"])
+            + ") above its RSS after pool start. Executor.map (PPE, loky) and pebble read all "
+            "input up front by design."
+        )
+    if "B8" in jobs:
+        notes.append(
+            f"B8: pool start + {sizes.b8_tasks:,} lookups in a {sizes.b8_mb} MB object + shutdown. "
+            "procpool, mp.Pool, PPE, loky, pebble: initializer storing it in a module global; "
+            "mpire: shared_objects; joblib: passed as an argument (auto memory-mapped)."
+        )
     notes.append("§ fewer successful runs than asked (see failures). ✗ no figure: see below.")
     for job in jobs.values():
         for k, why in job.failures.items():
@@ -745,23 +754,43 @@ def plot(rows: list[Row], keys: list[str], path: Path) -> str | None:
     for ax in axes.flat[len(rows) :]:
         ax.set_visible(False)
     for ax, row in zip(axes.flat, rows, strict=False):
-        items = [(k, c.value) for k, c in row.cells.items() if c.value is not None]
+        items = [
+            (k, float(c.value))
+            for k, c in row.cells.items()
+            if c.value is not None and (row.plot_serial or k != "serial")
+        ]
         labels = [CONTENDERS[k].label + ("*" if row.cells[k].marks else "") for k, _ in items]
-        values = [float(v) for _, v in items if v is not None]
+        values = [v for _, v in items]
         colors = [
-            "#d62728" if k == "procpool" else ("#7f7f7f" if k == "serial" else "#1f77b4")
+            "#d62728" if k in ("procpool", "dask") else ("#7f7f7f" if k == "serial" else "#1f77b4")
             for k, _ in items
         ]
         ax.barh(range(len(values)), values, color=colors)
         ax.set_yticks(range(len(values)), labels, fontsize=8)
         ax.invert_yaxis()
+        for i, v in enumerate(values):
+            ax.annotate(
+                fmt(v), (v, i), xytext=(2, 0), textcoords="offset points", va="center", fontsize=7
+            )
         positive = [v for v in values if v > 0]
         if positive and max(positive) / min(positive) > 50:
             ax.set_xscale("log")  # B1 spans 3-4 orders of magnitude
-        if row.floor is not None and row.floor.value:
+        ax.margins(x=0.18)  # room for the value labels
+        if row.floor is not None and row.floor.value and values:
             name = "Pipe floor" if row.unit == "µs" else "np.copyto"
-            ax.axvline(row.floor.value, color="black", ls=":", lw=1, label=name)
-            ax.legend(fontsize=7, loc="lower right")
+            if row.floor.value <= 3 * max(values):
+                ax.axvline(row.floor.value, color="black", ls=":", lw=1, label=name)
+                ax.legend(fontsize=7, loc="lower right")
+            else:  # a line far off to the right would squash every bar
+                ax.text(
+                    0.98,
+                    0.02,
+                    f"{name}: {fmt(row.floor.value)} {row.unit} (off scale)",
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="bottom",
+                    fontsize=7,
+                )
         if row.target_value is not None:
             ax.axvline(row.target_value, color="#d62728", ls="--", lw=1)
         better = "lower is better" if row.better == "lower" else "higher is better"
@@ -783,7 +812,6 @@ def write_report(
     notes: list[str],
     machine: list[str],
     png: Path | None,
-    sizes: Sizes,
     quick: bool,
     elapsed: float,
 ) -> None:
@@ -827,41 +855,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="Markdown report (default docs/benchmarks.md)")
     p.add_argument("--plot", type=Path, help="PNG (default docs/_static/benchmarks.png)")
     p.add_argument("--json", type=Path, help="raw results (default benchmarks/results/*.json)")
+    p.add_argument("--from-json", type=Path, help="re-render the report of a saved run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks, print the table, write the report; 0 even if targets miss."""
-    args = parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    overrides = {
-        k: v
-        for k, v in (("reps", args.reps), ("timeout", args.timeout), ("deadline", args.deadline))
-        if v is not None
-    }
-    if overrides:
-        from dataclasses import replace
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
-        sizes = replace(sizes, **overrides)
-    stem = "quick" if args.quick else "full"
-    # Quick figures are meaningless: by default they never overwrite the docs.
-    output = args.output or (
-        HERE / "results" / "quick.md" if args.quick else ROOT / "docs" / "benchmarks.md"
-    )
-    png = args.plot or (
-        output.with_suffix(".png") if args.quick else ROOT / "docs" / "_static" / "benchmarks.png"
-    )
-    raw = args.json or HERE / "results" / f"{stem}.json"
 
+def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
+    """Probe, calibrate and measure; everything the report needs, JSON-ready."""
     runner = Runner(sizes, verbose=not args.quiet)
     started = time.monotonic()
+    load_before = _loadavg()
 
     wanted = args.contenders.split(",") if args.contenders else list(DEFAULT_CONTENDERS)
     unknown = [k for k in wanted if k not in CONTENDERS]
     if unknown:
         print(f"unknown contender(s): {', '.join(unknown)}", file=sys.stderr)
-        return 2
+        return None
     skip_notes: list[str] = []
     versions: dict[str, str] = {}
     keys: list[str] = []
@@ -889,6 +905,29 @@ def main(argv: list[str] | None = None) -> int:
         runner.log(f"{job.name}: {', '.join(job.contenders)}")
         runner.run(job)
 
+    machine = machine_description(versions)
+    machine.append(
+        f"Load average (1, 5, 15 min): {load_before} before the run, {_loadavg()} after "
+        "(anything above 0 is other work sharing the 2 cores)"
+    )
+    machine.append(f"Spin calibration: {iters_per_s:,} loop turns per second")
+    return {
+        "quick": bool(args.quick),
+        "sizes": asdict(sizes),
+        "keys": keys,
+        "skip_notes": skip_notes,
+        "notes": notes,
+        "machine": machine,
+        "elapsed": time.monotonic() - started,
+        "jobs": [asdict(j) for j in jobs],
+    }
+
+
+def report(data: dict[str, Any], output: Path, png: Path) -> None:
+    """Print the table and notes; write the Markdown report and the plot."""
+    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["sizes"].items()})
+    jobs = [Job(**j) for j in data["jobs"]]
+    keys: list[str] = data["keys"]
     by_name = {j.name: j for j in jobs}
     rows = build_rows(by_name, sizes, keys)
     table = render_table(rows, keys)
@@ -899,11 +938,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in rs
         if "rss_method" in r
     }
-    notes = skip_notes + notes + footnotes(by_name, sizes, keys, rss_methods)
+    notes = data["skip_notes"] + data["notes"] + footnotes(by_name, sizes, keys, rss_methods)
     why_no_plot = plot(rows, keys, png)
     if why_no_plot:
         notes.append(why_no_plot)
-    elapsed = time.monotonic() - started
 
     print(table)
     print()
@@ -913,24 +951,42 @@ def main(argv: list[str] | None = None) -> int:
         output,
         table,
         notes,
-        machine_description(versions),
+        data["machine"],
         None if why_no_plot else png,
-        sizes,
-        args.quick,
-        elapsed,
+        data["quick"],
+        data["elapsed"],
     )
+    print(f"\nwrote {output} ({'no plot' if why_no_plot else png}) in {data['elapsed']:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks, print the table, write the report; 0 even if targets miss."""
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    overrides = {
+        k: v
+        for k, v in (("reps", args.reps), ("timeout", args.timeout), ("deadline", args.deadline))
+        if v is not None
+    }
+    sizes = replace(sizes, **overrides)
+    # Quick figures are meaningless: by default they never overwrite the docs.
+    output = args.output or (
+        HERE / "results" / "quick.md" if args.quick else ROOT / "docs" / "benchmarks.md"
+    )
+    png = args.plot or (
+        output.with_suffix(".png") if args.quick else ROOT / "docs" / "_static" / "benchmarks.png"
+    )
+    if args.from_json:
+        # Re-render a finished run (presentation changes need no 15-minute re-run).
+        report(json.loads(args.from_json.read_text()), output, png)
+        return 0
+    data = collect(args, sizes)
+    if data is None:
+        return 2
+    raw = args.json or HERE / "results" / ("quick.json" if args.quick else "full.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(
-        json.dumps(
-            {
-                "sizes": sizes.__dict__,
-                "jobs": {j.name: {"results": j.results, "failures": j.failures} for j in jobs},
-            },
-            indent=1,
-            default=str,
-        )
-    )
-    print(f"\nwrote {output} ({'no plot' if why_no_plot else png}) in {elapsed:.0f} s")
+    raw.write_text(json.dumps(data, indent=1, default=str))
+    report(data, output, png)
     return 0
 
 
