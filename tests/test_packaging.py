@@ -305,6 +305,14 @@ def test_mypy_sees_the_installed_types_and_rejects_a_wrong_argument(
     assert "import-not-found" not in proc.stdout
 
 
+def test_readme_example_type_checks_against_the_installed_wheel(installed: InstalledVenv) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    assert blocks, "README.md has no python example"
+    proc = _mypy(installed, blocks[0], "readme_example.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_pyright_strict_accepts_a_user_file_against_the_installed_wheel(
     installed: InstalledVenv,
 ) -> None:
