@@ -48,7 +48,9 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the cluster (and the threads Dask leaves behind) must be
+# gone before the next test module runs, see _stop_dask_threads.
+@pytest.fixture(scope="module")
 def dask_client() -> Iterator[object]:
     """A Client of a LocalCluster: 2 worker processes x 1 thread, loopback, no dashboard."""
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
@@ -66,6 +68,29 @@ def dask_client() -> Iterator[object]:
         finally:
             client.close()
             cluster.close()
+            _stop_dask_threads()
+
+
+def _stop_dask_threads() -> None:
+    """Stop the two threads distributed keeps after every client and cluster is closed.
+
+    Dask's callback thread and its offload thread live in process-wide executors. Left
+    running, they make every later ``os.fork()`` in this test process (the fork start
+    method of other test modules) emit Python 3.12+'s "multi-threaded fork"
+    DeprecationWarning, an error under ``filterwarnings = error``. Both executors are
+    recreated on demand: a ThreadPoolExecutor starts no thread until its first task.
+    """
+    callback_executor = getattr(distributed.Future, "_cb_executor", None)
+    if callback_executor is not None:
+        callback_executor.shutdown(wait=True)
+        distributed.Future._cb_executor = None  # Future.add_done_callback makes a new one
+    utils = sys.modules.get("distributed.utils")
+    offload = getattr(utils, "_offload_executor", None)
+    if isinstance(offload, concurrent.futures.ThreadPoolExecutor):
+        offload.shutdown(wait=True)
+        utils._offload_executor = concurrent.futures.ThreadPoolExecutor(  # type: ignore[union-attr]
+            max_workers=1, thread_name_prefix="Dask-Offload"
+        )
 
 
 @pytest.fixture

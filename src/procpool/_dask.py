@@ -801,13 +801,17 @@ class DaskPool(Executor):
             # items do not each pay a scheduler round trip, and the load still balances.
             chunksize = max(1, math.ceil(len(items) / (4 * core.worker_threads())))
         keys: list[str] = []
-        for start in range(0, len(items), chunksize):
-            part = items[start : start + chunksize]
-            key, chunk = self._launch_chunk(fn, part)
-            keys.append(key)
-            chunk.add_done_callback(
-                functools.partial(_deliver_chunk, result, start, len(part), core.counters)
-            )
+        try:
+            for start in range(0, len(items), chunksize):
+                part = items[start : start + chunksize]
+                key, chunk = self._launch_chunk(fn, part)
+                keys.append(key)
+                chunk.add_done_callback(
+                    functools.partial(_deliver_chunk, result, start, len(part), core.counters)
+                )
+        except PoolClosedError:
+            core.cancel_keys(keys)  # closed by another thread meanwhile: all or nothing
+            raise
         core.counters.add(submitted=len(items))
         # The hook holds keys, not the chunk futures: those hold results, which an
         # iterated MapFuture must not keep alive.
@@ -1185,8 +1189,11 @@ class _IMapIterator(Iterator[R]):
             self._reporter.close()
 
     def __del__(self) -> None:
+        # Dropped before the end (a `break`): cancel what is in flight. Not here and
+        # now: the garbage collector may run this on Dask's event-loop thread, where
+        # the blocking client.cancel() would raise.
         try:
             if self._keys:
-                self.close()
+                threading.Thread(target=self.close, name="procpool-imap-close", daemon=True).start()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
