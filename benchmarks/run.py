@@ -159,9 +159,17 @@ class Job:
 class Runner:
     """Runs measurement processes with a timeout and an overall deadline."""
 
-    def __init__(self, sizes: Sizes, verbose: bool = True) -> None:
+    def __init__(self, sizes: Sizes, verbose: bool = True, quiet_gate: float = 0.0) -> None:
         self.sizes = sizes
         self.verbose = verbose
+        #: Longest wait (s) for the CPUs to be idle before a measurement; 0: never wait.
+        self.quiet_gate = quiet_gate
+        self.runs = 0
+        self.noisy_runs = 0
+        #: Total waiting allowed over the whole run, so a busy machine delays the
+        #: run by minutes, not hours.
+        self.quiet_budget = 15 * quiet_gate
+        self.waited = 0.0
         self.deadline = time.monotonic() + sizes.deadline
         self.env = dict(os.environ)
         # Children of every start method must import workloads/contenders.
@@ -171,6 +179,31 @@ class Runner:
         # Chatter from libraries (e.g. fork-with-threads DeprecationWarnings on
         # 3.12+) would drown the progress lines; failures still show stderr.
         self.env.setdefault("PYTHONWARNINGS", "ignore")
+
+    def wait_for_quiet(self) -> None:
+        """Wait (at most ``quiet_gate`` s) until other work leaves the CPUs alone.
+
+        The machine is shared (builds and test suites of other sessions run on the
+        same 2 cores): a measurement started while they run measures them too.
+        Between measurements nothing of ours runs, so CPU time used in a short
+        window is someone else's.  Runs started anyway are counted as noisy.
+        """
+        self.runs += 1
+        if self.quiet_gate <= 0:
+            return
+        t0 = time.monotonic()
+        give_up = t0 + min(self.quiet_gate, max(0.0, self.quiet_budget - self.waited))
+        try:
+            while True:
+                busy = _cpu_busy(0.1)
+                if busy is None or busy < QUIET_BUSY:
+                    return
+                if time.monotonic() > give_up:
+                    self.noisy_runs += 1
+                    return
+                time.sleep(0.4)
+        finally:
+            self.waited += time.monotonic() - t0
 
     def log(self, msg: str) -> None:
         if self.verbose:
@@ -222,6 +255,7 @@ class Runner:
                     job.failures[key] = "skipped: overall deadline reached"
                     continue
                 spec = {**job.spec, **job.overrides.get(key, {}), "contender": key}
+                self.wait_for_quiet()
                 t0 = time.monotonic()
                 try:
                     result = self.measure(spec)
@@ -235,6 +269,30 @@ class Runner:
                     f"  {job.name:<14} rep {rep + 1} {key:<10} "
                     f"{_brief(shown)} [{time.monotonic() - t0:.1f} s]"
                 )
+
+
+QUIET_BUSY = 0.25
+"""Fraction of all CPUs busy (over 0.1 s) above which the machine is not quiet."""
+
+
+def _cpu_stat() -> tuple[int, int] | None:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return idle, sum(fields[:8])
+
+
+def _cpu_busy(window: float) -> float | None:
+    """Fraction of all CPUs busy during the next ``window`` seconds (None: unknown)."""
+    a = _cpu_stat()
+    time.sleep(window)
+    b = _cpu_stat()
+    if a is None or b is None or b[1] == a[1]:
+        return None
+    return 1.0 - (b[0] - a[0]) / (b[1] - a[1])
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -855,6 +913,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="Markdown report (default docs/benchmarks.md)")
     p.add_argument("--plot", type=Path, help="PNG (default docs/_static/benchmarks.png)")
     p.add_argument("--json", type=Path, help="raw results (default benchmarks/results/*.json)")
+    p.add_argument(
+        "--quiet-gate",
+        type=float,
+        help="max seconds to wait for idle CPUs before each run (default 20; quick 0)",
+    )
     p.add_argument("--from-json", type=Path, help="re-render the report of a saved run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return p.parse_args(argv)
@@ -869,7 +932,8 @@ def _loadavg() -> str:
 
 def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
     """Probe, calibrate and measure; everything the report needs, JSON-ready."""
-    runner = Runner(sizes, verbose=not args.quiet)
+    gate = args.quiet_gate if args.quiet_gate is not None else (0 if args.quick else 20)
+    runner = Runner(sizes, verbose=not args.quiet, quiet_gate=gate)
     started = time.monotonic()
     load_before = _loadavg()
 
@@ -895,6 +959,7 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
     for note in skip_notes:
         runner.log(note)
 
+    runner.wait_for_quiet()
     iters_per_s = calibrate_spin(1.0)
     runner.log(f"spin calibration: {iters_per_s:,} iterations/s")
     jobs, notes = build_jobs(sizes, keys, bool(np_probe["ok"]), iters_per_s)
@@ -910,6 +975,13 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
         f"Load average (1, 5, 15 min): {load_before} before the run, {_loadavg()} after "
         "(anything above 0 is other work sharing the 2 cores)"
     )
+    if gate:
+        machine.append(
+            f"Quiet gate: each run waited up to {gate:.0f} s for the CPUs to be under "
+            f"{QUIET_BUSY:.0%} busy ({runner.waited:.0f} s waited in all, at most "
+            f"{runner.quiet_budget:.0f} s); {runner.noisy_runs} of {runner.runs} runs started "
+            "while other work was using the CPUs"
+        )
     machine.append(f"Spin calibration: {iters_per_s:,} loop turns per second")
     return {
         "quick": bool(args.quick),
