@@ -457,6 +457,17 @@ def test_map_items_over_the_limit_fail_alone(pool: DaskPool) -> None:
     assert outcomes == [1, "timeout", 3]
 
 
+def test_retry_timeouts_runs_a_late_task_again(pool: DaskPool) -> None:
+    patient = pool.options(timeout=0.3, retries=1, retry_timeouts=True)
+    started = time.monotonic()
+    with pytest.raises(procpool.TaskTimeoutError):
+        patient.submit(h.sleep_then, 2.0).result(timeout=30)
+    assert pool.stats().retried == 1
+    with pytest.raises(procpool.TaskTimeoutError):
+        patient.map(h.sleep_then, [2.0]).result(timeout=30)
+    assert time.monotonic() - started >= 4 * 0.3  # two attempts each
+
+
 def test_cancelling_a_future_cancels_the_dask_task(pool: DaskPool, dask_client: object) -> None:
     before = _keys(dask_client)
     blockers = [pool.submit(h.sleep_then, 1.0) for _ in range(2)]
