@@ -64,6 +64,8 @@ class Contender:
     slow_default_map = False
     #: Chunksize used when the caller passes ``None`` (library default = None).
     tuned = False
+    #: One round trip costs milliseconds: B3 takes its median over fewer calls.
+    slow_round_trip = False
 
     def import_check(self) -> None:
         """Import the library, raising ImportError/AttributeError if unusable."""
@@ -445,6 +447,7 @@ class Joblib(Contender):
     label = "joblib"
     methods = ()
     fallback_note = "loky backend (start method not selectable)"
+    slow_round_trip = True
 
     def import_check(self) -> None:
         import joblib  # noqa: F401
@@ -558,6 +561,7 @@ class DaskPool(Contender):
     label = "procpool Dask"
     methods = ()
     fallback_note = "dask nanny processes (start method not selectable)"
+    slow_round_trip = True
 
     def import_check(self) -> None:
         import distributed  # noqa: F401

@@ -430,10 +430,10 @@ def build_jobs(
             {"workload": "B2", **fork, "tasks": sizes.b2_tasks, "iters": b2_iters},
         )
     )
-    # A Dask round trip is ~10 ms: 2,000 of them would cost 20 s a run, for a median.
-    b3_dask = {"dask": {"calls": min(200, sizes.b3_calls)}} if dask else {}
+    # A joblib or Dask round trip is ~10 ms: 2,000 would cost 20 s a run, for a median.
+    b3_slow = {k: {"calls": min(200, sizes.b3_calls)} for k in b2 if CONTENDERS[k].slow_round_trip}
     b3_spec = {"workload": "B3", **fork, "calls": sizes.b3_calls}
-    jobs.append(Job("B3", "B3", [*b2, "pipe"], b3_spec, b3_dask))
+    jobs.append(Job("B3", "B3", [*b2, "pipe"], b3_spec, b3_slow))
     for method in ("fork", "spawn", "forkserver", None):
         keys = [k for k in peers if method is None or method in CONTENDERS[k].methods]
         jobs.append(
@@ -727,11 +727,10 @@ def footnotes(
             f"{sizes.b1_slow_n:,} items and scaled linearly to {sizes.b1_n:,}, because the "
             "full size takes minutes per run."
         )
-    if "B3" in jobs and "dask" in jobs["B3"].overrides:
-        notes.append(
-            f"B3 for {CONTENDERS['dask'].label}: median of "
-            f"{jobs['B3'].overrides['dask']['calls']:,} calls per run (each takes ~10 ms)."
-        )
+    if "B3" in jobs and jobs["B3"].overrides:
+        labels = ", ".join(CONTENDERS[k].label for k in jobs["B3"].overrides)
+        calls = next(iter(jobs["B3"].overrides.values()))["calls"]
+        notes.append(f"B3 for {labels}: median of {calls:,} calls per run (each takes ~10 ms).")
     if "B5" in jobs:
         notes.append(
             f"B5: MB/s = input bytes ({sizes.b5_count} x {sizes.b5_mb} MB) / wall time; identity "
