@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,19 @@ EXPECTED: dict[str, list[str]] = {
         r"dask: sum of squares: 328350",
         re.escape("dask: imap: [0, 1, 4, 9, 16]"),
     ],
+    "cancel_running.py": [
+        r"running before cancel: True",
+        r"cancel\(\) of a running task: True",
+        r"cancelled: True",
+        r"the pool goes on: 0.01",
+        r"did not wait for the 30 s task: True",
+        r"stats: cancelled=1",
+    ],
+    "forward_logs.py": [
+        re.escape("results: [0, 10, 20]"),
+        re.escape("records received: ['working on 0', 'working on 1', 'working on 2']"),
+        r"all from worker pids: True",
+    ],
     "cloudpickle_lambdas.py": [
         r"plain pickle: SerializationError",
         re.escape("closure: [0, 3, 6, 9, 12]"),
@@ -120,6 +134,41 @@ NEEDS_MODULE = {
 }
 
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.py"))
+
+
+def _run_example(path: Path) -> tuple[int, str, str]:
+    """Run one example in a fresh interpreter; return (exit code, stdout, stderr).
+
+    A hang fails the test with what the example printed so far and, on POSIX, a
+    faulthandler dump of every thread of the example's main process (it gets
+    SIGABRT instead of a silent kill).
+    """
+    env = dict(os.environ)
+    # The example must import procpool the way a user's script does: installed.
+    env.pop("PYTHONPATH", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"
+    with subprocess.Popen(
+        [sys.executable, str(path)],
+        cwd=path.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            if sys.platform != "win32":
+                proc.send_signal(signal.SIGABRT)
+            else:
+                proc.kill()
+            stdout, stderr = proc.communicate(timeout=30)
+            pytest.fail(
+                f"{path.name} did not finish in {TIMEOUT} s (thread dump below)\n"
+                f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
+            )
+    return proc.returncode, stdout, stderr
 
 
 def test_every_example_has_expected_output() -> None:
@@ -143,22 +192,10 @@ def test_example_runs_and_prints_expected_output(name: str) -> None:
         module, extra = NEEDS_MODULE[name]
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"needs {module}: pip install '{extra}'")
-    env = dict(os.environ)
-    # The example must import procpool the way a user's script does: installed.
-    env.pop("PYTHONPATH", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
-        cwd=EXAMPLES,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{output}"
-    lines = proc.stdout.splitlines()
+    returncode, stdout, stderr = _run_example(EXAMPLES / name)
+    output = f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    assert returncode == 0, f"{name} exited {returncode}\n{output}"
+    lines = stdout.splitlines()
     position = 0
     for pattern in EXPECTED[name]:
         for index in range(position, len(lines)):
@@ -167,4 +204,4 @@ def test_example_runs_and_prints_expected_output(name: str) -> None:
                 break
         else:
             pytest.fail(f"{name}: no line matching {pattern!r} (in order)\n{output}")
-    assert "Traceback" not in proc.stderr, output
+    assert "Traceback" not in stderr, output

@@ -36,7 +36,8 @@ def main() -> None:
         read_ahead = source.produced - len(first)
         print(f"read ahead of the consumer: at most {BUFFERSIZE}: {read_ahead <= BUFFERSIZE}")
 
-        unordered = sorted(itertools.islice(pool.imap_unordered(square, itertools.count()), 10))
+        # imap_unordered yields in completion order, so compare it sorted.
+        unordered = sorted(pool.imap_unordered(square, range(10)))
         print(f"imap_unordered, sorted: {unordered}")
 
 
