@@ -322,6 +322,7 @@ class Dispatcher:
                 result_w,
                 self.marker,
                 slot,
+                os.getpid(),
                 self.initializer,
                 self.initargs,
                 self.forward_logs,

@@ -9,6 +9,7 @@ zombie stays behind whether or not the user ever calls ``join()``.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import signal
 import threading
@@ -34,12 +35,13 @@ R = TypeVar("R")
 
 def _child_main(
     conn: Connection,
+    parent_pid: int,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> None:
     """Entry point of a spawned process: run ``fn``, send one reply."""
-    watch_parent()
+    watch_parent(parent_pid)
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
@@ -87,7 +89,7 @@ class ProcessHandle(Future[R]):
         reader, writer = ctx.Pipe(duplex=False)
         self._conn: Connection | None = reader
         process = new_process(
-            ctx, _child_main, (writer, fn, args, kwargs), name=name, daemon=daemon
+            ctx, _child_main, (writer, os.getpid(), fn, args, kwargs), name=name, daemon=daemon
         )
         self._process = process
         self._exitcode: int | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -28,18 +29,35 @@ from ._channel import decode_function, encode_reply, exception_body
 _PARENT_CHECK_INTERVAL = 0.2
 
 
-def watch_parent() -> None:
-    """Start a thread that exits the process when its parent dies (no orphans).
+def watch_parent(parent_pid: int) -> None:
+    """Start a thread that ends this process when ``parent_pid`` dies (no orphans).
 
-    Reparenting changes ``getppid()``; this works for fork, spawn and forkserver
-    alike (under forkserver the parent is the server, which exits with the
-    program), where pipe EOF does not (forked siblings inherit each other's ends).
+    ``getppid()`` is not enough: under forkserver our parent is the server, which
+    outlives the program as long as any of its children hold its alive-pipe. On
+    Linux a pidfd becomes readable the moment the parent dies (even before it is
+    reaped), so nothing polls; elsewhere the thread checks ``getppid()``, which
+    changes when the spawning parent dies.
     """
-    parent_pid = os.getppid()
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        try:
+            fd: int = pidfd_open(parent_pid)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass  # kernel without pidfd: poll instead
+        else:
+            threading.Thread(target=_wait_for_exit, args=(fd,), daemon=True).start()
+            return
+    threading.Thread(target=_poll_parent, args=(os.getppid(),), daemon=True).start()
 
 
-def _watch_parent(parent_pid: int) -> None:
+def _wait_for_exit(pidfd: int) -> None:
+    select.select([pidfd], [], [])
+    os._exit(1)
+
+
+def _poll_parent(parent_pid: int) -> None:
     while True:
         time.sleep(_PARENT_CHECK_INTERVAL)
         if os.getppid() != parent_pid:
@@ -171,6 +189,7 @@ def worker_main(
     result_conn: Connection,
     marker: Any,
     slot: int,
+    parent_pid: int,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     forward_logs: bool,
@@ -179,7 +198,7 @@ def worker_main(
     # The parent handles Ctrl-C for the whole pool; a worker that raised
     # KeyboardInterrupt too would print a traceback for every process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    watch_parent()
+    watch_parent(parent_pid)
     sender = _Sender(result_conn)
     if forward_logs:
         root = logging.getLogger()

@@ -1,0 +1,81 @@
+"""Run many pool lifecycles and spawn calls; print resource counts before and after as JSON.
+
+Usage: python lifecycles.py START_METHOD POOLS SPAWNS
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import helpers
+import procpool
+
+
+def counts() -> dict[str, int]:
+    gc.collect()
+    # Named semaphores (sem.*), shared memory (psm_*) and heap arenas (pym-*) of
+    # multiprocessing; other programs' files in /dev/shm are not ours to count.
+    prefixes = ("sem.mp-", "psm_", f"pym-{os.getpid()}-")
+    shm = (
+        [n for n in os.listdir("/dev/shm") if n.startswith(prefixes)]
+        if os.path.isdir("/dev/shm")
+        else []
+    )
+    return {
+        "children": helpers.count_children(),
+        "threads": threading.active_count(),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "shm": len(shm),
+    }
+
+
+def one_lifecycle(method: str, i: int) -> None:
+    kind = i % 3
+    if kind == 0:
+        with procpool.Pool(2, context=method) as pool:  # type: ignore[arg-type]
+            assert pool.submit(helpers.square, i).result() == i * i
+    elif kind == 1:
+        try:
+            with procpool.Pool(2, context=method) as pool:  # type: ignore[arg-type]
+                pool.submit(helpers.sleep_then, 10)
+                raise KeyError(i)
+        except KeyError:
+            pass
+    else:
+        pool = procpool.Pool(2, context=method)  # type: ignore[arg-type]
+        fut = pool.map(helpers.square, range(10))
+        pool.terminate()
+        pool.join()
+        assert fut.done()
+
+
+def main() -> None:
+    method, pools, spawns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # Warm up: the first pool starts the forkserver and allocates the shared
+    # heap arena that multiprocessing keeps for the life of the process.
+    one_lifecycle(method, 0)
+    procpool.spawn(helpers.square, 1).result()
+    time.sleep(0.2)
+    before = counts()
+    started = time.perf_counter()
+    for i in range(pools):
+        one_lifecycle(method, i)
+    for i in range(spawns):
+        handle = procpool.spawn(helpers.square, i)
+        assert handle.result() == i * i
+        handle.join()
+    elapsed = time.perf_counter() - started
+    time.sleep(0.3)
+    after = counts()
+    print(json.dumps({"before": before, "after": after, "seconds": elapsed}))
+
+
+if __name__ == "__main__":
+    main()
