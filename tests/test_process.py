@@ -5,9 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-import helpers
 import pytest
 
+import helpers
 import procpool
 
 pytestmark = pytest.mark.timeout(60)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import helpers
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import helpers
 import procpool
 
 pytestmark = pytest.mark.timeout(300)
@@ -39,9 +39,7 @@ methods = st.sampled_from(["fork", "spawn", "forkserver"])
 workers = st.integers(min_value=1, max_value=3)
 chunksizes = st.one_of(st.none(), st.integers(min_value=1, max_value=50))
 inputs = st.lists(st.integers(min_value=-10_000, max_value=10_000), max_size=300)
-common = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+common = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def serial_outcomes(xs: list[int]) -> list[tuple[str, object]]:
