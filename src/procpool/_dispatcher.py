@@ -39,7 +39,7 @@ import time
 import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -57,6 +57,7 @@ from ._errors import (
 )
 from ._future import MapFuture
 from ._jobs import Call, Job, MapJob, SingleJob
+from ._waiting import Waiter, Wakeup
 from ._worker import worker_main
 
 LOGGER = logging.getLogger("procpool")
@@ -170,14 +171,19 @@ class Dispatcher:
         self.commands: deque[Callable[[], None]] = deque()
         self.stats = Stats(workers)
 
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = Wakeup()
+        self._wake_closed = False
         self._woken = False
+        # Keys: None for the wake-up socket, (worker, True) for a result pipe,
+        # (worker, False) for a process sentinel.
+        self._waiter: Waiter[tuple[_Worker, bool] | None] = Waiter()
+        self._waiter.register(self._wakeup.reader, None)
+        #: Outstanding calls with a time limit; deadlines are looked at only if any.
+        self._timed = 0
 
         self.marker = ctx.RawArray("q", m.MARK_WIDTH * workers)
         self._mark = memoryview(self.marker).cast("B").cast("q")
         self.workers: dict[int, _Worker] = {}
-        self._by_conn: dict[object, _Worker] = {}
         self._startup_failures = 0
 
         self._callbacks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -200,11 +206,10 @@ class Dispatcher:
         with self.lock:
             # Under the lock: once the dispatcher has closed the pipe, its fd
             # number may belong to another file.
-            if self._wake_w < 0:
+            if self._wake_closed:
                 return
             self._woken = True
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._wake_w, b"\0")
+            self._wakeup.wake()
 
     def accepting(self) -> bool:
         """Whether new work may be queued from the calling thread."""
@@ -340,16 +345,8 @@ class Dispatcher:
         worker = _Worker(slot, process, task_w, result_r)
         self.workers[slot] = worker
         self.stats.workers_started += 1
-
-    def _wait_set(self) -> list[Any]:
-        self._by_conn = {}
-        objects: list[Any] = [self._wake_r]
-        for worker in self.workers.values():
-            self._by_conn[worker.result_conn] = worker
-            self._by_conn[worker.process.sentinel] = worker
-            objects.append(worker.result_conn)
-            objects.append(worker.process.sentinel)
-        return objects
+        self._waiter.register(result_r, (worker, True))
+        self._waiter.register(process.sentinel, (worker, False))
 
     def _send(self, worker: _Worker, call: Call) -> bool:
         try:
@@ -359,6 +356,8 @@ class Dispatcher:
             self._requeue(call)
             return False
         worker.outstanding.append(call)
+        if call.timeout is not None:
+            self._timed += 1
         worker.sent += 1
         if len(worker.outstanding) == 1:
             call.job.future._try_start()
@@ -439,20 +438,22 @@ class Dispatcher:
             self._stop_workers()
             with self.lock:
                 self._callbacks_closed = True
-                wake_w, self._wake_w = self._wake_w, -1
+                self._wake_closed = True
             if self._callback_thread is not None:
                 self._callbacks.put(None)
-            os.close(self._wake_r)
-            os.close(wake_w)
+            self._waiter.close()
+            self._wakeup.close()
 
     def _loop(self) -> None:
-        objects = self._wait_set()
         while True:
             self._woken = False
             with self.lock:
-                commands = list(self.commands)
-                self.commands.clear()
                 state = self.state
+                if self.commands:
+                    commands = list(self.commands)
+                    self.commands.clear()
+                else:
+                    commands = []
             for action in commands:
                 action()
             del commands
@@ -461,28 +462,24 @@ class Dispatcher:
                 return
             if state is PoolState.BROKEN:
                 return
-            self._fill()
+            if self.queue:
+                self._fill()
             if state is PoolState.CLOSED and self._idle():
                 return
-            timeout = self._next_deadline()
-            ready = wait(objects, timeout)
-            changed = False
-            for obj in ready:
-                if obj == self._wake_r:
-                    with contextlib.suppress(BlockingIOError, OSError):
-                        os.read(self._wake_r, 4096)
+            timeout = self._next_deadline() if self._timed else None
+            for key in self._waiter.wait(timeout):
+                if key is None:
+                    self._wakeup.drain()
                     continue
-                worker = self._by_conn.get(obj)
-                if worker is None or self.workers.get(worker.slot) is not worker:
+                worker, is_pipe = key
+                if self.workers.get(worker.slot) is not worker:
                     continue
-                if obj is worker.result_conn:
+                if is_pipe:
                     self._read(worker)
                 else:
                     self._on_exit(worker)
-                    changed = True
-            self._check_deadlines()
-            if changed or len(objects) != 1 + 2 * len(self.workers):
-                objects = self._wait_set()
+            if self._timed:
+                self._check_deadlines()
 
     def _idle(self) -> bool:
         with self.lock:
@@ -575,6 +572,8 @@ class Dispatcher:
 
     def _call_done(self, worker: _Worker, call: Call) -> None:
         worker.outstanding.popleft()
+        if call.timeout is not None:
+            self._timed -= 1
         job = call.job
         if isinstance(job, MapJob):
             job.in_flight -= 1
@@ -668,7 +667,10 @@ class Dispatcher:
         self._replace(worker.slot)
 
     def _discard(self, worker: _Worker) -> None:
-        self.workers.pop(worker.slot, None)
+        if self.workers.get(worker.slot) is worker:
+            del self.workers[worker.slot]
+        self._waiter.unregister(worker.result_conn)
+        self._waiter.unregister(worker.process.sentinel)
         worker.task_conn.close()
         worker.result_conn.close()
         with contextlib.suppress(ValueError):
@@ -698,6 +700,7 @@ class Dispatcher:
         """Settle the calls of a worker that is gone: blame one item, hand back the rest."""
         calls = list(worker.outstanding)
         worker.outstanding.clear()
+        self._timed -= sum(call.timeout is not None for call in calls)
         if not calls:
             return
         mark_call, mark_item, _ = self._marker(worker)
@@ -838,6 +841,7 @@ class Dispatcher:
                 jobs[id(call.job)] = call.job
             worker.outstanding.clear()
             worker.dying = True
+        self._timed = 0
         for job in jobs.values():
             fut = job.future
             if fut.done():

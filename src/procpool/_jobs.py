@@ -35,6 +35,8 @@ def new_call_id() -> int:
 #: A chunk should keep a worker busy about this long: long enough that the round
 #: trip is noise, short enough that the tail of a map stays balanced.
 TARGET_CHUNK_SECONDS = 0.02
+#: ...and at least this long, where there are items enough.
+MIN_CHUNK_SECONDS = 0.002
 
 
 class Call:
@@ -164,7 +166,8 @@ class MapJob(Job):
         #: Ranges handed back (never started, or retried), served before new items.
         self.pending: deque[tuple[int, int]] = deque()
         self.attempts: dict[int, int] = {}
-        self.seconds_per_item: float | None = None
+        self.timed_items = 0
+        self.timed_seconds = 0.0
         self.in_flight = 0
 
     @property
@@ -175,22 +178,23 @@ class MapJob(Job):
         if self.fixed is not None:
             return self.fixed
         remaining = self.size - self.next_index
-        # Keep the tail balanced: never more than a share of what is left.
-        share = max(1, -(-remaining // (2 * workers)))
-        if self.seconds_per_item is None:
+        if self.timed_items == 0:
             # Nothing measured yet: start small, so slow items spread at once and
             # the first replies tell us how big chunks should be.
-            return min(share, 1 if self.in_flight < workers else 4)
-        by_time = int(TARGET_CHUNK_SECONDS / max(self.seconds_per_item, 1e-9))
-        return max(1, min(share, by_time))
+            return min(remaining, 1 if self.in_flight < workers else 4)
+        per_item = max(self.timed_seconds / self.timed_items, 1e-9)
+        # Keep the tail balanced: at most a share of what is left, but never so
+        # small that a chunk is mostly round trip.
+        share = -(-remaining // (2 * workers))
+        most = int(TARGET_CHUNK_SECONDS / per_item)
+        least = int(MIN_CHUNK_SECONDS / per_item)
+        return max(1, min(remaining, max(least, min(share, most))))
 
     def record_timing(self, items: int, seconds: float) -> None:
-        """Learn the time per item from a reply (an average, weighted to the new)."""
-        if items <= 0:
-            return
-        sample = seconds / items
-        old = self.seconds_per_item
-        self.seconds_per_item = sample if old is None else 0.5 * old + 0.5 * sample
+        """Learn the time per item from a reply (averaged over the whole map)."""
+        if items > 0:
+            self.timed_items += items
+            self.timed_seconds += seconds
 
     def next_call(self, workers: int) -> Call | None:
         kind = m.STARCHUNK if self.star else m.CHUNK

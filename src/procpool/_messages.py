@@ -67,3 +67,5 @@ FLUSH_INTERVAL = 0.005
 #: An item that took this long has its result sent before the next item starts:
 #: the message costs little next to the item, and no crash can lose the result.
 SLOW_ITEM = 0.001
+#: Fast items run in blocks of about this long between two clock reads.
+BLOCK_TIME = 0.0002

@@ -119,40 +119,58 @@ def _run_chunk(
     mark: Any,
     base: int,
 ) -> None:
-    """Run ``fn`` over ``items``, publishing the running item in ``mark``.
+    """Run ``fn`` over ``items``, publishing the index of the running item in ``mark``.
 
-    Finished results leave for the parent before the next item starts whenever
-    the last item was slow or the batch is FLUSH_INTERVAL old, so a crash loses
-    at most the results of a few milliseconds of tiny items; other results travel
-    in one batch at the end.
+    Items run in blocks of about BLOCK_NS with one clock read per block, so per
+    item the loop costs one store to shared memory on top of the call. Before each
+    block the finished results leave for the parent if the batch is FLUSH_INTERVAL
+    old or the last item was slow (SLOW_ITEM): a crash loses at most the unsent
+    results of a few milliseconds of fast items. The block's start time goes to
+    ``mark`` too, for the parent's per-item time limits.
     """
     clock_ns = time.monotonic_ns
     flush_ns = int(m.FLUSH_INTERVAL * 1e9)
     slow_ns = int(m.SLOW_ITEM * 1e9)
+    block_ns = int(m.BLOCK_TIME * 1e9)
+    call: Callable[[Any], Any] = (lambda args: fn(*args)) if star else fn
     values: list[Any] = []
+    append = values.append
     errors: dict[int, tuple[BaseException | None, str]] = {}
     offset = 0
     item_slot = base + m.MARK_ITEM
     since_slot = base + m.MARK_SINCE
-    batch_start = previous = clock_ns()
-    for index, item in enumerate(items):
+    n = len(items)
+    index = 0
+    block = 1
+    per_item = 0
+    batch_start = clock_ns()
+    while index < n:
         now = clock_ns()
-        if values and (now - batch_start >= flush_ns or now - previous >= slow_ns):
+        if values and (per_item >= slow_ns or now - batch_start >= flush_ns):
             sender.reply(
                 call_id, m.ITEMS, (now - batch_start) / 1e9, (offset, values, errors or None, False)
             )
             offset = index
             values = []
+            append = values.append
             errors = {}
-            batch_start = now = clock_ns()
-        previous = now
+            batch_start = now
+        stop = min(n, index + block)
+        count = stop - index
         mark[since_slot] = now
-        mark[item_slot] = index
-        try:
-            values.append(fn(*item) if star else fn(item))
-        except BaseException as exc:
-            values.append(None)
-            errors[index] = exception_body(exc)
+        while index < stop:
+            try:
+                # A for loop over a slice: the fastest way to run Python per item.
+                for index, item in enumerate(items[index:stop], index):  # noqa: B020
+                    mark[item_slot] = index
+                    append(call(item))
+                index = stop
+            except BaseException as exc:
+                append(None)
+                errors[index] = exception_body(exc)
+                index += 1
+        per_item = (clock_ns() - now) // count
+        block = max(1, min(64, block_ns // max(per_item, 1)))
     elapsed = (clock_ns() - batch_start) / 1e9
     try:
         data = encode_reply(call_id, m.ITEMS, elapsed, (offset, values, errors or None, True))
