@@ -152,8 +152,10 @@ class Job:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: results[contender] = list of result dicts, one per successful rep
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    #: why a contender has no figure (error, timeout, deadline)
+    #: why a contender has fewer figures than asked (error, timeout, deadline)
     failures: dict[str, str] = field(default_factory=dict)
+    #: stderr tail of the last failed run of each contender (kept in the raw JSON)
+    details: dict[str, str] = field(default_factory=dict)
 
 
 class Runner:
@@ -210,7 +212,7 @@ class Runner:
             print(msg, file=sys.stderr, flush=True)
 
     def measure(self, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Run ``measure.py`` on ``spec``; return its result or raise RuntimeError."""
+        """Run ``measure.py`` on ``spec``; return its result or raise MeasurementError."""
         timeout = self.sizes.timeout if timeout is None else timeout
         proc = subprocess.Popen(
             [sys.executable, str(HERE / "measure.py"), json.dumps(spec)],
@@ -227,7 +229,7 @@ class Runner:
         except subprocess.TimeoutExpired:
             self._kill_group(proc.pid)
             proc.communicate()
-            raise RuntimeError(f"timeout after {timeout:.0f} s") from None
+            raise MeasurementError(f"timeout after {timeout:.0f} s", timed_out=True) from None
         finally:
             # Whatever the library left running (reusable executors, forkserver,
             # resource tracker) must not compete with the next measurement.
@@ -235,8 +237,8 @@ class Runner:
         for line in reversed(out.splitlines()):
             if line.startswith("RESULT "):
                 return json.loads(line[len("RESULT ") :])  # type: ignore[no-any-return]
-        tail = (err.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"exit {proc.returncode}: {tail[:200]}")
+        lines = err.strip().splitlines() or ["no output"]
+        raise MeasurementError(f"exit {proc.returncode}: {lines[-1][:200]}", "\n".join(lines[-30:]))
 
     @staticmethod
     def _kill_group(pgid: int) -> None:
@@ -245,23 +247,32 @@ class Runner:
 
     def run(self, job: Job) -> None:
         """Measure every contender of ``job`` ``reps`` times, interleaved."""
+        failed: dict[str, int] = {}
+        gave_up: set[str] = set()
         for rep in range(self.sizes.reps):
             shift = rep % len(job.contenders)
             order = job.contenders[shift:] + job.contenders[:shift]
             for key in order:
-                if key in job.failures:
-                    continue  # errors and hangs repeat: do not pay for them 5 times
+                if key in gave_up:
+                    continue
                 if time.monotonic() > self.deadline:
                     job.failures[key] = "skipped: overall deadline reached"
+                    gave_up.add(key)
                     continue
                 spec = {**job.spec, **job.overrides.get(key, {}), "contender": key}
                 self.wait_for_quiet()
                 t0 = time.monotonic()
                 try:
                     result = self.measure(spec)
-                except RuntimeError as exc:
-                    job.failures[key] = str(exc)
+                except MeasurementError as exc:
+                    failed[key] = failed.get(key, 0) + 1
+                    job.failures[key] = f"{failed[key]} run(s) failed, last: {exc}"
+                    job.details[key] = exc.details
                     self.log(f"  {job.name:<14} rep {rep + 1} {key:<10} FAILED {exc}")
+                    # A hang costs a whole timeout each time, and an error seen twice
+                    # is not bad luck: stop paying for it.  One error may be a fluke.
+                    if exc.timed_out or failed[key] >= 2:
+                        gave_up.add(key)
                     continue
                 job.results.setdefault(key, []).append(result)
                 shown = {k: v for k, v in result.items() if k != "pid"}
@@ -269,6 +280,15 @@ class Runner:
                     f"  {job.name:<14} rep {rep + 1} {key:<10} "
                     f"{_brief(shown)} [{time.monotonic() - t0:.1f} s]"
                 )
+
+
+class MeasurementError(RuntimeError):
+    """A measurement process failed or hung; ``details`` has its stderr tail."""
+
+    def __init__(self, message: str, details: str = "", *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.details = details
+        self.timed_out = timed_out
 
 
 QUIET_BUSY = 0.25
