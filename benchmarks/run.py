@@ -161,7 +161,9 @@ class Job:
 class Runner:
     """Runs measurement processes with a timeout and an overall deadline."""
 
-    def __init__(self, sizes: Sizes, verbose: bool = True, quiet_gate: float = 0.0) -> None:
+    def __init__(
+        self, sizes: Sizes, verbose: bool = True, quiet_gate: float = 0.0, nice: int = 0
+    ) -> None:
         self.sizes = sizes
         self.verbose = verbose
         #: Longest wait (s) for the CPUs to be idle before a measurement; 0: never wait.
@@ -181,6 +183,7 @@ class Runner:
         # Chatter from libraries (e.g. fork-with-threads DeprecationWarnings on
         # 3.12+) would drown the progress lines; failures still show stderr.
         self.env.setdefault("PYTHONWARNINGS", "ignore")
+        self.env["PROCPOOL_BENCH_NICE"] = str(nice)
 
     def wait_for_quiet(self) -> None:
         """Wait (at most ``quiet_gate`` s) until other work leaves the CPUs alone.
@@ -955,6 +958,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="max seconds to wait for idle CPUs before each run (default 20; quick 0)",
     )
+    p.add_argument(
+        "--nice",
+        type=int,
+        help="niceness of the measurement processes (default -10 if root; quick 0)",
+    )
     p.add_argument("--from-json", type=Path, help="re-render the report of a saved run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return p.parse_args(argv)
@@ -970,7 +978,10 @@ def _loadavg() -> str:
 def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
     """Probe, calibrate and measure; everything the report needs, JSON-ready."""
     gate = args.quiet_gate if args.quiet_gate is not None else (0 if args.quick else 20)
-    runner = Runner(sizes, verbose=not args.quiet, quiet_gate=gate)
+    nice = args.nice if args.nice is not None else (0 if args.quick else -10)
+    if nice < 0 and os.geteuid() != 0:
+        nice = 0  # only root may raise priority
+    runner = Runner(sizes, verbose=not args.quiet, quiet_gate=gate, nice=nice)
     started = time.monotonic()
     load_before = _loadavg()
 
@@ -1018,6 +1029,11 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
             f"{QUIET_BUSY:.0%} busy ({runner.waited:.0f} s waited in all, at most "
             f"{runner.quiet_budget:.0f} s); {runner.noisy_runs} of {runner.runs} runs started "
             "while other work was using the CPUs"
+        )
+    if nice:
+        machine.append(
+            f"Priority: measurement processes and their workers ran at nice {nice}, "
+            "so that other work on the machine disturbs them less"
         )
     machine.append(f"Spin calibration: {iters_per_s:,} loop turns per second")
     return {
