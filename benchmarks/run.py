@@ -956,7 +956,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quiet-gate",
         type=float,
-        help="max seconds to wait for idle CPUs before each run (default 20; quick 0)",
+        help="max seconds to wait for idle CPUs before each run (default 3; quick 0)",
     )
     p.add_argument(
         "--nice",
@@ -977,7 +977,7 @@ def _loadavg() -> str:
 
 def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
     """Probe, calibrate and measure; everything the report needs, JSON-ready."""
-    gate = args.quiet_gate if args.quiet_gate is not None else (0 if args.quick else 20)
+    gate = args.quiet_gate if args.quiet_gate is not None else (0 if args.quick else 3)
     nice = args.nice if args.nice is not None else (0 if args.quick else -10)
     if nice < 0 and os.geteuid() != 0:
         nice = 0  # only root may raise priority
@@ -1032,8 +1032,8 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
         )
     if nice:
         machine.append(
-            f"Priority: measurement processes and their workers ran at nice {nice}, "
-            "so that other work on the machine disturbs them less"
+            f"Priority: measurement processes and their workers ran at nice {nice} "
+            "(process and autogroup), so that other work on the machine disturbs them less"
         )
     machine.append(f"Spin calibration: {iters_per_s:,} loop turns per second")
     return {
