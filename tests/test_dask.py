@@ -60,6 +60,10 @@ def dask_client() -> Iterator[object]:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            # Even without a dashboard the scheduler serves its health routes over
+            # HTTP, on port 8787 by default: another Dask cluster on this machine would
+            # make that a "Port 8787 is already in use" UserWarning (an error here).
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
         client = distributed.Client(cluster, set_as_default=False)
         try:
@@ -329,7 +333,7 @@ def test_cancelling_a_map_cancels_its_tasks(pool: DaskPool, dask_client: object)
     result = pool.map(h.sleep_then, [1.0] * 8, chunksize=1)
     assert result.cancel()
     assert result.cancelled()
-    assert _wait_until(lambda: not _keys(dask_client) - before)
+    assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
 
 
 def test_map_with_progress_callback_reports_every_item(pool: DaskPool) -> None:
@@ -481,7 +485,7 @@ def test_cancelling_a_future_cancels_the_dask_task(pool: DaskPool, dask_client: 
     assert running.cancel()  # Dask drops the result; the worker thread runs on
     assert running.cancelled()
     assert blockers[1].result(timeout=30) == 0
-    assert _wait_until(lambda: not _keys(dask_client) - before)
+    assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
 
 
 # -- lifecycle --------------------------------------------------------------------------------
@@ -524,7 +528,7 @@ def test_leaving_the_with_block_by_an_exception_cancels_everything(
         futures.extend(pool.submit(h.sleep_then, 5.0, i) for i in range(4))
         raise KeyError("leave")
     assert all(f.cancelled() for f in futures)
-    assert _wait_until(lambda: not _keys(dask_client) - before)
+    assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
 
 
 def test_shutdown_cancel_futures_cancels_what_is_unfinished(pool: DaskPool) -> None:
@@ -552,7 +556,7 @@ def test_breaking_out_of_imap_cancels_the_chunks_in_flight(
         assert value == 0
         break
     gc.collect()  # the dropped iterator cancels its chunks (CPython: already at the break)
-    assert _wait_until(lambda: not _keys(dask_client) - before)
+    assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
 
 
 def test_no_argument_uses_the_default_dask_client(dask_client: object) -> None:
@@ -571,7 +575,7 @@ def test_dask_futures_are_released_once_done(pool: DaskPool, dask_client: object
     single = pool.submit(h.square, 3)
     assert single.result(timeout=30) == 9
     gc.collect()
-    assert _wait_until(lambda: not _keys(dask_client) - before)
+    assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
     assert "tasks=0" in repr(pool)
 
 

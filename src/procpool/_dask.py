@@ -18,10 +18,11 @@ The data flow of one task::
     scheduler ──> a worker thread runs fn (inside ``_call_limited`` if it has a time limit)
          │
          ▼
-    Dask's callback thread: ``_Core.on_dask_done`` fetches the result or the exception,
-    translates it (KilledWorker -> WorkerLostError, remote traceback -> __cause__),
-    submits again if a retry is due, else resolves the procpool Future with
-    ``_finish`` and drops the Dask future
+    Dask's callback thread: ``_Core.on_dask_done`` hands the Dask future to one of
+    the pool's fetch threads, where ``_Core.resolve`` fetches the result or the
+    exception, translates it (KilledWorker -> WorkerLostError, the remote traceback
+    -> __cause__), submits again if a retry is due, else resolves the procpool
+    Future with ``_finish`` and drops the Dask future
          │
          ▼
     the pool's callback thread runs the user's callbacks (then/catch/add_done_callback),
@@ -246,28 +247,37 @@ class _Options:
     retry_timeouts: bool
 
 
-class _CallbackThread:
-    """Runs the user's future callbacks, in order, on one thread owned by the pool.
+class _Threads:
+    """A few daemon threads that run thunks from one queue, started on first use.
 
+    The pool has two sets. One thread runs the user's future callbacks, in order:
     Dask runs done-callbacks on a single thread shared by every Dask future in the
-    process; a user callback that waits for another future of this pool would block
-    the very thread that must resolve it. So callbacks are handed over to this thread.
+    process, and a user callback that waits for another future of this pool would
+    block the very thread that must resolve it. And a few threads fetch results
+    from the workers: a fetch is a network round trip, and one that stalls (Dask
+    can, when a result is released while it is being fetched) must not hold up
+    the others, nor Dask's callback thread.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, size: int) -> None:
         self._name = name
+        self._size = size
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     def __call__(self, thunk: Callable[[], None]) -> None:
         with self._lock:
             if not self._closed:
-                if self._thread is None:
-                    # Daemon: a callback that never returns must not block interpreter exit.
-                    self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                    self._thread.start()
+                if not self._threads:
+                    for number in range(self._size):
+                        # Daemon: a thunk that never returns must not block interpreter exit.
+                        thread = threading.Thread(
+                            target=self._loop, name=f"{self._name}-{number}", daemon=True
+                        )
+                        thread.start()
+                        self._threads.append(thread)
                 self._queue.put(thunk)
                 return
         # After the pool is gone (a late cancel, say) run inline rather than drop it.
@@ -280,22 +290,27 @@ class _CallbackThread:
                 return
             try:
                 thunk()
-            except Exception:  # _SafeCallback already logs; this is a last resort
-                LOGGER.exception("error in a procpool callback")
+            except Exception:  # the thunks handle their errors; this is a last resort
+                LOGGER.exception("error in %s", self._name)
+            # Drop it before waiting for the next one: it may hold a Dask future, and
+            # Dask keeps a task (and its result) for as long as a future of it lives.
+            del thunk
 
     def close(self) -> None:
+        """Let the threads end once the queue is empty; later thunks run inline."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            if self._thread is not None:
+            for _ in self._threads:
                 self._queue.put(None)
 
     def join(self, timeout: float | None) -> None:
-        thread = self._thread
-        # A callback that calls pool.join() must not wait for itself.
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            # A callback that calls pool.join() must not wait for itself.
+            if thread is not threading.current_thread():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 @dataclass
@@ -344,7 +359,8 @@ class _Core:
         # whose last future is garbage-collected); the entry goes as soon as the task
         # is done, so neither futures nor inputs pile up.
         self.jobs: dict[str, _Job] = {}
-        self.callbacks = _CallbackThread(f"procpool-dask-callbacks-{id(self):x}")
+        self.callbacks = _Threads(f"procpool-dask-callbacks-{id(self):x}", 1)
+        self.fetchers = _Threads(f"procpool-dask-fetch-{id(self):x}", 4)
         self.counters = _Counters()
 
     def closed_error(self) -> PoolClosedError:
@@ -419,6 +435,9 @@ class _Core:
         self.cancel_dask([job.dask_future for job in jobs])
 
     def cancel_dask(self, dask_futures: list[Any]) -> None:
+        # A finished task has nothing left to stop: dropping our reference releases
+        # it. Cancelling it instead could strand a fetch of its result in progress.
+        dask_futures = [f for f in dask_futures if f.status != "finished"]
         if not dask_futures:
             return
         try:
@@ -429,6 +448,10 @@ class _Core:
     # -- results (on Dask's callback thread) ------------------------------------------------
 
     def on_dask_done(self, key: str, dask_future: Any) -> None:
+        """Hand a finished Dask future to the fetch threads (runs on Dask's callback thread)."""
+        self.fetchers(functools.partial(self.resolve, key, dask_future))
+
+    def resolve(self, key: str, dask_future: Any) -> None:
         """Resolve a job's future from its finished Dask future, or submit it again."""
         with self.lock:
             job = self.jobs.get(key)
@@ -873,6 +896,7 @@ class DaskPool(Executor):
         """
         core = self._core
         core.cancel_all(_State.TERMINATED)
+        core.fetchers.close()
         core.callbacks.close()
         core.release_client()
 
@@ -896,6 +920,7 @@ class DaskPool(Executor):
                 if remaining is not None and remaining <= 0:
                     return
                 core.idle.wait(remaining)
+        core.fetchers.close()
         core.callbacks.close()
         core.callbacks.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         core.release_client()
