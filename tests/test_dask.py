@@ -324,7 +324,8 @@ def test_map_fails_the_same_items_as_serial(pool: DaskPool) -> None:
 
 def test_map_timeout_raises_timeout_error_when_iterating(pool: DaskPool) -> None:
     iterator = pool.map(h.sleep_then, [5.0], timeout=0.3)
-    with pytest.raises(TimeoutError):
+    # concurrent.futures.TimeoutError: the builtin TimeoutError only from Python 3.11 on.
+    with pytest.raises(concurrent.futures.TimeoutError):
         next(iterator)
 
 
