@@ -169,6 +169,15 @@ def test_client_given_is_left_open_and_address_given_is_closed(dask_client: obje
     assert owned.client.status == "closed"
 
 
+def test_a_dropped_pool_closes_the_client_it_made(dask_client: object) -> None:
+    pool = DaskPool(dask_client.scheduler.address)  # type: ignore[attr-defined]
+    client = pool.client
+    assert pool.submit(h.square, 5).result(timeout=30) == 25
+    del pool
+    gc.collect()
+    assert _wait_until(lambda: client.status == "closed")
+
+
 # -- submit, then, catch, await ---------------------------------------------------------------
 
 

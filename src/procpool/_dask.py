@@ -62,6 +62,7 @@ import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -538,6 +539,13 @@ class _Core:
             LOGGER.exception("error while closing the Dask client %r", self.client)
 
 
+def _close_client(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:  # interpreter shutdown, or the client is closing already
+        LOGGER.debug("could not close the Dask client %r", client, exc_info=True)
+
+
 class _Value:
     __slots__ = ("value",)
 
@@ -616,6 +624,10 @@ class DaskPool(Executor):
             )
         self._core = _Core(distributed, client, owns)
         self._options = _Options(_finite(task_timeout), retries, retry_timeouts)
+        if owns:
+            # A pool dropped without close(): close the client it made once the pool,
+            # its options() views and its tasks in flight (which hold the core) are gone.
+            weakref.finalize(self._core, _close_client, client)
 
     # -- public -------------------------------------------------------------------------
 
