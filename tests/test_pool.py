@@ -85,7 +85,8 @@ def test_map_iterated_after_result_keeps_the_list(pool: procpool.Pool) -> None:
 
 
 def test_map_timeout_raises_timeout_error_when_iterating(pool: procpool.Pool) -> None:
-    fut = pool.map(helpers.sleep_then, [0.0, 5.0], timeout=0.5)
+    pool.submit(helpers.square, 1).result(timeout=30)  # a worker is up
+    fut = pool.map(helpers.sleep_then, [0.0, 30.0], timeout=3)
     it = iter(fut)
     assert next(it) is None
     with pytest.raises(TimeoutError):

@@ -164,7 +164,11 @@ class Dispatcher:
         self.forward_logs = forward_logs
         self.name = name
 
-        self.lock = threading.Lock()
+        # Guards the queue, the commands and every worker's state. The dispatcher
+        # holds it whenever it is not waiting, so a submitting thread may hand a
+        # call straight to an idle worker (re-entrant: callbacks queued from the
+        # dispatcher thread take it again).
+        self.lock = threading.RLock()
         self.state = PoolState.RUNNING
         self.broken: BaseException | None = None
         self.queue: OrderedDict[int, Job] = OrderedDict()
@@ -173,6 +177,8 @@ class Dispatcher:
 
         self._wakeup = Wakeup()
         self._wake_closed = False
+        #: Set (under lock) once the loop has decided to stop: nothing may be queued.
+        self._exiting = False
         self._woken = False
         # Keys: None for the wake-up socket, (worker, True) for a result pipe,
         # (worker, False) for a process sentinel.
@@ -220,7 +226,7 @@ class Dispatcher:
         return (
             self.state is PoolState.CLOSED
             and threading.current_thread() is self._callback_thread
-            and self.thread.is_alive()
+            and not self._exiting
         )
 
     def check_open(self) -> None:
@@ -242,9 +248,41 @@ class Dispatcher:
         fut._cancel_hook = lambda was_running: self.command(lambda: self._cancel_job(job))
         with self.lock:
             self.check_open()
-            self.queue[id(job)] = job
             self.stats.submitted += count
+            if self._send_directly(job):
+                return
+            self.queue[id(job)] = job
         self.wake()
+
+    def _send_directly(self, job: Job) -> bool:
+        """Give a small untimed task to an idle worker from the submitting thread.
+
+        Saves the hop through the dispatcher thread (a thread switch and a wake-up),
+        which is most of the latency of a lone ``submit().result()``. The caller
+        holds ``lock``; the dispatcher sees the reply on the result pipe as usual.
+        """
+        if (
+            not isinstance(job, SingleJob)
+            or job.timeout is not None
+            or self.queue
+            or self.state is not PoolState.RUNNING
+            or self._exiting
+        ):
+            return False
+        for worker in self.workers.values():
+            if (
+                not worker.outstanding
+                and self._usable(worker)
+                and (self.max_tasks is None or worker.sent < self.max_tasks)
+            ):
+                call = job.next_call(self.size)
+                if call is None or len(call.data) > PREFETCH_MAX_BYTES:
+                    if call is not None:
+                        job.requeue(call)
+                    return False
+                # On failure _send has queued the call again; the caller wakes us.
+                return self._send(worker, call)
+        return False
 
     def command(self, action: Callable[[], None]) -> None:
         """Run ``action`` on the dispatcher thread soon (thread-safe)."""
@@ -433,8 +471,13 @@ class Dispatcher:
             LOGGER.critical("procpool dispatcher crashed", exc_info=True)
             error = ProcpoolError(f"{self.name}: internal error in the dispatcher: {exc!r}")
             error.__cause__ = exc
-            self._fail_everything(error, cancel=False)
+            with self.lock:
+                self.broken = error
+                self.state = PoolState.BROKEN
+                self._fail_everything(error, cancel=False)
         finally:
+            with self.lock:
+                self._exiting = True
             self._stop_workers()
             with self.lock:
                 self._callbacks_closed = True
@@ -445,41 +488,42 @@ class Dispatcher:
             self._wakeup.close()
 
     def _loop(self) -> None:
+        lock = self.lock
         while True:
-            self._woken = False
-            with self.lock:
+            with lock:
+                self._woken = False
                 state = self.state
-                if self.commands:
-                    commands = list(self.commands)
-                    self.commands.clear()
-                else:
-                    commands = []
-            for action in commands:
-                action()
-            del commands
-            if state is PoolState.TERMINATING:
-                self._fail_everything(None, cancel=True)
-                return
-            if state is PoolState.BROKEN:
-                return
-            if self.queue:
-                self._fill()
-            if state is PoolState.CLOSED and self._idle():
-                return
-            timeout = self._next_deadline() if self._timed else None
-            for key in self._waiter.wait(timeout):
-                if key is None:
-                    self._wakeup.drain()
-                    continue
-                worker, is_pipe = key
-                if self.workers.get(worker.slot) is not worker:
-                    continue
-                if is_pipe:
-                    self._read(worker)
-                else:
-                    self._on_exit(worker)
-            if self._timed:
-                self._check_deadlines()
+                commands = list(self.commands)
+                self.commands.clear()
+                for action in commands:
+                    action()
+                del commands
+                if state is PoolState.TERMINATING:
+                    self._fail_everything(None, cancel=True)
+                    return
+                if state is PoolState.BROKEN:
+                    return
+                if self.queue:
+                    self._fill()
+                if state is PoolState.CLOSED and self._idle():
+                    self._exiting = True
+                    return
+                timeout = self._next_deadline() if self._timed else None
+            ready = self._waiter.wait(timeout)
+            with lock:
+                for key in ready:
+                    if key is None:
+                        self._wakeup.drain()
+                        continue
+                    worker, is_pipe = key
+                    if self.workers.get(worker.slot) is not worker:
+                        continue
+                    if is_pipe:
+                        self._read(worker)
+                    else:
+                        self._on_exit(worker)
+                if self._timed:
+                    self._check_deadlines()
 
     def _idle(self) -> bool:
         with self.lock:
