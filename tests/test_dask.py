@@ -135,6 +135,10 @@ def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
+# Tests that cancel running tasks or let them run out of time use short sleeps: Dask
+# cannot stop them, so each one keeps its worker thread busy until it ends.
+
+
 # -- construction -----------------------------------------------------------------------------
 
 
@@ -332,7 +336,7 @@ def test_map_fails_the_same_items_as_serial(pool: DaskPool) -> None:
 
 
 def test_map_timeout_raises_timeout_error_when_iterating(pool: DaskPool) -> None:
-    iterator = pool.map(h.sleep_then, [5.0], timeout=0.3)
+    iterator = pool.map(h.sleep_then, [2.0], timeout=0.3)
     # concurrent.futures.TimeoutError: the builtin TimeoutError only from Python 3.11 on.
     with pytest.raises(concurrent.futures.TimeoutError):
         next(iterator)
@@ -431,7 +435,7 @@ def test_imap_after_close_yields_what_was_sent_then_raises_pool_closed(pool: Das
 
 def test_a_task_over_its_time_limit_fails_with_task_timeout_error(pool: DaskPool) -> None:
     started = time.monotonic()
-    fut = pool.options(timeout=0.5).submit(h.sleep_then, 30)
+    fut = pool.options(timeout=0.5).submit(h.sleep_then, 5)
     with pytest.raises(procpool.TaskTimeoutError) as info:
         fut.result(timeout=30)
     assert info.value.timeout == 0.5
@@ -535,21 +539,21 @@ def test_leaving_the_with_block_by_an_exception_cancels_everything(
     before = _keys(dask_client)
     futures: list[procpool.Future[int]] = []
     with pytest.raises(KeyError), DaskPool(dask_client) as pool:
-        futures.extend(pool.submit(h.sleep_then, 5.0, i) for i in range(4))
+        futures.extend(pool.submit(h.sleep_then, 2.0, i) for i in range(4))
         raise KeyError("leave")
     assert all(f.cancelled() for f in futures)
     assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
 
 
 def test_shutdown_cancel_futures_cancels_what_is_unfinished(pool: DaskPool) -> None:
-    futures = [pool.submit(h.sleep_then, 5.0, i) for i in range(4)]
+    futures = [pool.submit(h.sleep_then, 2.0, i) for i in range(4)]
     pool.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in futures)
 
 
 def test_terminate_cancels_maps_and_imaps_in_flight(pool: DaskPool) -> None:
-    mapped = pool.map(h.sleep_then, [5.0] * 4, chunksize=1)
-    streamed = pool.imap(h.sleep_then, [5.0] * 4)
+    mapped = pool.map(h.sleep_then, [2.0] * 4, chunksize=1)
+    streamed = pool.imap(h.sleep_then, [2.0] * 4)
     pool.terminate()
     assert mapped.cancelled()
     with pytest.raises(concurrent.futures.CancelledError):
