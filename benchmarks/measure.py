@@ -343,6 +343,9 @@ def main(argv: list[str]) -> int:
             f.write(str(nice))
     if "probe" in spec:
         result = probe(spec["probe"])
+    elif "calibrate" in spec:
+        # Here, not in run.py: at the priority the measurements run at.
+        result = {"iters_per_s": workloads.calibrate_spin(1.0)}
     elif spec["contender"] in FLOORS:
         result = FLOORS[spec["contender"]](spec)
     else:
