@@ -83,10 +83,6 @@ class Contender:
         """Start a pool of ``WORKERS`` with start method ``method`` (None: default)."""
         raise NotImplementedError
 
-    def effective_method(self, method: str | None) -> str | None:
-        """The start method actually used when ``method`` is asked for."""
-        return method if method is None or method in self.methods else None
-
     def run_with_state(self, method: str | None, obj: Any, tasks: int) -> list[int]:
         """B8: start a pool whose workers all hold ``obj``, run ``tasks`` lookups, stop.
 
@@ -267,10 +263,9 @@ class Loky(Contender):
     def version(self) -> str:
         return _version("loky")
 
-    def effective_method(self, method: str | None) -> str | None:
-        if method is None or method == "fork":
-            return "loky"
-        return method if method in self.methods else None
+    def _method(self, method: str | None) -> str:
+        """loky's own method where fork (or the default) is asked for."""
+        return method if method in self.methods and method is not None else "loky"
 
     def open(
         self,
@@ -281,7 +276,7 @@ class Loky(Contender):
         import loky
         from loky.backend.context import get_context
 
-        ctx = get_context(self.effective_method(method) or "loky")
+        ctx = get_context(self._method(method))
         ex = loky.ProcessPoolExecutor(
             WORKERS, context=ctx, initializer=initializer, initargs=initargs
         )
@@ -455,9 +450,6 @@ class Joblib(Contender):
     def version(self) -> str:
         return _version("joblib")
 
-    def effective_method(self, method: str | None) -> str | None:
-        return "loky" if method is None or method == "fork" else None
-
     def open(
         self,
         method: str | None,
@@ -573,9 +565,6 @@ class DaskPool(Contender):
 
     def version(self) -> str:
         return "distributed " + _version("distributed")
-
-    def effective_method(self, method: str | None) -> str | None:
-        return "dask" if method is None or method == "fork" else None
 
     def open(
         self,

@@ -571,10 +571,10 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
         )
 
     for method in ("fork", "spawn", "forkserver", "default"):
-        job = jobs.get(f"B4 {method}")
-        if job is None:
+        b4 = jobs.get(f"B4 {method}")
+        if b4 is None:
             continue
-        cells = _cells(job, "time", cols)
+        cells = _cells(b4, "time", cols)
         row = Row(f"B4 start-up: {method}", "s", "lower", cells)
         pp = cells.get("procpool", Cell(None)).value
         if method == "fork":
@@ -597,7 +597,7 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
             r = pp / best[1] if pp is not None and best else None
             rows.append(
                 Row(
-                    f"B5 8 MB arrays: {label}",
+                    f"B5 {sizes.b5_mb} MB arrays: {label}",
                     "MB/s",
                     "higher",
                     cells,
@@ -1054,7 +1054,10 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
 
 def report(data: dict[str, Any], output: Path, png: Path) -> None:
     """Print the table and notes; write the Markdown report and the plot."""
-    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["sizes"].items()})
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in data["sizes"].items()
+    }
+    sizes = Sizes(**fields)
     jobs = [Job(**j) for j in data["jobs"]]
     keys: list[str] = data["keys"]
     by_name = {j.name: j for j in jobs}
