@@ -324,6 +324,8 @@ class _Job:
     retries_left: int
     retry_timeouts: bool
     dask_future: Any = None
+    #: Set (under the core's lock) when a fetch thread starts fetching the result.
+    fetching: bool = False
 
 
 class _Counters:
@@ -421,7 +423,7 @@ class _Core:
             jobs = [job for job in (self.jobs.pop(key, None) for key in keys) if job is not None]
             if not self.jobs:
                 self.idle.notify_all()
-        self.cancel_dask([job.dask_future for job in jobs])
+        self.cancel_dask(_unfetched(jobs))
 
     def cancel_all(self, state: _State) -> None:
         """Move to ``state`` and cancel every unfinished task, with one call to Dask."""
@@ -433,11 +435,10 @@ class _Core:
             self.idle.notify_all()
         for job in jobs:
             job.future._abandon()  # a map's chunk passes this on to its MapFuture
-        self.cancel_dask([job.dask_future for job in jobs])
+        self.cancel_dask(_unfetched(jobs))
 
     def cancel_dask(self, dask_futures: list[Any]) -> None:
-        # A finished task has nothing left to stop: dropping our reference releases
-        # it. Cancelling it instead could strand a fetch of its result in progress.
+        # A finished task has nothing left to stop: dropping our reference releases it.
         dask_futures = [f for f in dask_futures if f.status != "finished"]
         if not dask_futures:
             return
@@ -456,6 +457,8 @@ class _Core:
         """Resolve a job's future from its finished Dask future, or submit it again."""
         with self.lock:
             job = self.jobs.get(key)
+            if job is not None:
+                job.fetching = True
         if job is None:  # cancelled or terminated meanwhile: its future is already done
             return
         try:
@@ -486,6 +489,7 @@ class _Core:
             if self.jobs.pop(key, None) is None or self.state is _State.TERMINATED:
                 return False
             job.retries_left -= 1
+            job.fetching = False
             new_key = self._submit_locked(job)
         if new_key is None:
             return True  # _submit_locked failed the future
@@ -537,6 +541,18 @@ class _Core:
             self.client.close()
         except Exception:
             LOGGER.exception("error while closing the Dask client %r", self.client)
+
+
+def _unfetched(jobs: list[_Job]) -> list[Any]:
+    """The Dask futures of these jobs that no fetch thread has started on.
+
+    Cancelling a task whose result is being fetched can leave that fetch waiting
+    forever inside distributed (seen with 2026.8), holding a fetch thread and the
+    task. Such a job is dropped instead: the fetch ends, finds the job gone, and
+    throws the result away. ``fetching`` and the removal from ``jobs`` both happen
+    under the core's lock, so each job is either fetched or cancelled, never both.
+    """
+    return [job.dask_future for job in jobs if not job.fetching]
 
 
 def _close_client(client: Any) -> None:
