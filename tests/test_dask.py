@@ -582,6 +582,23 @@ def test_no_argument_uses_the_default_dask_client(dask_client: object) -> None:
         assert default.status == "running"  # not ours to close
 
 
+def test_cancelling_at_random_moments_leaves_nothing_behind(dask_client: object) -> None:
+    # Cancels land before, during and after each task, and while its result is
+    # being fetched: every future must end and every Dask key must be released.
+    before = _keys(dask_client)
+    with DaskPool(dask_client) as pool:
+        futures = [pool.submit(h.sleep_then, 0.002 * (i % 5), i) for i in range(120)]
+        for i, fut in enumerate(futures):
+            if i % 2:
+                time.sleep(0.001 * (i % 7))
+                fut.cancel()
+    assert all(f.done() for f in futures)
+    for i, fut in enumerate(futures):
+        assert fut.cancelled() or fut.result() == i
+    gc.collect()
+    assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
+
+
 def test_dask_futures_are_released_once_done(pool: DaskPool, dask_client: object) -> None:
     before = _keys(dask_client)
     results = pool.map(h.square, range(40), chunksize=5).result(timeout=30)
