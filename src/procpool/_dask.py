@@ -604,6 +604,7 @@ class DaskPool(Executor):
     Raises:
         ImportError: ``distributed`` is not installed (``pip install "procpool[dask]"``).
         ValueError: a negative ``task_timeout`` or ``retries``.
+        TypeError: an asynchronous ``distributed.Client``.
     """
 
     def __init__(
