@@ -692,14 +692,14 @@ class DaskPool(Executor):
         return view
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
-        """Run ``fn(*args, **kwargs)`` on the cluster; return its future.
-
-        If ``fn`` or an argument cannot be pickled (Dask sends functions with
-        cloudpickle, so lambdas are fine), the future fails with
-        :class:`~procpool.SerializationError`::
+        """Run ``fn(*args, **kwargs)`` on the cluster; return its future::
 
             fut = pool.submit(pow, 2, 10)   # Future[int]
             assert fut.result() == 1024
+
+        If ``fn`` or an argument cannot be pickled (Dask sends functions with
+        cloudpickle, so lambdas are fine), the future fails with
+        :class:`~procpool.SerializationError`.
 
         Raises:
             PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
