@@ -173,13 +173,17 @@ def test_client_given_is_left_open_and_address_given_is_closed(dask_client: obje
     assert owned.client.status == "closed"
 
 
-def test_a_dropped_pool_closes_the_client_it_made(dask_client: object) -> None:
+def test_a_dropped_pool_closes_the_client_it_made_and_stops_its_threads(
+    dask_client: object,
+) -> None:
     pool = DaskPool(dask_client.scheduler.address)  # type: ignore[attr-defined]
     client = pool.client
-    assert pool.submit(h.square, 5).result(timeout=30) == 25
+    assert pool.submit(h.square, 5).then(str).result(timeout=30) == "25"
+    tag = f"{id(pool._core):x}"  # in the names of the pool's threads
     del pool
     gc.collect()
     assert _wait_until(lambda: client.status == "closed")
+    assert _wait_until(lambda: not [t for t in threading.enumerate() if tag in t.name])
 
 
 # -- submit, then, catch, await ---------------------------------------------------------------

@@ -555,7 +555,11 @@ def _unfetched(jobs: list[_Job]) -> list[Any]:
     return [job.dask_future for job in jobs if not job.fetching]
 
 
-def _close_client(client: Any) -> None:
+def _drop(client: Any, *threads: _Threads) -> None:
+    for thread_set in threads:
+        thread_set.close()
+    if client is None:
+        return
     try:
         client.close()
     except Exception:  # interpreter shutdown, or the client is closing already
@@ -641,10 +645,11 @@ class DaskPool(Executor):
             )
         self._core = _Core(distributed, client, owns)
         self._options = _Options(_finite(task_timeout), retries, retry_timeouts)
-        if owns:
-            # A pool dropped without close(): close the client it made once the pool,
-            # its options() views and its tasks in flight (which hold the core) are gone.
-            weakref.finalize(self._core, _close_client, client)
+        # A pool dropped without close(): once the pool, its options() views and its
+        # tasks in flight (which hold the core) are gone, stop its threads and close
+        # the client it made.
+        core = self._core
+        weakref.finalize(core, _drop, client if owns else None, core.fetchers, core.callbacks)
 
     # -- public -------------------------------------------------------------------------
 
