@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ PROPERTY_SETTINGS = settings(
 # Module scope, not session: the cluster (and the threads Dask leaves behind) must be
 # gone before the next test module runs, see _stop_dask_threads.
 @pytest.fixture(scope="module")
-def dask_client() -> Iterator[object]:
+def dask_client() -> Iterator[Any]:
     """A Client of a LocalCluster: 2 worker processes x 1 thread, loopback, no dashboard."""
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(
@@ -98,7 +99,7 @@ def _stop_dask_threads() -> None:
 
 
 @pytest.fixture
-def pool(dask_client: object) -> Iterator[DaskPool]:
+def pool(dask_client: Any) -> Iterator[DaskPool]:
     """A DaskPool on the session's cluster; terminated if a test leaves it running."""
     p = DaskPool(dask_client)
     try:
@@ -109,7 +110,7 @@ def pool(dask_client: object) -> Iterator[DaskPool]:
 
 
 @pytest.fixture(scope="module")
-def shared_pool(dask_client: object) -> Iterator[DaskPool]:
+def shared_pool(dask_client: Any) -> Iterator[DaskPool]:
     """One DaskPool for all examples of a Hypothesis property."""
     p = DaskPool(dask_client)
     try:
@@ -119,9 +120,9 @@ def shared_pool(dask_client: object) -> Iterator[DaskPool]:
         p.join(60)
 
 
-def _keys(client: object) -> set[str]:
+def _keys(client: Any) -> set[str]:
     """The keys this client holds futures for (Dask forgets a key when none is left)."""
-    refcount: dict[str, int] = client.refcount  # type: ignore[attr-defined]
+    refcount: dict[str, int] = client.refcount
     return set(refcount)
 
 
@@ -156,17 +157,17 @@ def test_missing_distributed_raises_import_error_naming_the_extra(
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.nan])
-def test_negative_task_timeout_is_rejected(dask_client: object, bad: float) -> None:
+def test_negative_task_timeout_is_rejected(dask_client: Any, bad: float) -> None:
     with pytest.raises(ValueError, match="task_timeout"):
         DaskPool(dask_client, task_timeout=bad)
 
 
-def test_client_given_is_left_open_and_address_given_is_closed(dask_client: object) -> None:
+def test_client_given_is_left_open_and_address_given_is_closed(dask_client: Any) -> None:
     with DaskPool(dask_client) as given:
         assert given.submit(h.square, 3).result() == 9
-    assert dask_client.status == "running"  # type: ignore[attr-defined]
+    assert dask_client.status == "running"
 
-    address = dask_client.scheduler.address  # type: ignore[attr-defined]
+    address = dask_client.scheduler.address
     with DaskPool(address) as owned:
         assert owned.client is not dask_client
         assert owned.submit(h.square, 4).result() == 16
@@ -174,9 +175,9 @@ def test_client_given_is_left_open_and_address_given_is_closed(dask_client: obje
 
 
 def test_a_dropped_pool_closes_the_client_it_made_and_stops_its_threads(
-    dask_client: object,
+    dask_client: Any,
 ) -> None:
-    pool = DaskPool(dask_client.scheduler.address)  # type: ignore[attr-defined]
+    pool = DaskPool(dask_client.scheduler.address)
     client = pool.client
     assert pool.submit(h.square, 5).then(str).result(timeout=30) == "25"
     tag = f"{id(pool._core):x}"  # in the names of the pool's threads
@@ -259,7 +260,7 @@ def test_task_exception_keeps_its_type_and_carries_the_remote_traceback(pool: Da
 
 
 def test_a_killed_worker_fails_only_its_task_with_worker_lost_error(
-    pool: DaskPool, dask_client: object
+    pool: DaskPool, dask_client: Any
 ) -> None:
     bystander = pool.submit(h.sleep_then, 0.5, 7)
     doomed = pool.submit(h.exit_worker, 3)
@@ -268,16 +269,16 @@ def test_a_killed_worker_fails_only_its_task_with_worker_lost_error(
     assert isinstance(doomed.exception(), concurrent.futures.process.BrokenProcessPool)
     assert bystander.result(timeout=60) == 7
     # The nanny restarts the worker; the next tests want both back.
-    dask_client.wait_for_workers(2, timeout=60)  # type: ignore[attr-defined]
+    dask_client.wait_for_workers(2, timeout=60)
     assert pool.submit(h.square, 3).result(timeout=30) == 9
 
 
-def test_retries_submit_again_after_a_killed_worker(pool: DaskPool, dask_client: object) -> None:
+def test_retries_submit_again_after_a_killed_worker(pool: DaskPool, dask_client: Any) -> None:
     fut = pool.options(retries=1).submit(h.exit_worker, 4)
     with pytest.raises(procpool.WorkerLostError):
         fut.result(timeout=90)
     assert pool.stats().retried == 1
-    dask_client.wait_for_workers(2, timeout=60)  # type: ignore[attr-defined]
+    dask_client.wait_for_workers(2, timeout=60)
 
 
 def test_unpicklable_argument_or_result_is_a_serialization_error(pool: DaskPool) -> None:
@@ -346,7 +347,7 @@ def test_map_timeout_raises_timeout_error_when_iterating(pool: DaskPool) -> None
         next(iterator)
 
 
-def test_cancelling_a_map_cancels_its_tasks(pool: DaskPool, dask_client: object) -> None:
+def test_cancelling_a_map_cancels_its_tasks(pool: DaskPool, dask_client: Any) -> None:
     before = _keys(dask_client)
     result = pool.map(h.sleep_then, [1.0] * 8, chunksize=1)
     assert result.cancel()
@@ -379,7 +380,7 @@ def test_imap_reads_at_most_buffersize_items_ahead_of_an_endless_input(pool: Das
     for consumed, value in enumerate(itertools.islice(results, 40), start=1):
         assert value == (consumed - 1) ** 2
         assert pulled <= consumed + 6
-    results.close()  # type: ignore[attr-defined]
+    results.close()
 
 
 def test_imap_default_buffersize_is_bounded(pool: DaskPool) -> None:
@@ -448,7 +449,7 @@ def test_a_task_over_its_time_limit_fails_with_task_timeout_error(pool: DaskPool
     assert pool.submit(h.square, 2).result(timeout=30) == 4  # the pool goes on
 
 
-def test_pool_wide_task_timeout_and_time_spent_queued_does_not_count(dask_client: object) -> None:
+def test_pool_wide_task_timeout_and_time_spent_queued_does_not_count(dask_client: Any) -> None:
     with DaskPool(dask_client, task_timeout=1.5) as limited:
         # Four 0.6 s tasks on two worker threads: the last two wait ~0.6 s in the
         # queue, and still finish within their own limit.
@@ -490,7 +491,7 @@ def test_retry_timeouts_runs_a_late_task_again(pool: DaskPool) -> None:
     assert time.monotonic() - started >= 4 * 0.3  # two attempts each
 
 
-def test_cancelling_a_future_cancels_the_dask_task(pool: DaskPool, dask_client: object) -> None:
+def test_cancelling_a_future_cancels_the_dask_task(pool: DaskPool, dask_client: Any) -> None:
     before = _keys(dask_client)
     blockers = [pool.submit(h.sleep_then, 1.0) for _ in range(2)]
     queued = pool.submit(h.sleep_then, 1.0, 1)
@@ -526,7 +527,7 @@ def test_join_on_a_running_pool_is_a_value_error(pool: DaskPool) -> None:
         pool.join()
 
 
-def test_leaving_the_with_block_waits_for_every_task(dask_client: object) -> None:
+def test_leaving_the_with_block_waits_for_every_task(dask_client: Any) -> None:
     with DaskPool(dask_client) as pool:
         futures = [pool.submit(h.sleep_then, 0.2, i) for i in range(4)]
         chained = futures[0].then(lambda x: x + 100)
@@ -538,7 +539,7 @@ def test_leaving_the_with_block_waits_for_every_task(dask_client: object) -> Non
 
 
 def test_leaving_the_with_block_by_an_exception_cancels_everything(
-    dask_client: object,
+    dask_client: Any,
 ) -> None:
     before = _keys(dask_client)
     futures: list[procpool.Future[int]] = []
@@ -567,7 +568,7 @@ def test_terminate_cancels_maps_and_imaps_in_flight(pool: DaskPool) -> None:
 
 
 def test_breaking_out_of_imap_cancels_the_chunks_in_flight(
-    pool: DaskPool, dask_client: object
+    pool: DaskPool, dask_client: Any
 ) -> None:
     before = _keys(dask_client)
     for value in pool.imap(h.sleep_then, itertools.repeat(0.5), buffersize=4):
@@ -577,8 +578,8 @@ def test_breaking_out_of_imap_cancels_the_chunks_in_flight(
     assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
 
 
-def test_no_argument_uses_the_default_dask_client(dask_client: object) -> None:
-    address = dask_client.scheduler.address  # type: ignore[attr-defined]
+def test_no_argument_uses_the_default_dask_client(dask_client: Any) -> None:
+    address = dask_client.scheduler.address
     with distributed.Client(address) as default:  # becomes the default client
         with DaskPool() as pool:
             assert pool.client is default
@@ -586,7 +587,7 @@ def test_no_argument_uses_the_default_dask_client(dask_client: object) -> None:
         assert default.status == "running"  # not ours to close
 
 
-def test_cancelling_at_random_moments_leaves_nothing_behind(dask_client: object) -> None:
+def test_cancelling_at_random_moments_leaves_nothing_behind(dask_client: Any) -> None:
     # Cancels land before, during and after each task, and while its result is
     # being fetched: every future must end and every Dask key must be released.
     before = _keys(dask_client)
@@ -603,7 +604,7 @@ def test_cancelling_at_random_moments_leaves_nothing_behind(dask_client: object)
     assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
 
 
-def test_dask_futures_are_released_once_done(pool: DaskPool, dask_client: object) -> None:
+def test_dask_futures_are_released_once_done(pool: DaskPool, dask_client: Any) -> None:
     before = _keys(dask_client)
     results = pool.map(h.square, range(40), chunksize=5).result(timeout=30)
     assert len(results) == 40
@@ -614,7 +615,7 @@ def test_dask_futures_are_released_once_done(pool: DaskPool, dask_client: object
     assert "tasks=0" in repr(pool)
 
 
-def test_stats_count_tasks_and_items(dask_client: object) -> None:
+def test_stats_count_tasks_and_items(dask_client: Any) -> None:
     with DaskPool(dask_client) as pool:
         pool.submit(h.square, 2).result(timeout=30)
         with pytest.raises(h.DaskHelperError):
