@@ -11,20 +11,27 @@ cleans up. See https://procpool.readthedocs.io.
     [1, 2, 3]
 """
 
-from ._dask import DaskPool as DaskPool
-from ._errors import PoolClosedError as PoolClosedError
-from ._errors import ProcpoolError as ProcpoolError
-from ._errors import SerializationError as SerializationError
-from ._errors import TaskTimeoutError as TaskTimeoutError
-from ._errors import WorkerLostError as WorkerLostError
-from ._future import Future as Future
-from ._future import MapFuture as MapFuture
-from ._pool import Pool as Pool
-from ._pool import PoolStats as PoolStats
-from ._process import ProcessHandle as ProcessHandle
-from ._process import spawn as spawn
-from ._task import ProcessTask as ProcessTask
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ._version import __version__ as __version__
+
+if TYPE_CHECKING:
+    from ._dask import DaskPool as DaskPool
+    from ._errors import PoolClosedError as PoolClosedError
+    from ._errors import ProcpoolError as ProcpoolError
+    from ._errors import SerializationError as SerializationError
+    from ._errors import TaskTimeoutError as TaskTimeoutError
+    from ._errors import WorkerLostError as WorkerLostError
+    from ._future import Future as Future
+    from ._future import MapFuture as MapFuture
+    from ._pool import Pool as Pool
+    from ._pool import PoolStats as PoolStats
+    from ._process import ProcessHandle as ProcessHandle
+    from ._process import spawn as spawn
+    from ._task import ProcessTask as ProcessTask
 
 __all__ = (
     "DaskPool",
@@ -43,15 +50,33 @@ __all__ = (
     "spawn",
 )
 
+# Names are imported on first use: a worker process imports ``procpool._worker``,
+# which imports this package, and must not pay for the pool, asyncio or Dask.
+_WHERE = {
+    "DaskPool": "._dask",
+    "Future": "._future",
+    "MapFuture": "._future",
+    "Pool": "._pool",
+    "PoolClosedError": "._errors",
+    "PoolStats": "._pool",
+    "ProcessHandle": "._process",
+    "ProcessTask": "._task",
+    "ProcpoolError": "._errors",
+    "SerializationError": "._errors",
+    "TaskTimeoutError": "._errors",
+    "WorkerLostError": "._errors",
+    "spawn": "._process",
+}
 
-# Public names say procpool.X in reprs, tracebacks, pickles and docs, not the
-# private module that defines them.
-def _rename_modules() -> None:
-    for name in __all__:
-        obj = globals()[name]
-        if isinstance(obj, type) or callable(obj):
-            obj.__module__ = __name__
+
+def __getattr__(name: str) -> object:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'procpool' has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
 
 
-_rename_modules()
-del _rename_modules
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -511,3 +511,8 @@ class MapFuture(Future[list[R]], Iterator[R]):
         if error is not None:
             raise error
         return cast("R", value)
+
+
+# Public names say procpool.X in reprs, tracebacks, pickles and docs.
+for _public in (Future, MapFuture):
+    _public.__module__ = "procpool"

@@ -671,3 +671,8 @@ class _IMapIterator(Iterator[R]):
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+# Public names say procpool.X in reprs, tracebacks, pickles and docs.
+for _public in (Pool, PoolStats):
+    _public.__module__ = "procpool"

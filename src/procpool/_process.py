@@ -254,3 +254,8 @@ def spawn(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> ProcessHa
     if not callable(fn):
         raise TypeError(f"spawn() needs a callable, not {fn!r}")
     return ProcessHandle(fn, args, kwargs)
+
+
+# Public names say procpool.X in reprs, tracebacks, pickles and docs.
+for _public in (ProcessHandle, spawn):
+    _public.__module__ = "procpool"
