@@ -19,7 +19,6 @@ Two things differ from the standard class, both on purpose:
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import threading
@@ -273,6 +272,8 @@ class Future(concurrent.futures.Future[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         """``await fut`` inside a running asyncio loop gives the result."""
+        import asyncio  # only for awaiting: workers and scripts never pay for it
+
         return asyncio.wrap_future(self).__await__()
 
 
