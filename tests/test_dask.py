@@ -363,6 +363,13 @@ def test_map_with_progress_callback_reports_every_item(pool: DaskPool) -> None:
     assert seen[-1] == (10, 10)
 
 
+def test_imap_with_progress_callback_counts_items_of_unknown_total(pool: DaskPool) -> None:
+    seen: list[tuple[int, int | None]] = []
+    results = list(pool.imap(h.square, iter(range(7)), progress=lambda d, t: seen.append((d, t))))
+    assert results == [x * x for x in range(7)]
+    assert seen[-1] == (7, None)
+
+
 # -- imap -------------------------------------------------------------------------------------
 
 
