@@ -39,11 +39,6 @@ never needs it, and this module type-checks with or without it (the client is ``
 # The executor side of Future/MapFuture (_finish, _set_batch, _cancel_hook, ...) is
 # underscore-named to keep it out of the public API, not out of the executors.
 # pyright: reportPrivateUsage=false
-# DaskPool.map's overloads check 1-5 iterables against fn's parameters (as typeshed's
-# builtins.map does) where Executor.map accepts anything; mypy calls that an
-# incompatible override, pyright does not, and a `type: ignore` that pyright deems
-# unnecessary is an error there, so the code is disabled for mypy in this file.
-# mypy: disable-error-code="override"
 
 from __future__ import annotations
 
@@ -726,8 +721,9 @@ class DaskPool(Executor):
 
     # Executor.map takes any number of iterables and `fn=` by keyword; these overloads
     # check the types of 1-5 iterables against fn's parameters instead, as typeshed's
-    # builtins.map does, so a wrong argument type is an error.
-    @overload
+    # builtins.map does, so a wrong argument type is an error. mypy calls that an
+    # incompatible override (as for Pool.map).
+    @overload  # type: ignore[override]
     def map(
         self,
         fn: Callable[[T1], R],
