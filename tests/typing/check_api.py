@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 from collections.abc import Iterator
 
 from typing_extensions import assert_type
@@ -111,3 +112,20 @@ def check_errors() -> None:
     assert_type(error.exitcode, int | None)
     assert isinstance(error, concurrent.futures.process.BrokenProcessPool)
     assert_type(procpool.TaskTimeoutError("late").timeout, float | None)
+
+
+def check_dask_pool(pool: procpool.DaskPool) -> None:
+    executor: concurrent.futures.Executor = pool  # a DaskPool is an Executor
+    del executor
+    assert_type(pool.submit(square, 2), procpool.Future[int])
+    assert_type(pool.map(add, [1], ["a"], chunksize=2, timeout=1.0), procpool.MapFuture[str])
+    assert_type(pool.map(three, [1], [2.0], ["c"]), procpool.MapFuture[tuple[int, float, str]])
+    assert_type(pool.imap(square, iter([1]), buffersize=8), Iterator[int])
+    assert_type(pool.imap_unordered(square, [1], chunksize=2), Iterator[int])
+    assert_type(pool.options(timeout=math.inf, retries=2), procpool.DaskPool)
+    assert_type(pool.options(timeout=1.0).submit(square, 3), procpool.Future[int])
+    assert_type(pool.stats(), procpool.PoolStats)
+    assert_type(pool.workers, int)
+    pool.submit(square, "x")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.map(add, [1], [2])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.DaskPool(task_timeout="5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
