@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -395,6 +396,27 @@ def _cells(job: Job, metric: str, keys: list[str]) -> dict[str, Cell]:
     return cells
 
 
+def _paired_cells(
+    job: Job, keys: list[str], ratio: Callable[[float, float], float]
+) -> dict[str, Cell]:
+    """Median over runs of ``ratio(serial, time)``, each run timed against its own
+    serial run (B2, B6); the serial column is the ratio of serial to itself."""
+    cells: dict[str, Cell] = {}
+    for key in keys:
+        if key == "serial":
+            cells[key] = Cell(ratio(1.0, 1.0))  # by definition; not measured again
+            continue
+        if key not in job.contenders:
+            continue
+        runs = job.results.get(key, [])
+        values = [ratio(float(r["serial"]), float(r["time"])) for r in runs if r["time"] > 0]
+        cell = Cell(statistics.median(values) if values else None, why=job.failures.get(key, ""))
+        if values and key in job.failures:
+            cell.marks = "§"
+        cells[key] = cell
+    return cells
+
+
 def _best_peer(cells: dict[str, Cell], better: str) -> tuple[str, float] | None:
     peers = [
         (k, c.value)
@@ -446,7 +468,8 @@ def build_jobs(
     jobs.append(Job("B1", "B1", contenders, {"workload": "B1", **fork, "n": sizes.b1_n}, slow))
 
     b2_iters = int(iters_per_s * sizes.b2_seconds)
-    b2 = contenders + dask
+    # B2 and B6 time serial code inside every run (see measure._paired).
+    b2 = peers + dask
     jobs.append(
         Job(
             "B2",
@@ -476,7 +499,7 @@ def build_jobs(
     else:
         notes.append("B5 skipped: numpy is not installed in this venv (make bench installs it).")
     iters = [int(d * iters_per_s) for d in b6_durations(sizes)]
-    jobs.append(Job("B6", "B6", contenders, {"workload": "B6", **fork, "iters": iters}))
+    jobs.append(Job("B6", "B6", peers, {"workload": "B6", **fork, "iters": iters}))
     jobs.append(
         Job(
             "B7",
@@ -529,12 +552,7 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
 
     if "B2" in jobs:
         job = jobs["B2"]
-        serial = median_of(job, "serial", "time")
-        times = _cells(job, "time", cols)
-        cells = {
-            k: Cell(serial / c.value if serial and c.value else None, c.marks, c.why)
-            for k, c in times.items()
-        }
+        cells = _paired_cells(job, cols, lambda serial, t: serial / t)
         sp = cells.get("procpool", Cell(None)).value
         rows.append(
             Row(
@@ -610,13 +628,7 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
 
     if "B6" in jobs:
         job = jobs["B6"]
-        serial = median_of(job, "serial", "time")
-        times = _cells(job, "time", cols)
-        ideal = serial / WORKERS if serial else None
-        cells = {
-            k: Cell(c.value / ideal if ideal and c.value else None, c.marks, c.why)
-            for k, c in times.items()
-        }
+        cells = _paired_cells(job, cols, lambda serial, t: t / (serial / WORKERS))
         pp = cells.get("procpool", Cell(None)).value
         rows.append(
             Row(
@@ -751,6 +763,12 @@ def footnotes(
             f"† B1 for {labels} (one message per item by default): measured on "
             f"{sizes.b1_slow_n:,} items and scaled linearly to {sizes.b1_n:,}, because the "
             "full size takes minutes per run."
+        )
+    if "B2" in jobs or "B6" in jobs:
+        notes.append(
+            "B2, B6: every run first times the same tasks serially in the same process, "
+            "then on the pool; the ratio is taken per run (the load of this shared machine "
+            "drifts from one minute to the next), and the figure is the median ratio."
         )
     if "B3" in jobs and jobs["B3"].overrides:
         labels = ", ".join(CONTENDERS[k].label for k in jobs["B3"].overrides)
