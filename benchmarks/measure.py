@@ -332,7 +332,7 @@ def probe(key: str) -> Result:
 def main(argv: list[str]) -> int:
     """Run the measurement described by ``argv[1]`` (JSON) and print its result."""
     spec: dict[str, Any] = json.loads(argv[1])
-    nice = int(os.environ.get("PROCPOOL_BENCH_NICE", "0"))
+    nice = int(spec.get("nice", os.environ.get("PROCPOOL_BENCH_NICE", "0")))
     if nice:
         # Set by run.py: on a machine shared with other work, a higher priority for
         # the measurement (inherited by every worker it starts) keeps that work
