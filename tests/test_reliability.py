@@ -250,3 +250,13 @@ def test_tasks_can_create_pools_and_spawn_processes(start_method: str) -> None:
         )
         assert pool.submit(helpers.nested_spawn, 7).result(timeout=120) == 49
     assert helpers.wait_for(lambda: helpers.count_children() <= 2)
+
+
+def test_fork_worker_can_use_forkserver_after_the_parent_did() -> None:
+    # The forked worker inherits the parent's forkserver record; without a reset
+    # its first forkserver use fails with ChildProcessError (a CPython quirk).
+    with procpool.Pool(1, context="forkserver") as pool:
+        assert pool.submit(helpers.square, 2).result(timeout=60) == 4
+    with procpool.Pool(1, context="fork") as pool:
+        assert pool.submit(helpers.nested_pool_sum, 5).result(timeout=120) == 30
+        assert pool.submit(helpers.nested_spawn, 3).result(timeout=120) == 9

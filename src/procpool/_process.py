@@ -25,7 +25,7 @@ from ._channel import describe_callable, diagnose_call, encode_reply, exception_
 from ._context import StartMethod, new_process, resolve_context
 from ._errors import RemoteTraceback, SerializationError, WorkerLostError, describe_exitcode
 from ._future import Future
-from ._worker import watch_parent
+from ._worker import forget_inherited_forkserver, watch_parent
 
 __all__ = ["ProcessHandle", "spawn"]
 
@@ -42,6 +42,7 @@ def _child_main(
 ) -> None:
     """Entry point of a spawned process: run ``fn``, send one reply."""
     watch_parent(parent_pid)
+    forget_inherited_forkserver()
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:

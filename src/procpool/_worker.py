@@ -202,6 +202,28 @@ def _encode_items_one_by_one(
     return encode_reply(call_id, m.ITEMS, elapsed, (offset, values, errors or None, True))
 
 
+def forget_inherited_forkserver() -> None:
+    """Make a forked child start its own forkserver instead of its parent's.
+
+    After ``fork()`` the child inherits multiprocessing's record of the parent's
+    forkserver, whose process is not the child's child: the first forkserver use in
+    the child (a task creating a Pool, or calling spawn) then fails in
+    ``os.waitpid`` with ChildProcessError. Children of spawn or forkserver start
+    with a fresh record and are left alone.
+    """
+    try:
+        from multiprocessing import forkserver
+    except ImportError:  # pragma: no cover - Windows
+        return
+    server: Any = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    for field in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid"):
+        if hasattr(server, field):
+            setattr(server, field, None)
+    server._lock = threading.Lock()
+
+
 def worker_main(
     task_conn: Connection,
     result_conn: Connection,
@@ -217,6 +239,7 @@ def worker_main(
     # KeyboardInterrupt too would print a traceback for every process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     watch_parent(parent_pid)
+    forget_inherited_forkserver()
     sender = _Sender(result_conn)
     if forward_logs:
         root = logging.getLogger()
