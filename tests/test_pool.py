@@ -347,3 +347,13 @@ def test_submit_from_many_threads(start_method: str) -> None:
         for thread in threads:
             thread.join()
     assert results == {t: [t + i for i in range(200)] for t in range(4)}
+
+
+def test_large_payloads_in_both_directions_do_not_deadlock(pool: procpool.Pool) -> None:
+    # Calls and results far larger than a pipe's buffer, several in flight per
+    # worker: the dispatcher must never block writing while a worker blocks too.
+    blobs = [bytes([i]) * (1 << 20) for i in range(24)]
+    assert pool.map(helpers.identity, blobs, chunksize=1).result(timeout=60) == blobs
+    assert pool.map(helpers.identity, blobs, chunksize=3).result(timeout=60) == blobs
+    futures = [pool.submit(helpers.identity, blob) for blob in blobs[:6]]
+    assert [f.result(timeout=60) for f in futures] == blobs[:6]

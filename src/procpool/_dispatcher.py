@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import logging
 import os
 import pickle
 import queue
+import struct
 import sys
 import threading
 import time
@@ -57,14 +59,29 @@ from ._errors import (
 )
 from ._future import MapFuture
 from ._jobs import Call, Job, MapJob, SingleJob
-from ._waiting import Waiter, Wakeup
+from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup
 from ._worker import worker_main
 
 LOGGER = logging.getLogger("procpool")
 
-#: Calls larger than this are sent only to an idle worker: a worker blocked writing
-#: its result while we are blocked writing its next call would deadlock both.
+#: Where writes block (Windows), calls larger than this go only to an idle worker:
+#: a worker blocked writing its result while we are blocked writing its next call
+#: would deadlock both. On POSIX the dispatcher never blocks on a write: what the
+#: pipe does not take at once waits in the worker's output queue.
 PREFETCH_MAX_BYTES = 32 * 1024
+#: Calls sent straight from a submitting thread stay below this size.
+DIRECT_MAX_BYTES = 32 * 1024
+# What a waiter key says is ready.
+_RESULT, _EXITED, _WRITABLE = 0, 1, 2
+
+
+def _frame_header(size: int) -> bytes:
+    """The length prefix multiprocessing's Connection.recv_bytes expects."""
+    if size > 0x7FFFFFFF:
+        return struct.pack("!i", -1) + struct.pack("!Q", size)
+    return struct.pack("!i", size)
+
+
 #: How long a closing pool waits for a worker to exit after STOP before killing it.
 STOP_GRACE = 5.0
 #: Consecutive workers that die before answering anything before the pool gives up.
@@ -84,6 +101,7 @@ class _Worker:
     __slots__ = (
         "busy",
         "dying",
+        "out",
         "outstanding",
         "process",
         "replied",
@@ -92,6 +110,7 @@ class _Worker:
         "sent",
         "slot",
         "task_conn",
+        "writing",
     )
 
     def __init__(
@@ -102,6 +121,9 @@ class _Worker:
         self.task_conn = task_conn
         self.result_conn = result_conn
         self.outstanding: deque[Call] = deque()
+        #: Bytes written to the task pipe later, when it has room (POSIX).
+        self.out: deque[memoryview] = deque()
+        self.writing = False
         self.sent = 0
         self.replied = False
         self.busy = 0.0
@@ -180,9 +202,9 @@ class Dispatcher:
         #: Set (under lock) once the loop has decided to stop: nothing may be queued.
         self._exiting = False
         self._woken = False
-        # Keys: None for the wake-up socket, (worker, True) for a result pipe,
-        # (worker, False) for a process sentinel.
-        self._waiter: Waiter[tuple[_Worker, bool] | None] = Waiter()
+        # Keys: None for the wake-up socket, else (worker, _RESULT / _EXITED /
+        # _WRITABLE) for its result pipe, its process sentinel, its task pipe.
+        self._waiter: Waiter[tuple[_Worker, int] | None] = Waiter()
         self._waiter.register(self._wakeup.reader, None)
         #: Outstanding calls with a time limit; deadlines are looked at only if any.
         self._timed = 0
@@ -276,7 +298,7 @@ class Dispatcher:
                 and (self.max_tasks is None or worker.sent < self.max_tasks)
             ):
                 call = job.next_call(self.size)
-                if call is None or len(call.data) > PREFETCH_MAX_BYTES:
+                if call is None or len(call.data) > DIRECT_MAX_BYTES:
                     if call is not None:
                         job.requeue(call)
                     return False
@@ -383,12 +405,59 @@ class Dispatcher:
         worker = _Worker(slot, process, task_w, result_r)
         self.workers[slot] = worker
         self.stats.workers_started += 1
-        self._waiter.register(result_r, (worker, True))
-        self._waiter.register(process.sentinel, (worker, False))
+        if NONBLOCKING_WRITES:
+            os.set_blocking(task_w.fileno(), False)
+        self._waiter.register(result_r, (worker, _RESULT))
+        self._waiter.register(process.sentinel, (worker, _EXITED))
+
+    def _write(self, worker: _Worker, data: bytes) -> None:
+        """Send one message to a worker; what its pipe cannot take now is queued.
+
+        Raises:
+            OSError: the worker is gone (the pipe is broken).
+        """
+        if not NONBLOCKING_WRITES:
+            worker.task_conn.send_bytes(data)
+            return
+        worker.out.append(memoryview(_frame_header(len(data))))
+        worker.out.append(memoryview(data))
+        self._flush(worker)
+
+    def _flush(self, worker: _Worker) -> None:
+        """Write queued bytes until the pipe is full; watch it for room if needed."""
+        out = worker.out
+        fd = worker.task_conn.fileno()
+        while out:
+            try:
+                written = os.writev(fd, list(itertools.islice(out, 64)))
+            except BlockingIOError:
+                break
+            except OSError:
+                out.clear()
+                self._watch_writes(worker, False)
+                raise
+            while written:
+                head = out[0]
+                if written >= len(head):
+                    written -= len(head)
+                    out.popleft()
+                else:
+                    out[0] = head[written:]
+                    written = 0
+        self._watch_writes(worker, bool(out))
+
+    def _watch_writes(self, worker: _Worker, want: bool) -> None:
+        if want == worker.writing:
+            return
+        worker.writing = want
+        if want:
+            self._waiter.register(worker.task_conn, (worker, _WRITABLE), write=True)
+        else:
+            self._waiter.unregister(worker.task_conn)
 
     def _send(self, worker: _Worker, call: Call) -> bool:
         try:
-            worker.task_conn.send_bytes(call.data)
+            self._write(worker, call.data)
         except OSError:
             # The worker is gone; its sentinel will tell us. The call never started.
             self._requeue(call)
@@ -417,7 +486,10 @@ class Dispatcher:
                     job = next(iter(self.queue.values()))
                     if depth == 1 and (
                         job.group is not worker.outstanding[0].job.group
-                        or len(worker.outstanding[0].data) > PREFETCH_MAX_BYTES
+                        or (
+                            not NONBLOCKING_WRITES
+                            and len(worker.outstanding[0].data) > PREFETCH_MAX_BYTES
+                        )
                     ):
                         break
                     call = job.next_call(self.size)
@@ -425,7 +497,11 @@ class Dispatcher:
                         self.queue.pop(id(job), None)
                     if call is None:
                         continue
-                    if depth == 1 and len(call.data) > PREFETCH_MAX_BYTES:
+                    if (
+                        depth == 1
+                        and not NONBLOCKING_WRITES
+                        and len(call.data) > PREFETCH_MAX_BYTES
+                    ):
                         self._requeue(call)
                         break
                     if not self._send(worker, call):
@@ -446,7 +522,7 @@ class Dispatcher:
             ):
                 worker.retiring = True
                 with contextlib.suppress(OSError):
-                    worker.task_conn.send_bytes(m.CALL_HEADER.pack(0, m.STOP))
+                    self._write(worker, m.CALL_HEADER.pack(0, m.STOP))
 
     def _requeue(self, call: Call) -> None:
         """Give a call that never started back to its job, at the front of the queue."""
@@ -515,13 +591,16 @@ class Dispatcher:
                     if key is None:
                         self._wakeup.drain()
                         continue
-                    worker, is_pipe = key
+                    worker, what = key
                     if self.workers.get(worker.slot) is not worker:
                         continue
-                    if is_pipe:
+                    if what == _RESULT:
                         self._read(worker)
-                    else:
+                    elif what == _EXITED:
                         self._on_exit(worker)
+                    else:
+                        with contextlib.suppress(OSError):  # dead: its sentinel follows
+                            self._flush(worker)
                 if self._timed:
                     self._check_deadlines()
 
@@ -715,6 +794,10 @@ class Dispatcher:
             del self.workers[worker.slot]
         self._waiter.unregister(worker.result_conn)
         self._waiter.unregister(worker.process.sentinel)
+        if worker.writing:
+            self._waiter.unregister(worker.task_conn)
+            worker.writing = False
+        worker.out.clear()
         worker.task_conn.close()
         worker.result_conn.close()
         with contextlib.suppress(ValueError):
@@ -906,7 +989,7 @@ class Dispatcher:
         for worker in workers:
             if graceful and not worker.dying and not worker.retiring:
                 with contextlib.suppress(OSError):
-                    worker.task_conn.send_bytes(m.CALL_HEADER.pack(0, m.STOP))
+                    self._write(worker, m.CALL_HEADER.pack(0, m.STOP))
             elif not graceful:
                 with contextlib.suppress(Exception):
                     worker.process.terminate()

@@ -19,6 +19,10 @@ from typing import Any, Generic, TypeVar
 K = TypeVar("K")
 
 
+#: Whether pipes can be written without blocking and watched for writability.
+NONBLOCKING_WRITES = sys.platform != "win32"
+
+
 class Waiter(Generic[K]):
     """Wait until any registered object is ready; yields the keys given at registration."""
 
@@ -28,11 +32,15 @@ class Waiter(Generic[K]):
         )
         self._keys: dict[Any, K] = {}
 
-    def register(self, obj: Any, key: K) -> None:
-        """Watch ``obj`` (a Connection, a socket, or a sentinel int) for readability."""
+    def register(self, obj: Any, key: K, *, write: bool = False) -> None:
+        """Watch ``obj`` (a Connection, a socket, or a sentinel int) for readability.
+
+        With ``write=True``, watch it for writability instead (POSIX only).
+        """
         self._keys[obj] = key
         if self._selector is not None:
-            self._selector.register(obj, selectors.EVENT_READ, key)
+            events = selectors.EVENT_WRITE if write else selectors.EVENT_READ
+            self._selector.register(obj, events, key)
 
     def unregister(self, obj: Any) -> None:
         """Stop watching ``obj`` (before it is closed)."""
