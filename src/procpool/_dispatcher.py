@@ -486,6 +486,7 @@ class Dispatcher:
                     job = next(iter(self.queue.values()))
                     if depth == 1 and (
                         job.group is not worker.outstanding[0].job.group
+                        or not job.read_ahead_pays()
                         or (
                             not NONBLOCKING_WRITES
                             and len(worker.outstanding[0].data) > PREFETCH_MAX_BYTES

@@ -465,6 +465,17 @@ class MapFuture(Future[list[R]], Iterator[R]):
                 raise concurrent.futures.TimeoutError()
             return self._exception
 
+    def _take_all(self) -> tuple[list[R], dict[int, BaseException]]:
+        """Wait for every item; hand over the values and the failures, keep nothing."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._state in _DONE_STATES)
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                raise CancelledError()
+            values, self._values = self._values, []
+            errors, self._errors = self._errors, {}
+            self._released = True
+        return values, errors
+
     def add_done_callback(self, fn: Callable[[Future[list[R]]], object]) -> None:
         """As :meth:`Future.add_done_callback`; keeps the list for the callback."""
         self._keep_list()

@@ -37,6 +37,8 @@ def new_call_id() -> int:
 TARGET_CHUNK_SECONDS = 0.02
 #: ...and at least this long, where there are items enough.
 MIN_CHUNK_SECONDS = 0.002
+#: Read ahead (a second call to a busy worker) only for items faster than this.
+READ_AHEAD_BELOW_SECONDS = 0.004
 
 
 class Call:
@@ -78,6 +80,15 @@ class Job:
     def describe(self, call: Call, index: int) -> str:
         """Name the task (and item) for error messages."""
         raise NotImplementedError
+
+    def read_ahead_pays(self) -> bool:
+        """Whether a busy worker should get this job's next call already.
+
+        Only when calls are short: then the round trip would idle the worker. For
+        long calls the round trip is noise, and a call waiting in a busy worker
+        could have started at once on a worker that frees up sooner.
+        """
+        return False
 
     def release(self) -> None:
         """Drop the function and inputs once the future is done."""
@@ -223,6 +234,13 @@ class MapJob(Job):
                 continue
             self.in_flight += 1
             return Call(self, data, start, stop)
+
+    def read_ahead_pays(self) -> bool:
+        if self.timed_items == 0:
+            return False
+        per_item = self.timed_seconds / self.timed_items
+        size = self.fixed if self.fixed is not None else 1
+        return per_item * size < READ_AHEAD_BELOW_SECONDS or per_item < READ_AHEAD_BELOW_SECONDS / 4
 
     def hand_back(self, start: int, stop: int) -> None:
         """Queue items ``start..stop`` again (they never started)."""

@@ -580,7 +580,10 @@ class _IMapIterator(Iterator[R]):
         self._ahead = 0  # items read from the source and not yet yielded
         self._read = 0
         self._chunks: deque[MapFuture[R]] = deque()
-        self._current: MapFuture[R] | None = None
+        # The chunk being yielded: its values, its failed items, the next position.
+        self._values: list[R] = []
+        self._errors: dict[int, BaseException] = {}
+        self._pos = 0
         self._group = object()
         self._source_error: BaseException | None = None
 
@@ -622,40 +625,37 @@ class _IMapIterator(Iterator[R]):
         return self
 
     def __next__(self) -> R:
+        # The hot path of imap: plain attribute reads, no lock, no call per item.
         while True:
-            current = self._current
-            if current is not None:
-                try:
-                    value = next(current)
-                except StopIteration:
-                    self._current = None
-                    continue
-                except BaseException:
-                    self._item_done()
-                    raise
-                self._item_done()
+            pos = self._pos
+            if pos < len(self._values):
+                self._pos = pos + 1
+                self._ahead -= 1
+                if self._reporter is not None:
+                    self._reporter.advance(1)
+                if self._source is not None and (self._ahead + self._chunksize <= self._buffersize):
+                    # Keep the workers fed while the consumer works on this item.
+                    self._top_up()
+                if self._errors and pos in self._errors:
+                    raise self._errors.pop(pos)
+                value: R = self._values[pos]
                 return value
             self._top_up()
             if not self._chunks:
-                error, self._source_error = self._source_error, None
-                if error is not None:
-                    raise error
+                self._values = []
+                source_error, self._source_error = self._source_error, None
+                if source_error is not None:
+                    raise source_error
                 raise StopIteration
             if self._ordered:
-                self._current = self._chunks.popleft()
+                chunk = self._chunks.popleft()
             else:
                 _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
-                first = next(chunk for chunk in self._chunks if chunk.done())
-                self._chunks.remove(first)
-                self._current = first
-
-    def _item_done(self) -> None:
-        self._ahead -= 1
-        if self._reporter is not None:
-            self._reporter.advance(1)
-        # Keep the workers fed while the consumer works on this item.
-        if self._source is not None:
-            self._top_up()
+                chunk = next(c for c in self._chunks if c.done())
+                self._chunks.remove(chunk)
+            # A whole chunk at once: its items are then yielded without a lock each.
+            self._values, self._errors = chunk._take_all()
+            self._pos = 0
 
     def close(self) -> None:
         """Stop: cancel the chunks no worker has started; read no more input."""
@@ -664,7 +664,8 @@ class _IMapIterator(Iterator[R]):
             if not future.running():
                 future.cancel()
         self._chunks.clear()
-        self._current = None
+        self._values = []
+        self._errors = {}
         if self._reporter is not None:
             self._reporter.close()
 
