@@ -31,14 +31,18 @@ __all__ = [
 
 # Why a process most often dies of a given signal; shown to the user because
 # "exit code -9" alone sends people looking in the wrong place.
+_CAUSES = {
+    "SIGKILL": "killed from outside, most often by the out-of-memory killer",
+    "SIGSEGV": "a crash in native code (a C extension or ctypes)",
+    "SIGBUS": "a crash in native code (bad memory access)",
+    "SIGABRT": "an abort in native code (a failed C assertion)",
+    "SIGTERM": "terminated from outside",
+    "SIGFPE": "a floating-point fault in native code",
+    "SIGILL": "an illegal instruction in native code",
+}
+# Only the signals this platform has (Windows lacks SIGKILL and SIGBUS).
 _LIKELY_CAUSE = {
-    signal.SIGKILL: "killed from outside, most often by the out-of-memory killer",
-    signal.SIGSEGV: "a crash in native code (a C extension or ctypes)",
-    signal.SIGBUS: "a crash in native code (bad memory access)",
-    signal.SIGABRT: "an abort in native code (a failed C assertion)",
-    signal.SIGTERM: "terminated from outside",
-    signal.SIGFPE: "a floating-point fault in native code",
-    signal.SIGILL: "an illegal instruction in native code",
+    getattr(signal, name): cause for name, cause in _CAUSES.items() if hasattr(signal, name)
 }
 
 
