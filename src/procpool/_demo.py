@@ -39,7 +39,7 @@ def hang(start: int, stop: int) -> int:
 def main() -> None:
     """Run the demo and print what happens."""
     limit = 600_000
-    step = 25_000
+    step = 10_000
     ranges = [(lo, lo + step) for lo in range(0, limit, step)]
     starts = [lo for lo, _ in ranges]
     stops = [hi for _, hi in ranges]
@@ -53,7 +53,7 @@ def main() -> None:
     with Pool() as pool:
         pool.submit(count_primes, 0, 10).result()  # workers are up: time the work only
         t0 = time.perf_counter()
-        parallel = sum(pool.map(count_primes, starts, stops, chunksize=1))
+        parallel = sum(pool.map(count_primes, starts, stops))
         pool_time = time.perf_counter() - t0
         print(
             f"  procpool: {parallel:,} primes in {pool_time:.2f} s with {pool.workers} workers "
@@ -76,6 +76,10 @@ def main() -> None:
             print(f"  late task    -> TaskTimeoutError: {exc}")
         results = [f.result() for f in good + more]
         print(f"  the other {len(results)} tasks all arrived: {sum(results):,} primes")
+        # Replacements start as soon as the dead workers are reaped (milliseconds).
+        deadline = time.monotonic() + 5
+        while pool.stats().workers_replaced < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         stats = pool.stats()
         print(
             f"  pool still has {pool.workers} workers "
