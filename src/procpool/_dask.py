@@ -1252,3 +1252,7 @@ class _IMapIterator(Iterator[R]):
                 threading.Thread(target=self.close, name="procpool-imap-close", daemon=True).start()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
+
+
+# Public names say procpool.X in reprs, tracebacks, pickles and docs.
+DaskPool.__module__ = "procpool"

@@ -1,0 +1,62 @@
+"""The public surface: every name exported, documented, and presented as procpool.X."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import procpool
+
+API_DOC = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+DESIGN_NAMES = {
+    "Future",
+    "MapFuture",
+    "Pool",
+    "ProcessTask",
+    "ProcessHandle",
+    "spawn",
+    "ProcpoolError",
+    "WorkerLostError",
+    "TaskTimeoutError",
+    "PoolClosedError",
+    "SerializationError",
+    "__version__",
+}
+
+
+def test_every_design_name_is_exported() -> None:
+    assert set(procpool.__all__) >= DESIGN_NAMES
+    for name in procpool.__all__:
+        assert getattr(procpool, name) is not None
+
+
+def test_every_public_name_is_in_the_api_docs() -> None:
+    for name in procpool.__all__:
+        if name != "__version__":
+            assert f"procpool.{name}" in API_DOC, f"procpool.{name} is missing from docs/api.md"
+
+
+def test_public_names_present_themselves_as_procpool() -> None:
+    for name in procpool.__all__:
+        if name != "__version__":
+            assert getattr(procpool, name).__module__ == "procpool", name
+
+
+def test_errors_form_one_hierarchy() -> None:
+    for name in ("WorkerLostError", "TaskTimeoutError", "PoolClosedError", "SerializationError"):
+        assert issubclass(getattr(procpool, name), procpool.ProcpoolError)
+    assert issubclass(procpool.TaskTimeoutError, TimeoutError)
+    assert issubclass(procpool.PoolClosedError, RuntimeError)
+
+
+def test_importing_the_worker_loop_stays_light() -> None:
+    # A worker process imports procpool._worker: it must not drag in the pool,
+    # asyncio or Dask (start-up time under spawn and forkserver).
+    code = (
+        "import sys, procpool._worker; "
+        "print(sorted(m for m in ('asyncio', 'procpool._pool', 'procpool._dask', 'distributed') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
