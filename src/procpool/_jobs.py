@@ -14,6 +14,7 @@ only their own slice.
 
 from __future__ import annotations
 
+import abc
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -58,7 +59,7 @@ class Call:
         self.timeout = job.timeout
 
 
-class Job:
+class Job(abc.ABC):
     """Base of the two kinds of job."""
 
     future: Future[Any]
@@ -68,18 +69,18 @@ class Job:
     retry_timeouts: bool
     fn: Callable[..., Any] | None
 
+    @abc.abstractmethod
     def next_call(self, workers: int) -> Call | None:
         """The next call to send, or None when everything has been handed out."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def exhausted(self) -> bool:
         """True once every item has been handed out (retries may add more)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe(self, call: Call, index: int) -> str:
         """Name the task (and item) for error messages."""
-        raise NotImplementedError
 
     def read_ahead_pays(self) -> bool:
         """Whether a busy worker should get this job's next call already.
