@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from multiprocessing.context import BaseContext
 from typing import Any, Generic, TypeVar
 
@@ -13,7 +14,7 @@ __all__ = ["ProcessTask"]
 R = TypeVar("R")
 
 
-class ProcessTask(Generic[R]):
+class ProcessTask(abc.ABC, Generic[R]):
     """A unit of work that runs in its own process; the typed successor of ``Process``.
 
     Subclass it, call ``super().__init__()`` and override :meth:`run`, which runs in
@@ -57,9 +58,9 @@ class ProcessTask(Generic[R]):
         self._context: StartMethod | BaseContext | None = context
         self._handle: ProcessHandle[R] | None = None
 
+    @abc.abstractmethod
     def run(self) -> R:
-        """The work; runs in the child process. Override it."""
-        raise NotImplementedError(f"{type(self).__name__} must override run()")
+        """The work; runs in the child process. Subclasses must override it."""
 
     def __call__(self) -> R:
         """Run :meth:`run` here; what ``pool.submit(task)`` calls in a worker."""
