@@ -88,6 +88,12 @@ def test_workers_and_spawned_processes_exit_when_the_parent_is_killed(start_meth
         os.kill(pid, signal.SIGKILL)
     assert not left, f"orphans left after {took:.2f} s"
     assert took < 2.0
+    # multiprocessing's resource tracker unlinks the shared segments of the calls
+    # in flight once the last of the family is gone.
+    prefix = f"procpool-{proc.pid}-"
+    assert helpers.wait_for(
+        lambda: not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)], timeout=10
+    ), "shared memory segments left behind"
 
 
 # -- leaks ----------------------------------------------------------------------------

@@ -12,10 +12,13 @@ import importlib
 import pickle
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import SerializationError
-from ._messages import CALL_HEADER, CLOUDPICKLED, REPLY_HEADER
+from ._messages import CALL_HEADER, CLOUDPICKLED, REPLY_HEADER, SHARED, SHARED_REPLY
+
+if TYPE_CHECKING:
+    from ._shm import Lease, ReplySegments, SegmentPool
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -92,23 +95,39 @@ def pickle_function(fn: object, use_cloudpickle: bool) -> object:
     return data
 
 
-def encode_call(call_id: int, kind: int, fn: object, body: tuple[Any, ...], cloud: bool) -> bytes:
-    """Frame one call for a worker.
+def encode_call(
+    call_id: int,
+    kind: int,
+    fn: object,
+    body: tuple[Any, ...],
+    cloud: bool,
+    segments: SegmentPool | None = None,
+) -> tuple[bytes, Lease | None]:
+    """Frame one call for a worker: (frame, lease of its shared segment or None).
+
+    With ``segments``, large buffers (numpy arrays...) go to shared memory and
+    the frame carries only their place.
 
     Raises:
         SerializationError: naming the part of the call that does not pickle.
     """
+    lease: Lease | None = None
+    shared = b""
     try:
-        wire_fn = pickle_function(fn, cloud)
-        payload = pickle.dumps((wire_fn, *body), PROTOCOL)
+        message = (pickle_function(fn, cloud), *body)
+        if segments is None:
+            payload = pickle.dumps(message, PROTOCOL)
+        else:
+            shared, payload, lease = segments.dumps(message)
     except Exception as exc:
         if kind == 0:
             args, kwargs = body
-            message = diagnose_call(fn, args, kwargs)
+            reason = diagnose_call(fn, args, kwargs)
         else:
-            message = diagnose_call(fn, (), {})
-        raise SerializationError(message) from exc
-    return CALL_HEADER.pack(call_id, kind | (CLOUDPICKLED if cloud else 0)) + payload
+            reason = diagnose_call(fn, (), {})
+        raise SerializationError(reason) from exc
+    flags = (CLOUDPICKLED if cloud else 0) | (SHARED if shared else 0)
+    return b"".join((CALL_HEADER.pack(call_id, kind | flags), shared, payload)), lease
 
 
 def decode_function(fn: object) -> Callable[..., Any]:
@@ -119,9 +138,23 @@ def decode_function(fn: object) -> Callable[..., Any]:
     return cast("Callable[..., Any]", fn)
 
 
-def encode_reply(call_id: int, status: int, elapsed: float, body: object) -> bytes:
-    """Frame one reply; raises whatever pickling raises (the worker handles it)."""
-    return REPLY_HEADER.pack(call_id, status, elapsed) + pickle.dumps(body, PROTOCOL)
+def encode_reply(
+    call_id: int,
+    status: int,
+    elapsed: float,
+    body: object,
+    segments: ReplySegments | None = None,
+) -> bytes:
+    """Frame one reply; raises whatever pickling raises (the worker handles it).
+
+    With ``segments``, large buffers of the body go to a fresh shared segment.
+    """
+    if segments is None:
+        return REPLY_HEADER.pack(call_id, status, elapsed) + pickle.dumps(body, PROTOCOL)
+    shared, payload = segments.dumps(body)
+    if shared:
+        status |= SHARED_REPLY
+    return b"".join((REPLY_HEADER.pack(call_id, status, elapsed), shared, payload))
 
 
 def format_exception(exc: BaseException) -> str:

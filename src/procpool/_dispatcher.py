@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import itertools
 import logging
 import os
@@ -59,6 +60,8 @@ from ._errors import (
 )
 from ._future import MapFuture
 from ._jobs import Call, Job, MapJob, SingleJob
+from ._shm import ENABLED as SHARED_MEMORY
+from ._shm import Lease, SegmentPool, load_reply, reply_name, unlink_segment
 from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup
 from ._worker import worker_main
 
@@ -73,6 +76,10 @@ PREFETCH_MAX_BYTES = 32 * 1024
 DIRECT_MAX_BYTES = 32 * 1024
 # What a waiter key says is ready.
 _RESULT, _EXITED, _WRITABLE = 0, 1, 2
+
+
+def _raise(error: BaseException) -> object:
+    raise error
 
 
 def _frame_header(size: int) -> bytes:
@@ -101,10 +108,12 @@ class _Worker:
     __slots__ = (
         "busy",
         "dying",
+        "leases",
         "out",
         "outstanding",
         "process",
         "replied",
+        "reply_seq",
         "result_conn",
         "retiring",
         "sent",
@@ -131,6 +140,10 @@ class _Worker:
         self.dying = False
         #: Sent STOP after max_tasks_per_worker calls; expected to exit.
         self.retiring = False
+        #: Shared segments of finished calls, until the worker says it let go.
+        self.leases: dict[int, Lease] = {}
+        #: Result segments received from this worker (they are numbered).
+        self.reply_seq = 0
 
 
 @contextlib.contextmanager
@@ -208,6 +221,9 @@ class Dispatcher:
         self._waiter.register(self._wakeup.reader, None)
         #: Outstanding calls with a time limit; deadlines are looked at only if any.
         self._timed = 0
+
+        #: Shared memory for large call arguments (None where unsupported).
+        self.segments = SegmentPool(workers) if SHARED_MEMORY else None
 
         self.marker = ctx.RawArray("q", m.MARK_WIDTH * workers)
         self._mark = memoryview(self.marker).cast("B").cast("q")
@@ -563,6 +579,8 @@ class Dispatcher:
                 self._callbacks.put(None)
             self._waiter.close()
             self._wakeup.close()
+            if self.segments is not None:
+                self.segments.close()
 
     def _loop(self) -> None:
         lock = self.lock
@@ -633,6 +651,22 @@ class Dispatcher:
         call_id, status, elapsed = m.REPLY_HEADER.unpack_from(data)
         worker.replied = True
         self._startup_failures = 0
+        view = memoryview(data)[m.REPLY_HEADER.size :]
+        load: Callable[[], object] = functools.partial(pickle.loads, view)
+        if status & m.SHARED_REPLY:
+            status &= ~m.SHARED_REPLY
+            worker.reply_seq += 1
+            try:
+                # Maps and unlinks the segment first, whatever becomes of the reply.
+                load = load_reply(view, 0)
+            except Exception as exc:
+                failure = exc
+                load = lambda: _raise(failure)  # noqa: E731
+        if status in (m.RELEASED, m.KEPT):
+            lease = worker.leases.pop(call_id, None)
+            if lease is not None:
+                lease.end(status == m.RELEASED)
+            return
         if status == m.LOG:
             self._replay_log(data)
             return
@@ -647,14 +681,14 @@ class Dispatcher:
         self.stats.busy[worker.slot] += elapsed
         body: Any
         try:
-            body = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
+            body = load()
         except Exception as exc:
             status = m.BAD_PICKLE
             body = (
                 f"the result of {job.describe(call, call.start + call.worker_done)} could not "
                 f"be unpickled in the parent ({type(exc).__name__}: {exc})"
             )
-        del data
+        del data, view, load
         if status == m.ITEMS:
             offset, values, errors, final = body
             assert isinstance(job, MapJob)
@@ -696,6 +730,9 @@ class Dispatcher:
 
     def _call_done(self, worker: _Worker, call: Call) -> None:
         worker.outstanding.popleft()
+        if call.lease is not None:
+            # Reusable once the worker says nothing of the call holds on to it.
+            worker.leases[call.id], call.lease = call.lease, None
         if call.timeout is not None:
             self._timed -= 1
         job = call.job
@@ -793,6 +830,12 @@ class Dispatcher:
     def _discard(self, worker: _Worker) -> None:
         if self.workers.get(worker.slot) is worker:
             del self.workers[worker.slot]
+        for lease in worker.leases.values():
+            lease.end(False)
+        worker.leases.clear()
+        if worker.process.pid is not None and self.segments is not None:
+            # A result segment the worker created but never managed to send.
+            unlink_segment(reply_name(os.getpid(), worker.process.pid, worker.reply_seq + 1))
         self._waiter.unregister(worker.result_conn)
         self._waiter.unregister(worker.process.sentinel)
         if worker.writing:

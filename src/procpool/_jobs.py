@@ -18,12 +18,15 @@ import abc
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _messages as m
 from ._channel import describe_callable, encode_call
 from ._errors import SerializationError
 from ._future import Future, MapFuture
+
+if TYPE_CHECKING:
+    from ._shm import Lease, SegmentPool
 
 _ids = itertools.count(1)
 
@@ -38,6 +41,10 @@ def new_call_id() -> int:
 TARGET_CHUNK_SECONDS = 0.02
 #: ...and at least this long, where there are items enough.
 MIN_CHUNK_SECONDS = 0.002
+#: A chunk carries at most about this much data: large items travel alone, so a
+#: worker starts on the first before the rest are copied, and the shared segments
+#: of calls keep one size and get reused.
+CHUNK_MAX_BYTES = 4 * 1024 * 1024
 #: Read ahead (a second call to a busy worker) only for items faster than this.
 READ_AHEAD_BELOW_SECONDS = 0.004
 
@@ -45,12 +52,16 @@ READ_AHEAD_BELOW_SECONDS = 0.004
 class Call:
     """One message to one worker: a whole single job, or a range of a map job."""
 
-    __slots__ = ("data", "id", "job", "start", "stop", "timeout", "worker_done")
+    __slots__ = ("data", "id", "job", "lease", "start", "stop", "timeout", "worker_done")
 
-    def __init__(self, job: Job, data: bytes, start: int = 0, stop: int = 1) -> None:
+    def __init__(
+        self, job: Job, data: bytes, lease: Lease | None, start: int = 0, stop: int = 1
+    ) -> None:
         self.id: int = m.CALL_HEADER.unpack_from(data)[0]
         self.job = job
         self.data = data
+        #: The shared segment holding the call's large buffers, if any.
+        self.lease = lease
         # Range of the job's items this call carries (0..1 for a single job).
         self.start = start
         self.stop = stop
@@ -105,6 +116,7 @@ class SingleJob(Job):
         fn: Callable[..., Any],
         data: bytes,
         *,
+        lease: Lease | None,
         timeout: float | None,
         retries: int,
         retry_timeouts: bool,
@@ -117,18 +129,19 @@ class SingleJob(Job):
         self.retries = retries
         self.retry_timeouts = retry_timeouts
         self._data: bytes | None = data
+        self._lease = lease
         self.attempts = 0
 
     def next_call(self, workers: int) -> Call | None:
         data = self._data
         if data is None:
             return None
-        self._data = None
-        return Call(self, data)
+        lease, self._data, self._lease = self._lease, None, None
+        return Call(self, data, lease)
 
     def requeue(self, call: Call) -> None:
         """Hand the same call out again (it never started, or it is being retried)."""
-        self._data = call.data
+        self._data, self._lease = call.data, call.lease
 
     @property
     def exhausted(self) -> bool:
@@ -140,6 +153,7 @@ class SingleJob(Job):
     def release(self) -> None:
         self.fn = None
         self._data = None
+        self._lease = None
 
 
 class MapJob(Job):
@@ -157,6 +171,7 @@ class MapJob(Job):
         retries: int,
         retry_timeouts: bool,
         cloud: bool,
+        segments: SegmentPool | None = None,
         base_index: int = 0,
         group: object = None,
     ) -> None:
@@ -171,6 +186,7 @@ class MapJob(Job):
         self.retries = retries
         self.retry_timeouts = retry_timeouts
         self.cloud = cloud
+        self.segments = segments
         self.base_index = base_index
         self.group = group if group is not None else self
         self.next_index = 0
@@ -181,6 +197,8 @@ class MapJob(Job):
         self.timed_items = 0
         self.timed_seconds = 0.0
         self.in_flight = 0
+        self.encoded_items = 0
+        self.encoded_bytes = 0
 
     @property
     def exhausted(self) -> bool:
@@ -190,6 +208,8 @@ class MapJob(Job):
         if self.fixed is not None:
             return self.fixed
         remaining = self.size - self.next_index
+        if self.encoded_bytes > CHUNK_MAX_BYTES * self.encoded_items:
+            return 1  # items this large gain nothing from chunking
         if self.timed_items == 0:
             # Nothing measured yet: start small, so slow items spread at once and
             # the first replies tell us how big chunks should be.
@@ -199,7 +219,10 @@ class MapJob(Job):
         # small that a chunk is mostly round trip.
         share = -(-remaining // (2 * workers))
         most = int(TARGET_CHUNK_SECONDS / per_item)
-        least = int(MIN_CHUNK_SECONDS / per_item)
+        if self.encoded_items:
+            per_item_bytes = max(1, self.encoded_bytes // self.encoded_items)
+            most = min(most, max(1, CHUNK_MAX_BYTES // per_item_bytes))
+        least = min(most, int(MIN_CHUNK_SECONDS / per_item))
         return max(1, min(remaining, max(least, min(share, most))))
 
     def record_timing(self, items: int, seconds: float) -> None:
@@ -224,7 +247,9 @@ class MapJob(Job):
                 return None
             chunk = list(items[start:stop])
             try:
-                data = encode_call(new_call_id(), kind, self.fn, (chunk,), self.cloud)
+                data, lease = encode_call(
+                    new_call_id(), kind, self.fn, (chunk,), self.cloud, self.segments
+                )
             except SerializationError as exc:
                 if stop - start > 1:
                     # Find the culprit(s): hand the range out again one item at a time.
@@ -234,7 +259,9 @@ class MapJob(Job):
                     self.map_future._set_error(start, error)
                 continue
             self.in_flight += 1
-            return Call(self, data, start, stop)
+            self.encoded_items += stop - start
+            self.encoded_bytes += len(data) + (lease.segment.size if lease is not None else 0)
+            return Call(self, data, lease, start, stop)
 
     def read_ahead_pays(self) -> bool:
         if self.timed_items == 0:

@@ -12,6 +12,9 @@ Parent -> worker (``CALL_HEADER``: call id, kind)::
     STARCHUNK   body: (fn, items)               run fn(*item) for each item
     STOP        no body                         exit the loop cleanly
 
+    Kind flags: CLOUDPICKLED (the function is cloudpickle bytes), SHARED (a
+    shared-memory header, see ``_shm``, sits between the header and the pickle).
+
 Worker -> parent (``REPLY_HEADER``: call id, status, seconds spent)::
 
     OK          body: value                     the call's return value
@@ -20,6 +23,11 @@ Worker -> parent (``REPLY_HEADER``: call id, status, seconds spent)::
     BAD_PICKLE  body: message                   a call, result or exception would not (un)pickle
     INIT_ERROR  body: (exception, traceback)    the initializer raised; the worker exits
     LOG         body: dict of LogRecord fields  a forwarded log record (forward_logs=True)
+    RELEASED    no body                         the worker let go of the call's shared
+                                                segment: the parent may reuse it
+    KEPT        no body                         ...but something still uses it: do not
+
+    Status flag: SHARED_REPLY (a shared-memory header precedes the pickle).
 
 The worker also publishes, in a shared ``marker`` array, which call and which item
 of a chunk it is running and since when. That costs two stores per item instead of
@@ -42,6 +50,8 @@ STARCHUNK = 2
 STOP = 3
 #: Or-ed into the kind: the function travels as cloudpickle bytes.
 CLOUDPICKLED = 0x10
+#: Or-ed into the kind: large buffers of the body are in a shared segment.
+SHARED = 0x20
 
 # Statuses of a reply.
 OK = 0
@@ -50,6 +60,10 @@ ITEMS = 2
 BAD_PICKLE = 3
 INIT_ERROR = 4
 LOG = 5
+RELEASED = 6
+KEPT = 7
+#: Or-ed into the status: large buffers of the body are in a shared segment.
+SHARED_REPLY = 0x40
 
 #: Call id used by messages that belong to no call (INIT_ERROR, LOG).
 NO_CALL = -1

@@ -275,7 +275,9 @@ class Pool(Executor):
         dispatcher.check_open()
         future: Future[R] = Future()
         try:
-            data = encode_call(new_call_id(), m.CALL, fn, (args, kwargs), self._cloud)
+            data, lease = encode_call(
+                new_call_id(), m.CALL, fn, (args, kwargs), self._cloud, dispatcher.segments
+            )
         except SerializationError as exc:
             future._finish(exception=exc)
             return future
@@ -284,6 +286,7 @@ class Pool(Executor):
             future,
             fn,
             data,
+            lease=lease,
             timeout=opts.timeout,
             retries=opts.retries,
             retry_timeouts=opts.retry_timeouts,
@@ -411,6 +414,7 @@ class Pool(Executor):
             retries=opts.retries,
             retry_timeouts=opts.retry_timeouts,
             cloud=self._cloud,
+            segments=dispatcher.segments,
         )
         dispatcher.add(job, len(items))
         return future
@@ -613,6 +617,7 @@ class _IMapIterator(Iterator[R]):
                 retries=opts.retries,
                 retry_timeouts=opts.retry_timeouts,
                 cloud=self._pool._cloud,
+                segments=self._pool._dispatcher.segments,
                 base_index=self._read,
                 group=self._group,
             )

@@ -24,6 +24,11 @@ from typing import Any
 
 from . import _messages as m
 from ._channel import decode_function, encode_reply, exception_body
+from ._shm import ENABLED as SHARED_MEMORY
+from ._shm import CallBuffers, ReplySegments, parse
+
+#: This worker's result segments, unlinked if the parent dies before reading them.
+_reply_segments: ReplySegments | None = None
 
 #: How often a worker checks that its parent is still alive.
 _PARENT_CHECK_INTERVAL = 0.2
@@ -54,22 +59,30 @@ def watch_parent(parent_pid: int) -> None:
 
 def _wait_for_exit(pidfd: int) -> None:
     select.select([pidfd], [], [])
-    os._exit(1)
+    _orphaned()
 
 
 def _poll_parent(parent_pid: int) -> None:
     while True:
         time.sleep(_PARENT_CHECK_INTERVAL)
         if os.getppid() != parent_pid:
-            os._exit(1)
+            _orphaned()
+
+
+def _orphaned() -> None:
+    if _reply_segments is not None:
+        _reply_segments.forget_all()
+    os._exit(1)
 
 
 class _Sender:
     """The result pipe, shared by the worker loop and forwarded log records."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, segments: ReplySegments | None) -> None:
         self.conn = conn
         self.lock = threading.Lock()
+        #: Where large results go (None: in the pickle).
+        self.segments = segments
 
     def send(self, data: bytes) -> None:
         with self.lock:
@@ -77,7 +90,7 @@ class _Sender:
 
     def reply(self, call_id: int, status: int, elapsed: float, body: object) -> None:
         try:
-            data = encode_reply(call_id, status, elapsed, body)
+            data = encode_reply(call_id, status, elapsed, body, self.segments)
         except Exception as exc:
             data = encode_reply(
                 call_id,
@@ -173,7 +186,9 @@ def _run_chunk(
         block = max(1, min(64, block_ns // max(per_item, 1)))
     elapsed = (clock_ns() - batch_start) / 1e9
     try:
-        data = encode_reply(call_id, m.ITEMS, elapsed, (offset, values, errors or None, True))
+        data = encode_reply(
+            call_id, m.ITEMS, elapsed, (offset, values, errors or None, True), sender.segments
+        )
     except Exception:
         data = _encode_items_one_by_one(call_id, elapsed, offset, values, errors)
     sender.send(data)
@@ -238,9 +253,12 @@ def worker_main(
     # The parent handles Ctrl-C for the whole pool; a worker that raised
     # KeyboardInterrupt too would print a traceback for every process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _reply_segments
+    if SHARED_MEMORY:
+        _reply_segments = ReplySegments(parent_pid)
     watch_parent(parent_pid)
     forget_inherited_forkserver()
-    sender = _Sender(result_conn)
+    sender = _Sender(result_conn, _reply_segments)
     if forward_logs:
         root = logging.getLogger()
         root.addHandler(_LogForwarder(sender))
@@ -268,8 +286,17 @@ def worker_main(
         marker[base + m.MARK_ITEM] = 0
         marker[call_slot] = call_id
         started = clock()
+        shared: CallBuffers | None = None
         try:
-            wire_fn, *body = pickle.loads(memoryview(data)[header_size:])
+            payload = memoryview(data)[header_size:]
+            if kind & m.SHARED:
+                name, spans, start = parse(payload, 0)
+                payload = payload[start:]
+                shared = CallBuffers(name, spans)
+                wire_fn, *body = pickle.loads(payload, buffers=shared.views)
+            else:
+                wire_fn, *body = pickle.loads(payload)
+            del payload
             fn = decode_function(wire_fn)
         except BaseException as exc:
             sender.reply(
@@ -282,9 +309,11 @@ def worker_main(
                 "Pool(cloudpickle=True)",
             )
             marker[call_slot] = -1
+            _let_go(call_id, kind, shared, sender)
             continue
         del data
-        kind &= ~m.CLOUDPICKLED
+        flags = kind
+        kind &= ~(m.CLOUDPICKLED | m.SHARED)
         if kind == m.CALL:
             _run_call(call_id, fn, body[0], body[1], sender, started)
         else:
@@ -292,6 +321,15 @@ def worker_main(
         # Drop the finished call's function and arguments before waiting for the next.
         del fn, wire_fn, body
         marker[call_slot] = -1
+        _let_go(call_id, flags, shared, sender)
+
+
+def _let_go(call_id: int, kind: int, shared: CallBuffers | None, sender: _Sender) -> None:
+    """Unmap a call's shared segment and tell the parent whether it may reuse it."""
+    if not kind & m.SHARED:
+        return
+    status = m.RELEASED if shared is not None and shared.release() else m.KEPT
+    sender.send(m.REPLY_HEADER.pack(call_id, status, 0.0))
 
 
 def _run_call(

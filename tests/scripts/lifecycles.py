@@ -22,7 +22,7 @@ def counts() -> dict[str, int]:
     gc.collect()
     # Named semaphores (sem.*), shared memory (psm_*) and heap arenas (pym-*) of
     # multiprocessing; other programs' files in /dev/shm are not ours to count.
-    prefixes = ("sem.mp-", "psm_", f"pym-{os.getpid()}-")
+    prefixes = ("sem.mp-", "psm_", f"pym-{os.getpid()}-", f"procpool-{os.getpid()}-")
     shm = (
         [n for n in os.listdir("/dev/shm") if n.startswith(prefixes)]
         if os.path.isdir("/dev/shm")
