@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import itertools
 import logging
 import os
@@ -78,8 +77,20 @@ DIRECT_MAX_BYTES = 32 * 1024
 _RESULT, _EXITED, _WRITABLE = 0, 1, 2
 
 
-def _raise(error: BaseException) -> object:
-    raise error
+class _Reply:
+    """One message from a worker, unpickled."""
+
+    __slots__ = ("body", "call_id", "data", "elapsed", "error", "status")
+
+    def __init__(self, call_id: int, status: int, elapsed: float, data: bytes) -> None:
+        self.call_id = call_id
+        self.status = status
+        self.elapsed = elapsed
+        #: The raw message (log records and initializer errors are read from it).
+        self.data = data
+        self.body: Any = None
+        #: Why the body did not unpickle, if it did not.
+        self.error: Exception | None = None
 
 
 def _frame_header(size: int) -> bytes:
@@ -605,17 +616,28 @@ class Dispatcher:
                     return
                 timeout = self._next_deadline() if self._timed else None
             ready = self._waiter.wait(timeout)
+            # Replies are read and unpickled before taking the lock, so submitting
+            # and consuming threads are not held up by the unpickling. Only this
+            # thread changes ``workers``; reading it without the lock is safe.
+            replies = [
+                (key[0], self._receive(key[0]))
+                for key in ready
+                if key is not None and key[1] == _RESULT and self.workers.get(key[0].slot) is key[0]
+            ]
             with lock:
+                # Replies first: what a worker sent before it died counts.
+                for worker, reply in replies:
+                    if reply is not None and self.workers.get(worker.slot) is worker:
+                        self._on_reply(worker, reply)
+                del replies
                 for key in ready:
                     if key is None:
                         self._wakeup.drain()
                         continue
                     worker, what = key
-                    if self.workers.get(worker.slot) is not worker:
+                    if what == _RESULT or self.workers.get(worker.slot) is not worker:
                         continue
-                    if what == _RESULT:
-                        self._read(worker)
-                    elif what == _EXITED:
+                    if what == _EXITED:
                         self._on_exit(worker)
                     else:
                         with contextlib.suppress(OSError):  # dead: its sentinel follows
@@ -632,46 +654,54 @@ class Dispatcher:
     # ------------------------------------------------------------------------------
     # replies
 
-    def _read(self, worker: _Worker) -> None:
+    def _receive(self, worker: _Worker) -> _Reply | None:
+        """Read and unpickle one reply, without ``lock`` (only this thread reads)."""
         try:
             data = worker.result_conn.recv_bytes()
         except (EOFError, OSError):
             # The worker is exiting; its sentinel follows.
-            return
-        self._on_reply(worker, data)
+            return None
+        return self._decode(worker, data)
 
     def _drain(self, worker: _Worker) -> None:
         """Read every reply a dead worker managed to send before it died."""
         conn = worker.result_conn
         with contextlib.suppress(EOFError, OSError):
             while conn.poll():
-                self._on_reply(worker, conn.recv_bytes())
+                self._on_reply(worker, self._decode(worker, conn.recv_bytes()))
 
-    def _on_reply(self, worker: _Worker, data: bytes) -> None:
+    def _decode(self, worker: _Worker, data: bytes) -> _Reply:
+        """Unpickle a reply; touches no shared state, so it runs outside ``lock``."""
         call_id, status, elapsed = m.REPLY_HEADER.unpack_from(data)
+        reply = _Reply(call_id, status & ~m.SHARED_REPLY, elapsed, data)
+        if reply.status in (m.RELEASED, m.KEPT, m.LOG, m.INIT_ERROR):
+            return reply
+        view = memoryview(data)[m.REPLY_HEADER.size :]
+        try:
+            if status & m.SHARED_REPLY:
+                worker.reply_seq += 1
+                # Maps and unlinks the segment first, whatever becomes of the reply.
+                reply.body = load_reply(view, 0)()
+            else:
+                reply.body = pickle.loads(view)
+        except Exception as exc:
+            reply.error = exc
+        return reply
+
+    def _on_reply(self, worker: _Worker, reply: _Reply) -> None:
+        call_id, status, elapsed = reply.call_id, reply.status, reply.elapsed
         worker.replied = True
         self._startup_failures = 0
-        view = memoryview(data)[m.REPLY_HEADER.size :]
-        load: Callable[[], object] = functools.partial(pickle.loads, view)
-        if status & m.SHARED_REPLY:
-            status &= ~m.SHARED_REPLY
-            worker.reply_seq += 1
-            try:
-                # Maps and unlinks the segment first, whatever becomes of the reply.
-                load = load_reply(view, 0)
-            except Exception as exc:
-                failure = exc
-                load = lambda: _raise(failure)  # noqa: E731
         if status in (m.RELEASED, m.KEPT):
             lease = worker.leases.pop(call_id, None)
             if lease is not None:
                 lease.end(status == m.RELEASED)
             return
         if status == m.LOG:
-            self._replay_log(data)
+            self._replay_log(reply.data)
             return
         if status == m.INIT_ERROR:
-            self._on_init_error(worker, data)
+            self._on_init_error(worker, reply.data)
             return
         if worker.dying or not worker.outstanding or worker.outstanding[0].id != call_id:
             return  # a reply to a call we already gave up on
@@ -679,16 +709,15 @@ class Dispatcher:
         job = call.job
         worker.busy += elapsed
         self.stats.busy[worker.slot] += elapsed
-        body: Any
-        try:
-            body = load()
-        except Exception as exc:
+        body: Any = reply.body
+        if reply.error is not None:
+            exc = reply.error
             status = m.BAD_PICKLE
             body = (
                 f"the result of {job.describe(call, call.start + call.worker_done)} could not "
                 f"be unpickled in the parent ({type(exc).__name__}: {exc})"
             )
-        del data, view, load
+        del reply
         if status == m.ITEMS:
             offset, values, errors, final = body
             assert isinstance(job, MapJob)

@@ -199,10 +199,20 @@ class MapJob(Job):
         self.in_flight = 0
         self.encoded_items = 0
         self.encoded_bytes = 0
+        #: A call encoded ahead by :meth:`prepare`, handed out first.
+        self._prepared: Call | None = None
 
     @property
     def exhausted(self) -> bool:
-        return not self.pending and self.next_index >= self.size
+        return self._prepared is None and not self.pending and self.next_index >= self.size
+
+    def prepare(self, workers: int) -> None:
+        """Encode the first call now, in the calling thread, before the job is queued.
+
+        For imap, whose chunks are one call each: the consumer thread pickles the
+        chunk instead of the dispatcher thread, which holds the pool's lock.
+        """
+        self._prepared = self.next_call(workers)
 
     def _chunk_size(self, workers: int) -> int:
         if self.fixed is not None:
@@ -232,6 +242,9 @@ class MapJob(Job):
             self.timed_seconds += seconds
 
     def next_call(self, workers: int) -> Call | None:
+        if self._prepared is not None:
+            call, self._prepared = self._prepared, None
+            return call
         kind = m.STARCHUNK if self.star else m.CHUNK
         while True:
             items = self.items
@@ -281,6 +294,7 @@ class MapJob(Job):
     def release(self) -> None:
         self.fn = None
         self.items = None
+        self._prepared = None
         self.pending.clear()
 
 

@@ -588,6 +588,8 @@ class _IMapIterator(Iterator[R]):
         self._values: list[R] = []
         self._errors: dict[int, BaseException] = {}
         self._pos = 0
+        #: Items before this position in ``_values`` take the fast path of __next__.
+        self._fast_end = 0
         self._group = object()
         self._source_error: BaseException | None = None
 
@@ -621,6 +623,7 @@ class _IMapIterator(Iterator[R]):
                 base_index=self._read,
                 group=self._group,
             )
+            job.prepare(self._pool._workers)
             self._pool._dispatcher.add(job, len(chunk))
             self._read += len(chunk)
             self._ahead += len(chunk)
@@ -630,24 +633,36 @@ class _IMapIterator(Iterator[R]):
         return self
 
     def __next__(self) -> R:
-        # The hot path of imap: plain attribute reads, no lock, no call per item.
+        # The hot path of imap: three attribute reads and one write per item. Items
+        # of a chunk without failures and without a progress bar take this path;
+        # everything else (the next chunk, topping up the input, failures,
+        # progress) is in _next_slow.
+        pos = self._pos
+        if pos < self._fast_end:
+            self._pos = pos + 1
+            value: R = self._values[pos]
+            return value
+        return self._next_slow()
+
+    def _next_slow(self) -> R:
         while True:
             pos = self._pos
             if pos < len(self._values):
                 self._pos = pos + 1
-                self._ahead -= 1
                 if self._reporter is not None:
                     self._reporter.advance(1)
-                if self._source is not None and (self._ahead + self._chunksize <= self._buffersize):
-                    # Keep the workers fed while the consumer works on this item.
-                    self._top_up()
                 if self._errors and pos in self._errors:
                     raise self._errors.pop(pos)
                 value: R = self._values[pos]
                 return value
+            # The chunk is used up: its items no longer count as read ahead, so
+            # the input may be read further (before waiting on the next chunk,
+            # which keeps the workers fed).
+            self._ahead -= len(self._values)
+            self._values = []
+            self._fast_end = 0
             self._top_up()
             if not self._chunks:
-                self._values = []
                 source_error, self._source_error = self._source_error, None
                 if source_error is not None:
                     raise source_error
@@ -661,6 +676,8 @@ class _IMapIterator(Iterator[R]):
             # A whole chunk at once: its items are then yielded without a lock each.
             self._values, self._errors = chunk._take_all()
             self._pos = 0
+            if not self._errors and self._reporter is None:
+                self._fast_end = len(self._values)
 
     def close(self) -> None:
         """Stop: cancel the chunks no worker has started; read no more input."""
@@ -670,6 +687,7 @@ class _IMapIterator(Iterator[R]):
                 future.cancel()
         self._chunks.clear()
         self._values = []
+        self._fast_end = 0
         self._errors = {}
         if self._reporter is not None:
             self._reporter.close()
