@@ -131,3 +131,29 @@ def test_small_buffers_stay_in_the_pickle() -> None:
     with procpool.Pool(1, context="fork") as pool:
         assert not pool.submit(arrays.in_shared_memory, small).result()
         assert pool.submit(arrays.total, small).result() == float(small.sum())
+
+
+def test_a_forked_child_never_removes_its_parents_segments() -> None:
+    import warnings
+
+    segments = _shm.SegmentPool(1)
+    lease = segments._lease(1 << 20)
+    assert lease is not None
+    name = lease.segment.name.lstrip("/")
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads; this child
+        # runs no Python thread code and exits at once.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: what a collected copy of the lease or pool would do
+        try:
+            lease.end(False)
+            segments.close()
+            _shm._destroy_all(segments._live, segments._pid)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert name in os.listdir("/dev/shm")
+    lease.end(False)
+    segments.close()
+    assert name not in os.listdir("/dev/shm")

@@ -220,11 +220,12 @@ class SegmentPool:
         self._free: deque[Segment] = deque()
         self._live: dict[str, Segment] = {}
         self._keep = KEEP_SEGMENTS_PER_WORKER * workers
-        self._prefix = f"/procpool-{os.getpid()}-{id(self):x}-"
+        self._pid = os.getpid()
+        self._prefix = f"/procpool-{self._pid}-{id(self):x}-"
         self._names = itertools.count()
         self._closed = False
         # Whatever is still alive when the pool is collected or the program ends.
-        self._finalizer = weakref.finalize(self, _destroy_all, self._live)
+        self._finalizer = weakref.finalize(self, _destroy_all, self._live, self._pid)
 
     def _lease(self, size: int) -> Lease | None:
         with self._lock:
@@ -249,6 +250,10 @@ class SegmentPool:
 
     def give_back(self, segment: Segment, reusable: bool) -> None:
         """Keep ``segment`` for the next call, or destroy it."""
+        if os.getpid() != self._pid:
+            # A forked child holding copies of our leases: the segments are the
+            # parent's, still in use there.
+            return
         with self._lock:
             if reusable and not self._closed:
                 self._free.append(segment)
@@ -269,6 +274,8 @@ class SegmentPool:
 
     def close(self) -> None:
         """Destroy the free segments; those still leased go when their calls end."""
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             self._closed = True
             while self._free:
@@ -302,7 +309,9 @@ def _track(name: str, register: bool) -> None:
             resource_tracker.unregister(name, "shared_memory")
 
 
-def _destroy_all(live: dict[str, Segment]) -> None:
+def _destroy_all(live: dict[str, Segment], pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked child: the segments are its parent's
     for name in list(live):
         live.pop(name, None)
         unlink_segment(name)
