@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
-import copy
 import enum
 import functools
 import importlib
@@ -60,10 +59,9 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar, cast, overload
+from typing import Any, TypeVar, cast
 
 from typing_extensions import ParamSpec, Self
 
@@ -74,6 +72,7 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
+from ._executor import Options, TypedExecutor, check_count, check_timeout, finite
 from ._future import Future, MapFuture
 from ._pool import PoolStats
 from ._progress import Progress, Reporter, make_reporter
@@ -84,10 +83,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 T1 = TypeVar("T1")
-T2 = TypeVar("T2")
-T3 = TypeVar("T3")
-T4 = TypeVar("T4")
-T5 = TypeVar("T5")
 
 LOGGER = logging.getLogger("procpool")
 
@@ -111,21 +106,6 @@ def _task_name(fn: Callable[..., object]) -> str:
         fn = fn.func
     name = getattr(fn, "__name__", None)
     return name if isinstance(name, str) else type(fn).__name__
-
-
-def _check_timeout(name: str, value: float | None) -> None:
-    if value is not None and not value >= 0:  # `not >=` also rejects NaN
-        raise ValueError(f"{name} must be None or a number of seconds >= 0, not {value!r}")
-
-
-def _finite(timeout: float | None) -> float | None:
-    """``math.inf`` means no limit: the worker then needs no helper thread."""
-    return None if timeout is None or math.isinf(timeout) else timeout
-
-
-def _check_count(name: str, value: int | None, minimum: int) -> None:
-    if value is not None and (not isinstance(value, int) or value < minimum):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
 
 
 # -- code that runs on the Dask workers --------------------------------------------------
@@ -234,13 +214,6 @@ class _State(enum.Enum):
     RUNNING = "running"
     CLOSED = "closed"
     TERMINATED = "terminated"
-
-
-@dataclass(frozen=True)
-class _Options:
-    timeout: float | None
-    retries: int
-    retry_timeouts: bool
 
 
 class _Threads:
@@ -375,7 +348,7 @@ class _Core:
     # -- submitting -----------------------------------------------------------------------
 
     def launch(
-        self, name: str, call: Callable[[], object], opts: _Options, *, user_facing: bool
+        self, name: str, call: Callable[[], object], opts: Options, *, user_facing: bool
     ) -> tuple[str, Future[Any]]:
         """Submit ``call`` to Dask; return its key and a procpool future bridged to it."""
         fut: Future[Any] = Future()
@@ -572,7 +545,7 @@ class _Cancelled:
     __slots__ = ()
 
 
-class DaskPool(Executor):
+class DaskPool(TypedExecutor):
     """A ``concurrent.futures.Executor`` that runs procpool's API on a Dask cluster.
 
     Args:
@@ -594,8 +567,11 @@ class DaskPool(Executor):
 
     Every call returns procpool's own :class:`~procpool.Future` or
     :class:`~procpool.MapFuture`, and every task is submitted with ``pure=False``:
-    two submissions of the same call run twice. Leaving the ``with`` block normally
-    waits for every task; leaving it by an exception cancels them::
+    two submissions of the same call run twice. ``map`` sends ``chunksize`` items
+    per Dask task. If the pool is closed before an ``imap`` input runs out, the
+    items already sent are yielded, then :class:`~procpool.PoolClosedError` is
+    raised. Leaving the ``with`` block normally waits for every task; leaving it by
+    an exception cancels them::
 
         with procpool.DaskPool("tcp://scheduler:8786") as pool:
             squares = pool.map(pow, range(10), [2] * 10).result()
@@ -614,8 +590,8 @@ class DaskPool(Executor):
         retries: int = 0,
         retry_timeouts: bool = False,
     ) -> None:
-        _check_timeout("task_timeout", task_timeout)
-        _check_count("retries", retries, 0)
+        check_timeout("task_timeout", task_timeout)
+        check_count("retries", retries, 0)
         distributed = _import_distributed()
         owns = True
         client: Any
@@ -639,7 +615,7 @@ class DaskPool(Executor):
                 "to use it from asyncio, await the procpool futures it returns"
             )
         self._core = _Core(distributed, client, owns)
-        self._options = _Options(_finite(task_timeout), retries, retry_timeouts)
+        self._options = Options(finite(task_timeout), retries, retry_timeouts)
         # A pool dropped without close(): once the pool, its options() views and its
         # tasks in flight (which hold the core) are gone, stop its threads and close
         # the client it made.
@@ -657,39 +633,6 @@ class DaskPool(Executor):
     def workers(self) -> int:
         """The number of worker threads on the cluster right now (at least 1)."""
         return self._core.worker_threads()
-
-    def options(
-        self,
-        *,
-        timeout: float | None = None,
-        retries: int | None = None,
-        retry_timeouts: bool | None = None,
-    ) -> Self:
-        """Return a view of this pool whose submissions carry their own settings.
-
-        The view shares the client and the lifecycle of this pool (closing either
-        closes both); only the defaults for new work differ. ``None`` keeps the
-        pool's setting::
-
-            fut = pool.options(timeout=2.0).submit(slow_call, 10)
-            results = pool.options(retries=3).map(flaky, items)
-
-        Args:
-            timeout: time limit per task (per item of a map), in seconds;
-                ``math.inf`` lifts the pool's ``task_timeout``.
-            retries: how many times to submit again a task whose workers died.
-            retry_timeouts: also submit again tasks that ran out of time.
-        """
-        _check_timeout("timeout", timeout)
-        _check_count("retries", retries, 0)
-        view = copy.copy(self)
-        current = self._options
-        view._options = _Options(
-            _finite(timeout) if timeout is not None else current.timeout,
-            retries if retries is not None else current.retries,
-            retry_timeouts if retry_timeouts is not None else current.retry_timeouts,
-        )
-        return view
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on the cluster; return its future::
@@ -719,126 +662,15 @@ class DaskPool(Executor):
         fut.add_done_callback(self._count)
         return fut
 
-    # Executor.map takes any number of iterables and `fn=` by keyword; these overloads
-    # check the types of 1-5 iterables against fn's parameters instead, as typeshed's
-    # builtins.map does, so a wrong argument type is an error. mypy calls that an
-    # incompatible override (as for Pool.map).
-    @overload  # type: ignore[override]
-    def map(
-        self,
-        fn: Callable[[T1], R],
-        iterable: Iterable[T1],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T1, T2], R],
-        iterable: Iterable[T1],
-        iter2: Iterable[T2],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T1, T2, T3], R],
-        iterable: Iterable[T1],
-        iter2: Iterable[T2],
-        iter3: Iterable[T3],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T1, T2, T3, T4], R],
-        iterable: Iterable[T1],
-        iter2: Iterable[T2],
-        iter3: Iterable[T3],
-        iter4: Iterable[T4],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T1, T2, T3, T4, T5], R],
-        iterable: Iterable[T1],
-        iter2: Iterable[T2],
-        iter3: Iterable[T3],
-        iter4: Iterable[T4],
-        iter5: Iterable[T5],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
+    def _map(
         self,
         fn: Callable[..., R],
-        iterable: Iterable[Any],
-        iter2: Iterable[Any],
-        iter3: Iterable[Any],
-        iter4: Iterable[Any],
-        iter5: Iterable[Any],
-        iter6: Iterable[Any],
-        /,
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        timeout: float | None,
+        chunksize: int | None,
+        progress: Progress,
     ) -> MapFuture[R]:
-        """Apply ``fn`` to every item (of zipped iterables) on the cluster, in input order.
-
-        The inputs are read at once (as ``Executor.map`` does; use :meth:`imap` for
-        endless or huge inputs) and sent ``chunksize`` items per Dask task; ``None``
-        makes about four chunks per worker thread. The result is a
-        :class:`~procpool.MapFuture`: iterate it to stream results in order, or call
-        ``.result()`` for the list, which equals ``list(map(fn, *iterables))``; an
-        item that raised raises the same exception::
-
-            squares = pool.map(pow, range(5), [2] * 5)
-            assert squares.result() == [0, 1, 4, 9, 16]
-
-        Args:
-            timeout: as in ``Executor.map``: iteration raises ``TimeoutError`` for a
-                result not ready ``timeout`` seconds after this call.
-            chunksize: items per Dask task; None picks it from the worker count.
-            progress: True for a tqdm bar, or a callback ``(done, total)``.
-
-        Raises:
-            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
-        """
-        if not callable(fn):
-            raise TypeError(f"map() needs a callable, not {fn!r}")
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
-        _check_count("chunksize", chunksize, 1)
-        _check_timeout("timeout", timeout)
         core = self._core
         core.check_open()
         items = list(zip(*iterables))  # noqa: B905 (stops at the shortest, as builtins.map)
@@ -871,45 +703,6 @@ class DaskPool(Executor):
         result._cancel_hook = lambda _was_running: core.cancel_keys(keys)
         return result
 
-    def imap(
-        self,
-        fn: Callable[[T1], R],
-        iterable: Iterable[T1],
-        *,
-        chunksize: int = 1,
-        buffersize: int | None = None,
-        progress: Progress = False,
-    ) -> Iterator[R]:
-        """Lazily apply ``fn`` to each item on the cluster; yield results in input order.
-
-        At most ``buffersize`` items are read ahead of the consumer (default: four
-        per worker thread, times ``chunksize``), so an endless generator works in
-        bounded memory. An item that raised raises its exception when reached; the
-        iterator can be resumed after it. Breaking out of the loop early (or
-        ``close()`` on the iterator) cancels the chunks still in flight. If the pool
-        is closed before the input runs out, the items already sent are yielded,
-        then :class:`~procpool.PoolClosedError` is raised::
-
-            for line in pool.imap(str.upper, open("big.txt")):
-                print(line, end="")
-
-        Raises:
-            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
-        """
-        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=True)
-
-    def imap_unordered(
-        self,
-        fn: Callable[[T1], R],
-        iterable: Iterable[T1],
-        *,
-        chunksize: int = 1,
-        buffersize: int | None = None,
-        progress: Progress = False,
-    ) -> Iterator[R]:
-        """Like :meth:`imap`, but yield results as they complete, in any order."""
-        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=False)
-
     def close(self) -> None:
         """Take no new work; the work already submitted still runs. Does not wait."""
         core = self._core
@@ -939,7 +732,7 @@ class DaskPool(Executor):
         Raises:
             ValueError: if the pool is still running (call close() first).
         """
-        _check_timeout("timeout", timeout)
+        check_timeout("timeout", timeout)
         core = self._core
         deadline = None if timeout is None else time.monotonic() + timeout
         with core.lock:
@@ -995,30 +788,6 @@ class DaskPool(Executor):
                 busy_seconds=(),
             )
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> bool | None:
-        """Leave normally: close and wait for all tasks. Leave by an exception: terminate."""
-        if exc_type is None:
-            try:
-                self.close()
-                self.join()
-            except BaseException:
-                # Ctrl-C while waiting for the tasks: cancel them instead.
-                self.terminate()
-                self.join()
-                raise
-        else:
-            self.terminate()
-            self.join()
-        return None
-
     def __repr__(self) -> str:
         core = self._core
         with core.lock:
@@ -1046,10 +815,10 @@ class DaskPool(Executor):
         call = functools.partial(_run_chunk, fn, items, opts.timeout, timeout_retries)
         # Timeouts of single items are retried on the worker; the chunk as a whole
         # is submitted again only when its workers died.
-        chunk_opts = _Options(None, opts.retries, False)
+        chunk_opts = Options(None, opts.retries, False)
         return self._core.launch(_task_name(fn), call, chunk_opts, user_facing=False)
 
-    def _imap(
+    def _start_imap(
         self,
         fn: Callable[[T1], R],
         iterable: Iterable[T1],
@@ -1059,10 +828,6 @@ class DaskPool(Executor):
         *,
         ordered: bool,
     ) -> Iterator[R]:
-        if not callable(fn):
-            raise TypeError(f"imap() needs a callable, not {fn!r}")
-        _check_count("chunksize", chunksize, 1)
-        _check_count("buffersize", buffersize, 1)
         core = self._core
         core.check_open()
         if buffersize is None:

@@ -9,7 +9,6 @@ jobs and hands them over. See the dispatcher's docstring for the data flow.
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 import itertools
 import os
@@ -17,20 +16,19 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
 from concurrent.futures import wait as _wait_futures
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
-from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
-from typing_extensions import ParamSpec, Self
+from typing_extensions import ParamSpec
 
 from . import _messages as m
 from ._channel import encode_call
 from ._context import StartMethod, resolve_context
 from ._dispatcher import Dispatcher, PoolState
 from ._errors import SerializationError
+from ._executor import Options, TypedExecutor, check_count, check_timeout, finite
 from ._future import Future, MapFuture
 from ._jobs import MapJob, SingleJob, new_call_id
 from ._progress import Progress, Reporter, make_reporter
@@ -40,10 +38,6 @@ __all__ = ["Pool", "PoolStats"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T1 = TypeVar("T1")
-T2 = TypeVar("T2")
-T3 = TypeVar("T3")
-T4 = TypeVar("T4")
-T5 = TypeVar("T5")
 
 
 _pool_numbers = itertools.count(1)
@@ -62,16 +56,6 @@ def _usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def _check_timeout(name: str, value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{name} must be None or a number of seconds >= 0, not {value!r}")
-
-
-def _check_count(name: str, value: int | None, minimum: int) -> None:
-    if value is not None and (not isinstance(value, int) or value < minimum):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
 
 
 def _python_exit() -> None:
@@ -117,13 +101,6 @@ class PoolStats:
     busy_seconds: tuple[float, ...]
 
 
-@dataclass(frozen=True)
-class _Options:
-    timeout: float | None
-    retries: int
-    retry_timeouts: bool
-
-
 class _Handle:
     """Shared by a pool and its ``options()`` views; closes the pool when all are gone."""
 
@@ -132,7 +109,7 @@ class _Handle:
         weakref.finalize(self, dispatcher.close)
 
 
-class Pool(Executor):
+class Pool(TypedExecutor):
     """A pool of worker processes; a typed :class:`concurrent.futures.Executor`.
 
     Args:
@@ -181,10 +158,10 @@ class Pool(Executor):
         cloudpickle: bool = False,
         forward_logs: bool = False,
     ) -> None:
-        _check_count("workers", workers, 1)
-        _check_count("max_tasks_per_worker", max_tasks_per_worker, 1)
-        _check_count("retries", retries, 0)
-        _check_timeout("task_timeout", task_timeout)
+        check_count("workers", workers, 1)
+        check_count("max_tasks_per_worker", max_tasks_per_worker, 1)
+        check_count("retries", retries, 0)
+        check_timeout("task_timeout", task_timeout)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         if not isinstance(initargs, tuple):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -199,7 +176,7 @@ class Pool(Executor):
                 ) from exc
         self._workers = workers if workers is not None else _usable_cpus()
         self._cloud = cloudpickle
-        self._options = _Options(task_timeout, retries, retry_timeouts)
+        self._options = Options(finite(task_timeout), retries, retry_timeouts)
         self._name = f"procpool.Pool-{next(_pool_numbers)}"
         _install_exit_hook()
         dispatcher = Dispatcher(
@@ -223,39 +200,6 @@ class Pool(Executor):
     def workers(self) -> int:
         """The number of worker processes the pool keeps running."""
         return self._workers
-
-    # -- per-submission options -------------------------------------------------------
-
-    def options(
-        self,
-        *,
-        timeout: float | None = None,
-        retries: int | None = None,
-        retry_timeouts: bool | None = None,
-    ) -> Self:
-        """A view of this pool whose submissions carry their own limits.
-
-        The view shares the workers and the lifecycle of this pool (closing either
-        closes both); only the defaults for new work differ::
-
-            fut = pool.options(timeout=2.0).submit(slow_call, 10)
-            results = pool.options(retries=3).map(flaky, items)
-
-        Args:
-            timeout: time limit per task (per item of a map), in seconds.
-            retries: how many times to re-run a task whose worker died.
-            retry_timeouts: also re-run tasks that ran out of time.
-        """
-        _check_timeout("timeout", timeout)
-        _check_count("retries", retries, 0)
-        view = copy.copy(self)
-        current = self._options
-        view._options = _Options(
-            timeout if timeout is not None else current.timeout,
-            retries if retries is not None else current.retries,
-            retry_timeouts if retry_timeouts is not None else current.retry_timeouts,
-        )
-        return view
 
     # -- submit -----------------------------------------------------------------------
 
@@ -294,104 +238,17 @@ class Pool(Executor):
         dispatcher.add(job)
         return future
 
-    # -- map --------------------------------------------------------------------------
+    # -- what the shared surface (TypedExecutor) asks of a pool ------------------------
 
-    @overload  # type: ignore[override]
-    def map(
-        self,
-        fn: Callable[[T1], R],
-        iterable: Iterable[T1],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T1, T2], R],
-        iterable: Iterable[T1],
-        iter2: Iterable[T2],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T1, T2, T3], R],
-        iterable: Iterable[T1],
-        iter2: Iterable[T2],
-        iter3: Iterable[T3],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T1, T2, T3, T4], R],
-        iterable: Iterable[T1],
-        iter2: Iterable[T2],
-        iter3: Iterable[T3],
-        iter4: Iterable[T4],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T1, T2, T3, T4, T5], R],
-        iterable: Iterable[T1],
-        iter2: Iterable[T2],
-        iter3: Iterable[T3],
-        iter4: Iterable[T4],
-        iter5: Iterable[T5],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
-    ) -> MapFuture[R]: ...
-    def map(
+    def _map(
         self,
         fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: Progress = False,
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        timeout: float | None,
+        chunksize: int | None,
+        progress: Progress,
     ) -> MapFuture[R]:
-        """Apply ``fn`` to every item (of zipped iterables), in parallel, in input order.
-
-        The inputs are read at once (as ``Executor.map`` does; use :meth:`imap` for
-        endless or huge inputs). The result is a :class:`MapFuture`: iterate it to
-        stream results in order, or call ``.result()`` for the list, which equals
-        ``list(map(fn, *iterables))``; an item that raised raises the same exception.
-
-        Args:
-            chunksize: items per message to a worker; None adapts it to the measured
-                time per item, so tiny items do not cost a round trip each.
-            timeout: as in ``Executor.map``: iteration raises ``TimeoutError`` for a
-                result not ready ``timeout`` seconds after this call.
-            progress: True for a tqdm bar, or a callback ``(done, total)``.
-
-        Raises:
-            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
-        """
-        if not callable(fn):
-            raise TypeError(f"map() needs a callable, not {fn!r}")
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
-        _check_count("chunksize", chunksize, 1)
-        _check_timeout("timeout", timeout)
         dispatcher = self._dispatcher
         dispatcher.check_open()
         star = len(iterables) > 1
@@ -419,43 +276,7 @@ class Pool(Executor):
         dispatcher.add(job, len(items))
         return future
 
-    # -- imap -------------------------------------------------------------------------
-
-    def imap(
-        self,
-        fn: Callable[[T1], R],
-        iterable: Iterable[T1],
-        *,
-        chunksize: int = 1,
-        buffersize: int | None = None,
-        progress: Progress = False,
-    ) -> Iterator[R]:
-        """Lazily apply ``fn`` to each item; yield results in input order.
-
-        At most ``buffersize`` items are read ahead of the consumer (default:
-        ``4 * workers * chunksize``), so an endless generator works in bounded
-        memory. An item that raised raises its exception when reached; the iterator
-        can be resumed after it with ``next()``. Breaking out of the loop early
-        cancels the work not yet started.
-
-        Raises:
-            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
-        """
-        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=True)
-
-    def imap_unordered(
-        self,
-        fn: Callable[[T1], R],
-        iterable: Iterable[T1],
-        *,
-        chunksize: int = 1,
-        buffersize: int | None = None,
-        progress: Progress = False,
-    ) -> Iterator[R]:
-        """Like :meth:`imap`, but yield results as they complete, in any order."""
-        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=False)
-
-    def _imap(
+    def _start_imap(
         self,
         fn: Callable[[T1], R],
         iterable: Iterable[T1],
@@ -465,10 +286,6 @@ class Pool(Executor):
         *,
         ordered: bool,
     ) -> Iterator[R]:
-        if not callable(fn):
-            raise TypeError(f"imap() needs a callable, not {fn!r}")
-        _check_count("chunksize", chunksize, 1)
-        _check_count("buffersize", buffersize, 1)
         self._dispatcher.check_open()
         if buffersize is None:
             buffersize = 4 * self._workers * chunksize
@@ -493,7 +310,7 @@ class Pool(Executor):
         Raises:
             ValueError: if the pool is still running (call close() first).
         """
-        _check_timeout("timeout", timeout)
+        check_timeout("timeout", timeout)
         if self._dispatcher.state is PoolState.RUNNING:
             raise ValueError("join() needs close() or terminate() first: the pool is running")
         self._dispatcher.join(timeout)
@@ -536,29 +353,6 @@ class Pool(Executor):
             workers_replaced=s.workers_replaced,
             busy_seconds=tuple(s.busy),
         )
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> bool | None:
-        if exc_type is None:
-            try:
-                self.close()
-                self._dispatcher.join()
-            except BaseException:
-                # Ctrl-C while waiting for the tasks: stop them instead.
-                self.terminate()
-                self._dispatcher.join()
-                raise
-        else:
-            self.terminate()
-            self._dispatcher.join()
-        return None
 
 
 class _IMapIterator(Iterator[R]):

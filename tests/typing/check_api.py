@@ -30,6 +30,10 @@ def three(a: int, b: float, c: str) -> tuple[int, float, str]:
     return (a, b, c)
 
 
+def six(a: int, b: int, c: int, d: int, e: int, f: int) -> int:
+    return a + b + c + d + e + f
+
+
 def to_square(x: int) -> procpool.Future[int]:
     raise NotImplementedError
 
@@ -55,6 +59,8 @@ def check_pool(pool: procpool.Pool) -> None:
     assert_type(next(mapped), int)
     assert_type(pool.map(add, [1], ["a"]), procpool.MapFuture[str])
     assert_type(pool.map(three, [1], [2.0], ["c"]), procpool.MapFuture[tuple[int, float, str]])
+    # Six iterables and more: accepted, as by builtins.map, without checking each.
+    assert_type(pool.map(six, [1], [2], [3], [4], [5], [6]), procpool.MapFuture[int])
     assert_type(mapped.then(sum), procpool.Future[int])
 
     assert_type(pool.imap(square, range(10)), Iterator[int])

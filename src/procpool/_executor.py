@@ -1,0 +1,351 @@
+# pyright: reportPrivateUsage=false
+# (The executor side of futures is package-internal, shared across modules.)
+"""The typed surface that :class:`~procpool.Pool` and :class:`~procpool.DaskPool` share.
+
+``options()``, the overloads of ``map``, ``imap``/``imap_unordered``, the argument
+checks and the with-block are declared once here, so the two pools cannot drift
+apart; each pool supplies the scheduling behind them (:meth:`TypedExecutor._map`
+and :meth:`TypedExecutor._start_imap`).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from typing_extensions import Self
+
+from ._future import MapFuture
+from ._progress import Progress
+
+R = TypeVar("R")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+T4 = TypeVar("T4")
+T5 = TypeVar("T5")
+
+
+def check_timeout(name: str, value: float | None) -> None:
+    """Reject a negative (or NaN) number of seconds, naming the argument."""
+    if value is not None and not value >= 0:  # `not >=` also rejects NaN
+        raise ValueError(f"{name} must be None or a number of seconds >= 0, not {value!r}")
+
+
+def check_count(name: str, value: int | None, minimum: int) -> None:
+    """Reject anything but an int of at least ``minimum``, naming the argument."""
+    if value is not None and (not isinstance(value, int) or value < minimum):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+
+
+def finite(timeout: float | None) -> float | None:
+    """``math.inf`` means no limit: then no deadline needs watching."""
+    return None if timeout is None or math.isinf(timeout) else timeout
+
+
+@dataclass(frozen=True)
+class Options:
+    """The defaults a pool (or an ``options()`` view of it) gives new work."""
+
+    timeout: float | None
+    retries: int
+    retry_timeouts: bool
+
+
+class TypedExecutor(Executor, abc.ABC):
+    """Base of the pools: the typed API, checked arguments, the with-block."""
+
+    _options: Options
+
+    @property
+    @abc.abstractmethod
+    def workers(self) -> int:
+        """How many tasks the pool runs at once."""
+
+    # -- per-submission options -------------------------------------------------------
+
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_timeouts: bool | None = None,
+    ) -> Self:
+        """A view of this pool whose submissions carry their own limits.
+
+        The view shares the workers and the lifecycle of this pool (closing either
+        closes both); only the defaults for new work differ. ``None`` keeps the
+        pool's setting::
+
+            fut = pool.options(timeout=2.0).submit(slow_call, 10)
+            results = pool.options(retries=3).map(flaky, items)
+
+        Args:
+            timeout: time limit per task (per item of a map), in seconds;
+                ``math.inf`` lifts the pool's ``task_timeout``.
+            retries: how many times to run again a task whose worker died.
+            retry_timeouts: also run again tasks that ran out of time.
+        """
+        check_timeout("timeout", timeout)
+        check_count("retries", retries, 0)
+        view = copy.copy(self)
+        current = self._options
+        view._options = Options(
+            finite(timeout) if timeout is not None else current.timeout,
+            retries if retries is not None else current.retries,
+            retry_timeouts if retry_timeouts is not None else current.retry_timeouts,
+        )
+        return view
+
+    # -- map --------------------------------------------------------------------------
+
+    # Executor.map takes any number of iterables and `fn=` by keyword; these overloads
+    # check the types of 1-5 iterables against fn's parameters instead, as typeshed's
+    # builtins.map does, so a wrong argument type is an error. mypy calls that an
+    # incompatible override.
+    @overload  # type: ignore[override]
+    def map(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3, T4], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        iter4: Iterable[T4],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3, T4, T5], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        iter4: Iterable[T4],
+        iter5: Iterable[T5],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Any],
+        iter2: Iterable[Any],
+        iter3: Iterable[Any],
+        iter4: Iterable[Any],
+        iter5: Iterable[Any],
+        iter6: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]: ...
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+    ) -> MapFuture[R]:
+        """Apply ``fn`` to every item (of zipped iterables), in parallel, in input order.
+
+        The inputs are read at once (as ``Executor.map`` does; use :meth:`imap` for
+        endless or huge inputs). The result is a :class:`~procpool.MapFuture`:
+        iterate it to stream results in order, or call ``.result()`` for the list,
+        which equals ``list(map(fn, *iterables))``; an item that raised raises the
+        same exception::
+
+            squares = pool.map(pow, range(5), [2] * 5)
+            assert squares.result() == [0, 1, 4, 9, 16]
+
+        Args:
+            timeout: as in ``Executor.map``: iteration raises ``TimeoutError`` for a
+                result not ready ``timeout`` seconds after this call.
+            chunksize: items per message to a worker (per Dask task for
+                :class:`~procpool.DaskPool`). None lets the pool choose: ``Pool``
+                adapts it to the measured time per item, so tiny items do not cost
+                a round trip each; ``DaskPool`` makes about four chunks per worker
+                thread.
+            progress: True for a tqdm bar, or a callback ``(done, total)``.
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, not {fn!r}")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        check_count("chunksize", chunksize, 1)
+        check_timeout("timeout", timeout)
+        return self._map(fn, iterables, timeout=timeout, chunksize=chunksize, progress=progress)
+
+    # -- imap -------------------------------------------------------------------------
+
+    def imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[R]:
+        """Lazily apply ``fn`` to each item; yield results in input order.
+
+        At most ``buffersize`` items are read ahead of the consumer (default:
+        ``4 * workers * chunksize``), so an endless generator works in bounded
+        memory. An item that raised raises its exception when reached; the iterator
+        can be resumed after it with ``next()``. Breaking out of the loop early
+        (or ``close()`` on the iterator) cancels the work not yet started::
+
+            for line in pool.imap(str.upper, open("big.txt")):
+                print(line, end="")
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=True)
+
+    def imap_unordered(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[R]:
+        """Like :meth:`imap`, but yield results as they complete, in any order."""
+        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=False)
+
+    def _imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        chunksize: int,
+        buffersize: int | None,
+        progress: Progress,
+        *,
+        ordered: bool,
+    ) -> Iterator[R]:
+        if not callable(fn):
+            raise TypeError(f"imap() needs a callable, not {fn!r}")
+        check_count("chunksize", chunksize, 1)
+        check_count("buffersize", buffersize, 1)
+        return self._start_imap(fn, iterable, chunksize, buffersize, progress, ordered=ordered)
+
+    # -- what each pool supplies ------------------------------------------------------
+
+    @abc.abstractmethod
+    def _map(
+        self,
+        fn: Callable[..., R],
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        timeout: float | None,
+        chunksize: int | None,
+        progress: Progress,
+    ) -> MapFuture[R]:
+        """Start a map whose arguments are checked."""
+
+    @abc.abstractmethod
+    def _start_imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        chunksize: int,
+        buffersize: int | None,
+        progress: Progress,
+        *,
+        ordered: bool,
+    ) -> Iterator[R]:
+        """Start an imap whose arguments are checked (``buffersize`` None: default)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Take no new work; the work already submitted still runs. Does not wait."""
+
+    @abc.abstractmethod
+    def terminate(self) -> None:
+        """Stop now; every unfinished future ends. Does not wait."""
+
+    @abc.abstractmethod
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the end of the work, after :meth:`close` or :meth:`terminate`."""
+
+    # -- the with-block ---------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        """Leave normally: close and wait for all tasks. Leave by an exception: terminate."""
+        if exc_type is None:
+            try:
+                self.close()
+                self.join()
+            except BaseException:
+                # Ctrl-C while waiting for the tasks: stop them instead.
+                self.terminate()
+                self.join()
+                raise
+        else:
+            self.terminate()
+            self.join()
+        return None
