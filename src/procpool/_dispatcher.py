@@ -40,7 +40,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -988,28 +988,9 @@ class Dispatcher:
         else:
             self._resolve(job, exception=error)
 
-    def _next_deadline(self) -> float | None:
-        nearest: float | None = None
-        now = time.monotonic()
-        for worker in self.workers.values():
-            if worker.dying or not worker.outstanding:
-                continue
-            head = worker.outstanding[0]
-            if head.timeout is None:
-                continue
-            mark_call, _, since = self._marker(worker)
-            if mark_call == head.id:
-                due = since / 1e9 + head.timeout
-            else:
-                # Sent but not started (the worker is still starting up): look again soon.
-                due = now + min(head.timeout, 0.05)
-            nearest = due if nearest is None else min(nearest, due)
-        if nearest is None:
-            return None
-        return max(0.0, nearest - now)
-
-    def _check_deadlines(self) -> None:
-        now = time.monotonic_ns()
+    def _timed_heads(self) -> Iterator[tuple[_Worker, int, float, int, int]]:
+        """Each live worker whose current call has a time limit, as (worker, call id,
+        time limit, id of the call it has marked as started, marked start in ns)."""
         for worker in list(self.workers.values()):
             if worker.dying or not worker.outstanding:
                 continue
@@ -1017,7 +998,26 @@ class Dispatcher:
             if head.timeout is None:
                 continue
             mark_call, _, since = self._marker(worker)
-            if mark_call == head.id and now - since >= head.timeout * 1e9:
+            yield worker, head.id, head.timeout, mark_call, since
+
+    def _next_deadline(self) -> float | None:
+        nearest: float | None = None
+        now = time.monotonic()
+        for _, call_id, timeout, mark_call, since in self._timed_heads():
+            if mark_call == call_id:
+                due = since / 1e9 + timeout
+            else:
+                # Sent but not started (the worker is still starting up): look again soon.
+                due = now + min(timeout, 0.05)
+            nearest = due if nearest is None else min(nearest, due)
+        if nearest is None:
+            return None
+        return max(0.0, nearest - now)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic_ns()
+        for worker, call_id, timeout, mark_call, since in self._timed_heads():
+            if mark_call == call_id and now - since >= timeout * 1e9:
                 self._kill(worker, "timeout")
 
     def _cancel_job(self, job: Job) -> None:
