@@ -671,7 +671,7 @@ class Dispatcher:
                 self._on_reply(worker, self._decode(worker, conn.recv_bytes()))
 
     def _decode(self, worker: _Worker, data: bytes) -> _Reply:
-        """Unpickle a reply; touches no shared state, so it runs outside ``lock``."""
+        """Unpickle a reply. Touches only this thread's own state, so it runs outside ``lock``."""
         call_id, status, elapsed = m.REPLY_HEADER.unpack_from(data)
         reply = _Reply(call_id, status & ~m.SHARED_REPLY, elapsed, data)
         if reply.status in (m.RELEASED, m.KEPT, m.LOG, m.INIT_ERROR):

@@ -312,16 +312,15 @@ def worker_main(
             _let_go(call_id, kind, shared, sender)
             continue
         del data
-        flags = kind
-        kind &= ~(m.CLOUDPICKLED | m.SHARED)
-        if kind == m.CALL:
+        what = kind & ~(m.CLOUDPICKLED | m.SHARED)
+        if what == m.CALL:
             _run_call(call_id, fn, body[0], body[1], sender, started)
         else:
-            _run_chunk(call_id, fn, body[0], kind == m.STARCHUNK, sender, marker, base)
+            _run_chunk(call_id, fn, body[0], what == m.STARCHUNK, sender, marker, base)
         # Drop the finished call's function and arguments before waiting for the next.
         del fn, wire_fn, body
         marker[call_slot] = -1
-        _let_go(call_id, flags, shared, sender)
+        _let_go(call_id, kind, shared, sender)
 
 
 def _let_go(call_id: int, kind: int, shared: CallBuffers | None, sender: _Sender) -> None:
