@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -101,6 +102,24 @@ def test_map_automatic_chunking_batches_tiny_items(pool: procpool.Pool) -> None:
     assert pool.map(helpers.square, range(20_000)).result(timeout=30)[-1] == 19_999**2
     after = pool.stats()
     assert after.completed - before.completed == 20_000
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pipe capacity is a Linux fcntl")
+def test_worker_pipes_are_widened_so_big_replies_need_no_ping_pong() -> None:
+    import fcntl
+
+    from procpool._waiting import PIPE_CAPACITY
+
+    with procpool.Pool(1, context="fork") as p:
+        p.submit(helpers.square, 2).result(timeout=30)
+        worker = next(iter(p._dispatcher.workers.values()))  # pyright: ignore[reportPrivateUsage]
+        for conn in (worker.task_conn, worker.result_conn):
+            assert fcntl.fcntl(conn.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_CAPACITY
+        # A reply several times the default 64 KiB still arrives whole.
+        assert (
+            p.map(helpers.square, range(50_000), chunksize=50_000).result(timeout=30)[-1]
+            == 49_999**2
+        )
 
 
 def test_imap_is_lazy_and_bounded_on_an_endless_generator(pool: procpool.Pool) -> None:

@@ -61,7 +61,7 @@ from ._future import MapFuture
 from ._jobs import Call, Job, MapJob, SingleJob
 from ._shm import ENABLED as SHARED_MEMORY
 from ._shm import Lease, SegmentPool, load_reply, reply_name, unlink_segment
-from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup
+from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup, widen_pipe
 from ._worker import worker_main
 
 LOGGER = logging.getLogger("procpool")
@@ -434,6 +434,8 @@ class Dispatcher:
         self.stats.workers_started += 1
         if NONBLOCKING_WRITES:
             os.set_blocking(task_w.fileno(), False)
+        widen_pipe(task_w.fileno())
+        widen_pipe(result_r.fileno())
         self._waiter.register(result_r, (worker, _RESULT))
         self._waiter.register(process.sentinel, (worker, _EXITED))
 
