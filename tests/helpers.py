@@ -255,3 +255,10 @@ def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
         return ("ok", fn(*args))
     except Exception as exc:
         return ("error", (type(exc), str(exc)))
+
+
+def log_then_sleep(message: str, seconds: float) -> int:
+    """Log a warning, then sleep: the record reaches the parent before the reply."""
+    logging.getLogger("procpool.tests.worker").warning(message)
+    time.sleep(seconds)
+    return os.getpid()

@@ -49,6 +49,10 @@ _DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 CancelHook = Callable[[bool], None]
 #: Runs a future's callbacks; receives a thunk that invokes them.
 CallbackRunner = Callable[[Callable[[], None]], None]
+#: Offered the wait of the first ``result()``/``exception()`` call (with its
+#: timeout): it may resolve the future from the waiting thread, and returns when
+#: it has, or when it gives the wait back to the executor's own thread.
+WaitHook = Callable[[float | None], None]
 
 
 def _ignore_cancel(was_running: bool) -> None:
@@ -100,6 +104,7 @@ class Future(concurrent.futures.Future[T]):
 
     _cancel_hook: CancelHook | None
     _callback_runner: CallbackRunner | None
+    _wait_hook: WaitHook | None
 
     if TYPE_CHECKING:
         # Defined by concurrent.futures.Future at run time; missing from typeshed.
@@ -111,6 +116,7 @@ class Future(concurrent.futures.Future[T]):
         super().__init__()
         self._cancel_hook = None
         self._callback_runner = None
+        self._wait_hook = None
 
     # -- executor side -----------------------------------------------------------
 
@@ -127,6 +133,8 @@ class Future(concurrent.futures.Future[T]):
 
         Waiters wake at once; callbacks go to the callback runner, if one is set.
         """
+        # Whatever the hook holds on to (the call, its worker) is of no use now.
+        self._wait_hook = None
         with self._condition:
             if self._state in _DONE_STATES:
                 return False
@@ -152,12 +160,41 @@ class Future(concurrent.futures.Future[T]):
         else:
             runner(self._invoke_callbacks)
 
+    def _offer_wait(self, timeout: float | None) -> float | None:
+        """Let the wait hook, if any, wait first; return what is left of ``timeout``."""
+        hook, self._wait_hook = self._wait_hook, None
+        if hook is None or self._state in _DONE_STATES:
+            return timeout
+        if timeout is None:
+            hook(None)
+            return None
+        deadline = time.monotonic() + timeout
+        hook(timeout)
+        return max(0.0, deadline - time.monotonic())
+
     def _abandon(self) -> None:
         """Cancel, running or not, without calling back into the executor."""
         self._cancel_hook = _ignore_cancel
         self.cancel()
 
     # -- public API ----------------------------------------------------------------
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait at most ``timeout`` seconds (None: no limit) for the result and return it.
+
+        Raises:
+            The work's own exception; ``CancelledError`` if cancelled;
+            ``TimeoutError`` if not done in time.
+        """
+        if self._wait_hook is not None:
+            timeout = self._offer_wait(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait like :meth:`result`; return the work's exception, or None if it succeeded."""
+        if self._wait_hook is not None:
+            timeout = self._offer_wait(timeout)
+        return super().exception(timeout)
 
     def cancel(self) -> bool:
         """Cancel the work; stop it if it is already running.
