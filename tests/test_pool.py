@@ -156,6 +156,47 @@ def test_imap_raises_at_the_failed_item_and_can_go_on(pool: procpool.Pool) -> No
         next(it)
 
 
+def test_imap_goes_on_after_a_failed_item_inside_a_chunk(pool: procpool.Pool) -> None:
+    it = pool.imap(helpers.fail_on, range(10), chunksize=5)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad item 3"):
+        next(it)
+    assert list(it) == [4, 5, 6, 7, 8, 9]
+
+
+def test_imap_close_stops_at_once_even_inside_a_chunk(pool: procpool.Pool) -> None:
+    it = pool.imap(helpers.square, range(1000), chunksize=100)
+    assert next(it) == 0
+    it.close()  # type: ignore[attr-defined]
+    assert list(it) == []
+
+
+def test_imap_chunks_share_their_timing_so_read_ahead_starts_after_one_reply() -> None:
+    from procpool._future import MapFuture
+    from procpool._jobs import MapJob, Timing
+
+    timing = Timing()
+
+    def chunk() -> MapJob:
+        return MapJob(
+            MapFuture(10),
+            helpers.square,
+            list(range(10)),
+            star=False,
+            chunksize=10,
+            timeout=None,
+            retries=0,
+            retry_timeouts=False,
+            cloud=False,
+            timing=timing,
+        )
+
+    first, second = chunk(), chunk()
+    assert not second.read_ahead_pays()  # nothing measured yet
+    first.record_timing(10, 0.0001)
+    assert second.read_ahead_pays()
+
+
 def test_imap_source_error_is_raised_after_the_items_before_it(pool: procpool.Pool) -> None:
     def source() -> Iterator[int]:
         yield 1

@@ -156,6 +156,20 @@ class SingleJob(Job):
         self._lease = None
 
 
+class Timing:
+    """Measured time per item of a map: what chunk sizes and read-ahead go by.
+
+    One per ``map``; the chunks of one ``imap`` (a job each) share one, so the
+    second chunk already knows what the first measured.
+    """
+
+    __slots__ = ("items", "seconds")
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.seconds = 0.0
+
+
 class MapJob(Job):
     """A ``map`` (or one ``imap`` chunk): items cut into adaptive chunks."""
 
@@ -174,6 +188,7 @@ class MapJob(Job):
         segments: SegmentPool | None = None,
         base_index: int = 0,
         group: object = None,
+        timing: Timing | None = None,
     ) -> None:
         self.future = future
         self.map_future = future
@@ -194,8 +209,7 @@ class MapJob(Job):
         #: Ranges handed back (never started, or retried), served before new items.
         self.pending: deque[tuple[int, int]] = deque()
         self.attempts: dict[int, int] = {}
-        self.timed_items = 0
-        self.timed_seconds = 0.0
+        self.timing = timing if timing is not None else Timing()
         self.in_flight = 0
         self.encoded_items = 0
         self.encoded_bytes = 0
@@ -220,11 +234,12 @@ class MapJob(Job):
         remaining = self.size - self.next_index
         if self.encoded_bytes > CHUNK_MAX_BYTES * self.encoded_items:
             return 1  # items this large gain nothing from chunking
-        if self.timed_items == 0:
+        timing = self.timing
+        if timing.items == 0:
             # Nothing measured yet: start small, so slow items spread at once and
             # the first replies tell us how big chunks should be.
             return min(remaining, 1 if self.in_flight < workers else 4)
-        per_item = max(self.timed_seconds / self.timed_items, 1e-9)
+        per_item = max(timing.seconds / timing.items, 1e-9)
         # Keep the tail balanced: at most a share of what is left, but never so
         # small that a chunk is mostly round trip.
         share = -(-remaining // (2 * workers))
@@ -238,8 +253,8 @@ class MapJob(Job):
     def record_timing(self, items: int, seconds: float) -> None:
         """Learn the time per item from a reply (averaged over the whole map)."""
         if items > 0:
-            self.timed_items += items
-            self.timed_seconds += seconds
+            self.timing.items += items
+            self.timing.seconds += seconds
 
     def next_call(self, workers: int) -> Call | None:
         if self._prepared is not None:
@@ -277,9 +292,10 @@ class MapJob(Job):
             return Call(self, data, lease, start, stop)
 
     def read_ahead_pays(self) -> bool:
-        if self.timed_items == 0:
+        timing = self.timing
+        if timing.items == 0:
             return False
-        per_item = self.timed_seconds / self.timed_items
+        per_item = timing.seconds / timing.items
         size = self.fixed if self.fixed is not None else 1
         return per_item * size < READ_AHEAD_BELOW_SECONDS or per_item < READ_AHEAD_BELOW_SECONDS / 4
 

@@ -15,11 +15,11 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import wait as _wait_futures
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from typing_extensions import ParamSpec
 
@@ -30,7 +30,7 @@ from ._dispatcher import Dispatcher, PoolState
 from ._errors import SerializationError
 from ._executor import Options, TypedExecutor, check_count, check_timeout, finite
 from ._future import Future, MapFuture
-from ._jobs import MapJob, SingleJob, new_call_id
+from ._jobs import MapJob, SingleJob, Timing, new_call_id
 from ._progress import Progress, Reporter, make_reporter
 
 __all__ = ["Pool", "PoolStats"]
@@ -290,9 +290,10 @@ class Pool(TypedExecutor):
         if buffersize is None:
             buffersize = 4 * self._workers * chunksize
         reporter = make_reporter(progress, None, getattr(fn, "__name__", "imap"))
-        return _IMapIterator(
+        feed = _IMapFeed(
             self, fn, iter(iterable), chunksize, max(buffersize, chunksize), ordered, reporter
         )
+        return feed.stream()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -355,8 +356,60 @@ class Pool(TypedExecutor):
         )
 
 
-class _IMapIterator(Iterator[R]):
-    """The iterator behind imap/imap_unordered: reads ahead at most ``buffersize`` items."""
+class _IMapStream(itertools.chain[R]):
+    """What ``Pool.imap`` returns: the items of finished chunks, chunk after chunk.
+
+    A :class:`itertools.chain` over the lists of results that :class:`_IMapFeed`
+    hands out, so the items of a chunk without failures reach the consumer through
+    C code alone (about 15 ns per item, against 60-90 ns for a ``__next__`` written
+    in Python). A chunk with failures, or with a progress bar to advance, is an
+    :class:`_Items` iterator instead: it raises at a failed item, and since ``chain``
+    keeps its current iterator after an exception, ``next()`` goes on after it.
+    """
+
+    __slots__ = ("_feed",)
+    _feed: _IMapFeed[R]
+
+    def close(self) -> None:
+        """Stop: cancel the chunks no worker has started; read no more input."""
+        self._feed.close()
+
+
+class _Items(Iterator[R]):
+    """The items of one chunk, one by one: raises at failed items, advances progress."""
+
+    __slots__ = ("_errors", "_pos", "_reporter", "_values")
+
+    def __init__(
+        self, values: list[R], errors: dict[int, BaseException], reporter: Reporter | None
+    ) -> None:
+        self._values = values
+        self._errors = errors
+        self._reporter = reporter
+        self._pos = 0
+
+    def __iter__(self) -> _Items[R]:
+        return self
+
+    def __next__(self) -> R:
+        pos = self._pos
+        if pos >= len(self._values):
+            raise StopIteration
+        self._pos = pos + 1
+        if self._reporter is not None:
+            self._reporter.advance(1)
+        if pos in self._errors:
+            raise self._errors.pop(pos)
+        return self._values[pos]
+
+    def clear(self) -> None:
+        self._values = []
+
+
+class _IMapFeed(Generic[R]):
+    """Reads the input ahead (at most ``buffersize`` items), submits it in chunks,
+    and hands the chunks' results to an :class:`_IMapStream` in order (or as they
+    finish)."""
 
     def __init__(
         self,
@@ -375,17 +428,19 @@ class _IMapIterator(Iterator[R]):
         self._buffersize = buffersize
         self._ordered = ordered
         self._reporter = reporter
-        self._ahead = 0  # items read from the source and not yet yielded
+        self._ahead = 0  # items read from the source and not yet used up
         self._read = 0
         self._chunks: deque[MapFuture[R]] = deque()
-        # The chunk being yielded: its values, its failed items, the next position.
-        self._values: list[R] = []
-        self._errors: dict[int, BaseException] = {}
-        self._pos = 0
-        #: Items before this position in ``_values`` take the fast path of __next__.
-        self._fast_end = 0
+        #: The results being yielded, emptied by close() so that iteration stops.
+        self._current: list[R] | _Items[R] = []
         self._group = object()
+        self._timing = Timing()
         self._source_error: BaseException | None = None
+
+    def stream(self) -> _IMapStream[R]:
+        stream = cast("_IMapStream[R]", _IMapStream.from_iterable(self._results()))
+        stream._feed = self
+        return stream
 
     def _top_up(self) -> None:
         source = self._source
@@ -416,6 +471,7 @@ class _IMapIterator(Iterator[R]):
                 segments=self._pool._dispatcher.segments,
                 base_index=self._read,
                 group=self._group,
+                timing=self._timing,
             )
             job.prepare(self._pool._workers)
             self._pool._dispatcher.add(job, len(chunk))
@@ -423,55 +479,42 @@ class _IMapIterator(Iterator[R]):
             self._ahead += len(chunk)
             self._chunks.append(future)
 
-    def __iter__(self) -> _IMapIterator[R]:
-        return self
+    def _results(self) -> Generator[list[R] | _Items[R], None, None]:
+        """The chain's source: one iterable of results per chunk.
 
-    def __next__(self) -> R:
-        # The hot path of imap: three attribute reads and one write per item. Items
-        # of a chunk without failures and without a progress bar take this path;
-        # everything else (the next chunk, topping up the input, failures,
-        # progress) is in _next_slow.
-        pos = self._pos
-        if pos < self._fast_end:
-            self._pos = pos + 1
-            value: R = self._values[pos]
-            return value
-        return self._next_slow()
-
-    def _next_slow(self) -> R:
-        while True:
-            pos = self._pos
-            if pos < len(self._values):
-                self._pos = pos + 1
-                if self._reporter is not None:
-                    self._reporter.advance(1)
-                if self._errors and pos in self._errors:
-                    raise self._errors.pop(pos)
-                value: R = self._values[pos]
-                return value
-            # The chunk is used up: its items no longer count as read ahead, so
-            # the input may be read further (before waiting on the next chunk,
-            # which keeps the workers fed).
-            self._ahead -= len(self._values)
-            self._values = []
-            self._fast_end = 0
-            self._top_up()
-            if not self._chunks:
-                source_error, self._source_error = self._source_error, None
-                if source_error is not None:
-                    raise source_error
-                raise StopIteration
-            if self._ordered:
-                chunk = self._chunks.popleft()
-            else:
-                _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
-                chunk = next(c for c in self._chunks if c.done())
-                self._chunks.remove(chunk)
-            # A whole chunk at once: its items are then yielded without a lock each.
-            self._values, self._errors = chunk._take_all()
-            self._pos = 0
-            if not self._errors and self._reporter is None:
-                self._fast_end = len(self._values)
+        Resumed when the consumer has used up the previous chunk: only then do its
+        items stop counting as read ahead, so the input is read further (before
+        waiting on the next chunk, which keeps the workers fed).
+        """
+        try:
+            used = 0
+            while True:
+                self._ahead -= used
+                self._top_up()
+                if not self._chunks:
+                    source_error, self._source_error = self._source_error, None
+                    if source_error is not None:
+                        raise source_error
+                    return
+                if self._ordered:
+                    chunk = self._chunks.popleft()
+                else:
+                    _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
+                    chunk = next(c for c in self._chunks if c.done())
+                    self._chunks.remove(chunk)
+                # A whole chunk at once: its items are then yielded without a lock each.
+                values, errors = chunk._take_all()
+                used = len(values)
+                self._current = (
+                    values
+                    if not errors and self._reporter is None
+                    else _Items(values, errors, self._reporter)
+                )
+                yield self._current
+        finally:
+            # Exhausted, or the stream was dropped (a break out of the loop).
+            with contextlib.suppress(Exception):
+                self.close()
 
     def close(self) -> None:
         """Stop: cancel the chunks no worker has started; read no more input."""
@@ -480,15 +523,9 @@ class _IMapIterator(Iterator[R]):
             if not future.running():
                 future.cancel()
         self._chunks.clear()
-        self._values = []
-        self._fast_end = 0
-        self._errors = {}
+        self._current.clear()
         if self._reporter is not None:
             self._reporter.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 # Public names say procpool.X in reprs, tracebacks, pickles and docs.
