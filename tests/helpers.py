@@ -262,3 +262,10 @@ def log_then_sleep(message: str, seconds: float) -> int:
     logging.getLogger("procpool.tests.worker").warning(message)
     time.sleep(seconds)
     return os.getpid()
+
+
+def fast_then_slow(x: int, seconds: float) -> int:
+    """Item 0 returns at once; every other item sleeps ``seconds``."""
+    if x > 0:
+        time.sleep(seconds)
+    return x

@@ -141,6 +141,18 @@ def test_time_limit_applies_per_item_of_a_map(start_method: str) -> None:
     assert outcomes == [50, 50, TaskTimeoutError, 50, 50, 50]
 
 
+def test_time_limit_counts_from_each_items_own_start(start_method: str) -> None:
+    # The fast first item makes the worker run the next ones in a block; the limit
+    # must still count from each item's start, not from the block's (40 x 20 ms is
+    # far over the limit, each item far under it).
+    with procpool.Pool(1, context=start_method) as pool:
+        fut = pool.options(timeout=0.25).map(
+            helpers.fast_then_slow, range(40), [0.02] * 40, chunksize=40
+        )
+        assert fut.result(timeout=60) == list(range(40))
+        assert pool.stats().timed_out == 0
+
+
 def test_time_limit_does_not_count_worker_start_up(start_method: str) -> None:
     # The initializer sleeps longer than the limit; only the task's own time counts.
     with procpool.Pool(

@@ -260,7 +260,9 @@ class MapJob(Job):
         if self._prepared is not None:
             call, self._prepared = self._prepared, None
             return call
-        kind = m.STARCHUNK if self.star else m.CHUNK
+        kind = (m.STARCHUNK if self.star else m.CHUNK) | (
+            m.TIMED if self.timeout is not None else 0
+        )
         while True:
             items = self.items
             if items is None or self.fn is None:

@@ -128,18 +128,20 @@ def _run_chunk(
     fn: Callable[..., Any],
     items: Sequence[Any],
     star: bool,
+    timed: bool,
     sender: _Sender,
     mark: Any,
     base: int,
 ) -> None:
     """Run ``fn`` over ``items``, publishing the index of the running item in ``mark``.
 
-    Items run in blocks of about BLOCK_NS with one clock read per block, so per
+    Items run in blocks of about BLOCK_TIME with one clock read per block, so per
     item the loop costs one store to shared memory on top of the call. Before each
     block the finished results leave for the parent if the batch is FLUSH_INTERVAL
     old or the last item was slow (SLOW_ITEM): a crash loses at most the unsent
-    results of a few milliseconds of fast items. The block's start time goes to
-    ``mark`` too, for the parent's per-item time limits.
+    results of a few milliseconds of fast items. With a time limit (``timed``),
+    each item's start time goes to ``mark`` too, for the parent's deadline: a
+    block's start would make an item that follows slow ones look overdue.
     """
     clock_ns = time.monotonic_ns
     flush_ns = int(m.FLUSH_INTERVAL * 1e9)
@@ -170,13 +172,20 @@ def _run_chunk(
             batch_start = now
         stop = min(n, index + block)
         count = stop - index
-        mark[since_slot] = now
         while index < stop:
             try:
                 # A for loop over a slice: the fastest way to run Python per item.
-                for index, item in enumerate(items[index:stop], index):  # noqa: B020
-                    mark[item_slot] = index
-                    append(call(item))
+                if timed:
+                    for index, item in enumerate(items[index:stop], index):  # noqa: B020
+                        # Start time before index: a reader that sees the new
+                        # index never pairs it with the previous item's start.
+                        mark[since_slot] = clock_ns()
+                        mark[item_slot] = index
+                        append(call(item))
+                else:
+                    for index, item in enumerate(items[index:stop], index):  # noqa: B020
+                        mark[item_slot] = index
+                        append(call(item))
                 index = stop
             except BaseException as exc:
                 append(None)
@@ -312,11 +321,20 @@ def worker_main(
             _let_go(call_id, kind, shared, sender)
             continue
         del data
-        what = kind & ~(m.CLOUDPICKLED | m.SHARED)
+        what = kind & ~(m.CLOUDPICKLED | m.SHARED | m.TIMED)
         if what == m.CALL:
             _run_call(call_id, fn, body[0], body[1], sender, started)
         else:
-            _run_chunk(call_id, fn, body[0], what == m.STARCHUNK, sender, marker, base)
+            _run_chunk(
+                call_id,
+                fn,
+                body[0],
+                what == m.STARCHUNK,
+                bool(kind & m.TIMED),
+                sender,
+                marker,
+                base,
+            )
         # Drop the finished call's function and arguments before waiting for the next.
         del fn, wire_fn, body
         marker[call_slot] = -1
