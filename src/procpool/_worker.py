@@ -33,6 +33,10 @@ _reply_segments: ReplySegments | None = None
 #: How often a worker checks that its parent is still alive.
 _PARENT_CHECK_INTERVAL = 0.2
 
+#: Most items in one block. Bounds what a sudden change from fast items to slow
+#: ones delays: the next flush, and the next look at whether the item was slow.
+MAX_BLOCK = 64
+
 
 def watch_parent(parent_pid: int) -> None:
     """Start a thread that ends this process when ``parent_pid`` dies (no orphans).
@@ -158,9 +162,11 @@ def _run_chunk(
     index = 0
     block = 1
     per_item = 0
-    batch_start = clock_ns()
+    # One clock read per block: a block's end is the next one's start. Conditional
+    # expressions instead of min()/max(): the bookkeeping of a block of tiny items
+    # costs as much as several of the items.
+    now = batch_start = clock_ns()
     while index < n:
-        now = clock_ns()
         if values and (per_item >= slow_ns or now - batch_start >= flush_ns):
             sender.reply(
                 call_id, m.ITEMS, (now - batch_start) / 1e9, (offset, values, errors or None, False)
@@ -170,7 +176,9 @@ def _run_chunk(
             append = values.append
             errors = {}
             batch_start = now
-        stop = min(n, index + block)
+        stop = index + block
+        if stop > n:
+            stop = n
         count = stop - index
         while index < stop:
             try:
@@ -191,8 +199,14 @@ def _run_chunk(
                 append(None)
                 errors[index] = exception_body(exc)
                 index += 1
-        per_item = (clock_ns() - now) // count
-        block = max(1, min(64, block_ns // max(per_item, 1)))
+        end = clock_ns()
+        per_item = (end - now) // count
+        now = end
+        block = block_ns // per_item if per_item else MAX_BLOCK
+        if block > MAX_BLOCK:
+            block = MAX_BLOCK
+        elif block < 1:
+            block = 1
     elapsed = (clock_ns() - batch_start) / 1e9
     try:
         data = encode_reply(
