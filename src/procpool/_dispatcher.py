@@ -405,8 +405,8 @@ class Dispatcher:
             ):
                 return
             with worker.read_lock:
-                # A reply the dispatcher has read but not applied yet is ours:
-                # waiting on the pipe for it would wait for nothing.
+                # The dispatcher has read a reply it has not applied yet (ours,
+                # perhaps): waiting on the pipe for it would wait for nothing.
                 if worker.unapplied:
                     return
                 worker.claimed = True
