@@ -9,6 +9,7 @@ dispatcher takes the pipe back intact.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 
@@ -113,3 +114,47 @@ def test_round_trips_from_many_threads_next_to_a_map() -> None:
             results = [r.result(timeout=60) for r in runs]
     assert mapped == [i * i for i in range(20_000)]
     assert results == [[(1000 * t + i) ** 2 for i in range(150)] for t in range(4)]
+
+
+@pytest.mark.timeout(120)
+def test_round_trips_under_crashes_cancels_and_short_waits() -> None:
+    # Four threads race direct calls, worker deaths, cancels and waits shorter
+    # than the call, on two workers: every future must end, each as it should.
+    with procpool.Pool(2, context="fork") as pool:
+
+        def caller(seed: int) -> list[str]:
+            outcomes: list[str] = []
+            for i in range(120):
+                kind = (seed + i) % 6
+                if kind == 0:
+                    fut = pool.submit(helpers.exit_with, 3)
+                    try:
+                        fut.result(timeout=60)
+                    except WorkerLostError:
+                        outcomes.append("lost")
+                elif kind == 1:
+                    fut = pool.submit(helpers.sleep_then, 5.0, i)
+                    threading.Timer(0.01, fut.cancel).start()
+                    try:
+                        fut.result(timeout=60)
+                        outcomes.append("finished before the cancel")
+                    except concurrent.futures.CancelledError:
+                        outcomes.append("cancelled")
+                elif kind == 2:
+                    fut = pool.submit(helpers.sleep_then, 0.05, i)
+                    with contextlib.suppress(concurrent.futures.TimeoutError):
+                        fut.result(timeout=0.001)
+                    assert fut.result(timeout=60) == i
+                    outcomes.append("late")
+                else:
+                    assert pool.submit(helpers.square, i).result(timeout=60) == i * i
+                    outcomes.append("ok")
+            return outcomes
+
+        with concurrent.futures.ThreadPoolExecutor(4) as threads:
+            runs = [threads.submit(caller, t) for t in range(4)]
+            results = [r.result(timeout=100) for r in runs]
+        assert pool.map(helpers.square, range(1000)).result(timeout=60)[-1] == 999**2
+    assert all(len(r) == 120 for r in results)
+    assert sum(r.count("lost") for r in results) == 4 * 20
+    assert not any("finished before the cancel" in r for r in results)
