@@ -806,7 +806,7 @@ class Dispatcher:
         """Read every reply a dead worker managed to send before it died."""
         conn = worker.result_conn
         with contextlib.suppress(EOFError, OSError):
-            while conn.poll():
+            while worker.reply_waiting():
                 self._on_reply(worker, self._decode(worker, conn.recv_bytes()))
 
     def _decode(self, worker: _Worker, data: bytes) -> _Reply:

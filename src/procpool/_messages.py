@@ -53,7 +53,7 @@ CLOUDPICKLED = 0x10
 #: Or-ed into the kind: large buffers of the body are in a shared segment.
 SHARED = 0x20
 #: Or-ed into a chunk's kind: its items have a time limit, so the worker marks
-#: when each item starts (otherwise only when each block of items starts).
+#: when each item starts (otherwise only when the call starts).
 TIMED = 0x08
 
 # Statuses of a reply.
