@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import itertools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _messages as m
@@ -177,7 +177,7 @@ class MapJob(Job):
         self,
         future: MapFuture[Any],
         fn: Callable[..., Any],
-        items: Sequence[Any],
+        items: list[Any],
         *,
         star: bool,
         chunksize: int | None,
@@ -194,7 +194,7 @@ class MapJob(Job):
         self.map_future = future
         self.fn = fn
         self.name = describe_callable(fn)
-        self.items: Sequence[Any] | None = items
+        self.items: list[Any] | None = items
         self.star = star
         self.fixed = chunksize
         self.timeout = timeout
@@ -275,7 +275,8 @@ class MapJob(Job):
                 self.next_index = stop
             else:
                 return None
-            chunk = list(items[start:stop])
+            # An imap chunk is one call: its list goes out as it is, uncopied.
+            chunk = items if stop - start == len(items) else items[start:stop]
             try:
                 data, lease = encode_call(
                     new_call_id(), kind, self.fn, (chunk,), self.cloud, self.segments
