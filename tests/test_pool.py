@@ -85,6 +85,17 @@ def test_map_iterated_after_result_keeps_the_list(pool: procpool.Pool) -> None:
     assert fut.result() == [0, 1, 4]
 
 
+def test_map_result_is_the_same_list_each_time_as_future_result_is(
+    pool: procpool.Pool,
+) -> None:
+    fut = pool.map(helpers.square, range(3))
+    first = fut.result(timeout=30)
+    assert fut.result() is first
+    assert fut.then(lambda values: values is first).result(timeout=30)
+    assert list(fut) == [0, 1, 4]  # iterating after result() leaves the list whole
+    assert first == [0, 1, 4]
+
+
 def test_map_timeout_raises_timeout_error_when_iterating(pool: procpool.Pool) -> None:
     pool.submit(helpers.square, 1).result(timeout=30)  # a worker is up
     fut = pool.map(helpers.sleep_then, [0.0, 30.0], timeout=3)

@@ -475,6 +475,10 @@ class MapFuture(Future[list[R]], Iterator[R]):
     def result(self, timeout: float | None = None) -> list[R]:
         """Wait for every item and return the results as a list, in input order.
 
+        As with any ``Future``, every call returns the same list (not a copy), and
+        callbacks chained with ``then`` receive it too: copy it before changing it
+        if anything else will read it.
+
         Raises:
             The first failed item's exception (in input order); ``CancelledError``;
             ``TimeoutError`` if not done within ``timeout`` seconds;
@@ -490,7 +494,9 @@ class MapFuture(Future[list[R]], Iterator[R]):
                 raise concurrent.futures.TimeoutError()
             if self._exception is not None:
                 raise self._exception
-            return list(self._values)
+            # Finished and kept: nothing here writes to the list any more. No copy:
+            # on a first map in a fresh process its pages alone cost ~1 ms/200,000.
+            return self._values
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait for every item; return the first failed item's exception, or None."""
