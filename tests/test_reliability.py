@@ -137,8 +137,19 @@ def test_a_thousand_lifecycles_leak_nothing(start_method: str) -> None:
 # -- chaos ----------------------------------------------------------------------------
 
 
+#: Items per map call in the chaos runs.
+CHAOS_CHUNK = 5
+
+
 def _chaos(method: str, tasks: int, *, retries: int) -> tuple[int, int]:
-    """Submit ``tasks`` tasks while a thread kills busy workers; return (killed, lost)."""
+    """Submit ``tasks`` tasks while a thread kills busy workers; return (killed, lost).
+
+    ``lost`` counts failed calls: a task, or a map chunk with failed items. A kill
+    fails at most the one call its worker was running, but inside a chunk of
+    fast items that is the running item plus those that finished and whose
+    results had not left yet (documented in docs/reliability.md): items are no
+    unit to compare with kills.
+    """
     stop = threading.Event()
     kills = 0
     with procpool.Pool(2, context=method, retries=retries) as pool:  # type: ignore[arg-type]
@@ -172,7 +183,7 @@ def _chaos(method: str, tasks: int, *, retries: int) -> tuple[int, int]:
         thread.start()
         try:
             futures = [pool.submit(helpers.burn, 2.0 + (i % 3)) for i in range(tasks)]
-            mapped = pool.map(helpers.square, range(tasks), chunksize=5)
+            mapped = pool.map(helpers.square, range(tasks), chunksize=CHAOS_CHUNK)
             lost = 0
             for i, fut in enumerate(futures):
                 exc = fut.exception(timeout=300)
@@ -182,11 +193,15 @@ def _chaos(method: str, tasks: int, *, retries: int) -> tuple[int, int]:
                     assert isinstance(exc, procpool.WorkerLostError), exc
                     lost += 1
             it = iter(mapped)
+            # A chunk handed back after a kill is cut again inside its old bounds,
+            # so i // CHAOS_CHUNK never joins two calls' items.
+            lost_chunks: set[int] = set()
             for i in range(tasks):
                 try:
                     assert next(it) == i * i
                 except procpool.WorkerLostError:
-                    lost += 1
+                    lost_chunks.add(i // CHAOS_CHUNK)
+            lost += len(lost_chunks)
         finally:
             stop.set()
             thread.join()
