@@ -246,7 +246,7 @@ def test_chaos_five_thousand_tasks(start_method: str) -> None:
 @pytest.mark.parametrize("per_thread", [pytest.param(1000, marks=pytest.mark.slow), 150])
 def test_eight_threads_submitting_at_once(start_method: str, per_thread: int) -> None:
     with procpool.Pool(2, context=start_method) as pool:  # type: ignore[arg-type]
-        results: dict[int, object] = {}
+        results: dict[int, tuple[list[int], list[int]]] = {}
         barrier = threading.Barrier(8)
 
         def producer(t: int) -> None:
@@ -261,7 +261,7 @@ def test_eight_threads_submitting_at_once(start_method: str, per_thread: int) ->
         for thread in threads:
             thread.join()
     expected = {t: ([t + i for i in range(per_thread)],) * 2 for t in range(8)}
-    assert {t: (a, b) for t, (a, b) in results.items()} == expected  # type: ignore[misc]
+    assert results == expected
 
 
 def test_tasks_can_create_pools_and_spawn_processes(start_method: str) -> None:
