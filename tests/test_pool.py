@@ -182,6 +182,28 @@ def test_imap_close_stops_at_once_even_inside_a_chunk(pool: procpool.Pool) -> No
     assert list(it) == []
 
 
+def test_imap_breaking_out_of_the_loop_cancels_the_chunks_not_started(
+    pool: procpool.Pool,
+) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield 20  # each item sleeps 20 ms: too slow to be read ahead
+
+    before = pool.stats().cancelled
+    for index, _ in enumerate(pool.imap(helpers.sleep_item, endless(), buffersize=10)):
+        if index == 1:
+            break
+    read = pulled
+    # Ten items were queued, two consumed and at most two running: the rest go.
+    assert helpers.wait_for(lambda: pool.stats().cancelled >= before + 5)
+    assert pulled == read  # the input is not read further
+    assert pool.submit(helpers.square, 3).result(timeout=30) == 9
+
+
 def test_imap_chunks_share_their_timing_so_read_ahead_starts_after_one_reply() -> None:
     from procpool._future import MapFuture
     from procpool._jobs import MapJob, Timing

@@ -246,8 +246,9 @@ class TypedExecutor(Executor, abc.ABC):
         At most ``buffersize`` items are read ahead of the consumer (default:
         ``4 * workers * chunksize``), so an endless generator works in bounded
         memory. An item that raised raises its exception when reached; the iterator
-        can be resumed after it with ``next()``. Breaking out of the loop early
-        (or ``close()`` on the iterator) cancels the work not yet started::
+        can be resumed after it with ``next()``. Breaking out of the loop early,
+        or dropping the last reference to the iterator, cancels the work not yet
+        started::
 
             for line in pool.imap(str.upper, open("big.txt")):
                 print(line, end="")
