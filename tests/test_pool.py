@@ -428,6 +428,47 @@ def test_stats_count_what_happened(start_method: str) -> None:
         stats.completed = 3
 
 
+def test_stats_count_the_items_of_a_cancelled_map_one_each(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method) as pool:
+        mapped = pool.map(helpers.sleep_item, [50] * 40, chunksize=1)
+        assert helpers.wait_for(lambda: pool.stats().completed >= 2)
+        assert mapped.cancel()
+
+        def settled() -> bool:
+            s = pool.stats()
+            return s.completed + s.failed + s.cancelled == s.submitted
+
+        # Every item ends counted once: run, failed, or cancelled (the running
+        # ones, whose workers were killed, and those that never started).
+        assert helpers.wait_for(settled)
+        stats = pool.stats()
+    assert stats.submitted == 40
+    assert stats.failed == 0
+    assert stats.cancelled >= 30
+
+
+def test_stats_account_for_every_task_and_item_once(start_method: str) -> None:
+    with procpool.Pool(2, context=start_method, retries=1) as pool:
+        futures: list[concurrent.futures.Future[object]] = [
+            pool.map(helpers.identity, [1, threading.Lock(), 3]),  # an item does not pickle
+            pool.map(helpers.fail_on, range(6), chunksize=2),  # an item raises
+            pool.submit(helpers.return_unpicklable),
+            pool.submit(helpers.exit_with, 1),  # lost twice: retried once, then failed
+            pool.options(timeout=0.2).submit(helpers.sleep_then, 5),
+        ]
+        for future in futures:
+            assert future.exception(timeout=60) is not None
+        it = pool.imap(helpers.identity, [1, threading.Lock(), 2])
+        assert next(it) == 1
+        with pytest.raises(procpool.SerializationError):
+            next(it)
+        assert list(it) == [2]
+        stats = pool.stats()
+    assert stats.submitted == 3 + 6 + 1 + 1 + 1 + 3
+    assert (stats.completed, stats.failed, stats.cancelled) == (9, 6, 0)
+    assert (stats.timed_out, stats.retried) == (1, 1)
+
+
 def test_submit_from_many_threads(start_method: str) -> None:
     with procpool.Pool(2, context=start_method) as pool:
         results: dict[int, list[int]] = {}

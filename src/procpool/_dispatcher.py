@@ -346,6 +346,7 @@ class Dispatcher:
         with self.lock:
             self.check_open()
             self.stats.submitted += count
+            self._count_failed_here(job)
             if self._send_directly(job):
                 return
             self.queue[id(job)] = job
@@ -649,6 +650,7 @@ class Dispatcher:
                     ):
                         break
                     call = job.next_call(self.size)
+                    self._count_failed_here(job)
                     if call is None or job.exhausted:
                         self.queue.pop(id(job), None)
                     if call is None:
@@ -921,6 +923,12 @@ class Dispatcher:
             self.stats.failed += 1
         job.future._finish(result, exception)
 
+    def _count_failed_here(self, job: Job) -> None:
+        """Count the items a map failed in the parent (unpicklable) while cutting calls."""
+        if isinstance(job, MapJob) and job.failed_here:
+            self.stats.failed += job.failed_here
+            job.failed_here = 0
+
     def _fail_call(self, job: Job, call: Call, first: int, error: BaseException) -> None:
         """Fail a whole call: a single job's future, or every unreported item of a chunk."""
         if isinstance(job, MapJob):
@@ -1162,7 +1170,7 @@ class Dispatcher:
     def _cancel_job(self, job: Job) -> None:
         """The job's future was cancelled: drop it, and stop any worker running it."""
         self.queue.pop(id(job), None)
-        self.stats.cancelled += 1
+        self.stats.cancelled += _items_left(job)
         for worker in list(self.workers.values()):
             if any(call.job is job for call in worker.outstanding):
                 self._kill(worker, "cancelled")
@@ -1186,12 +1194,14 @@ class Dispatcher:
             if fut.done():
                 continue
             if cancel or error is None:
-                self.stats.cancelled += 1
+                self.stats.cancelled += _items_left(job)
                 fut._abandon()
-            elif isinstance(fut, MapFuture):
-                fut._fail_remaining(error)
             else:
-                fut._finish(exception=error)
+                self.stats.failed += _items_left(job)
+                if isinstance(fut, MapFuture):
+                    fut._fail_remaining(error)
+                else:
+                    fut._finish(exception=error)
             job.release()
 
     def _stop_workers(self) -> None:
@@ -1213,3 +1223,9 @@ class Dispatcher:
                     worker.process.kill()
                 worker.process.join()
             self._discard(worker)
+
+
+def _items_left(job: Job) -> int:
+    """What a job still counts for in the stats: its items without an outcome, or 1."""
+    fut = job.future
+    return fut._unfinished() if isinstance(fut, MapFuture) else 1

@@ -412,6 +412,11 @@ class MapFuture(Future[list[R]], Iterator[R]):
             except Exception:
                 LOGGER.exception("progress callback failed")
 
+    def _unfinished(self) -> int:
+        """How many items have no outcome yet (for the pool's counters)."""
+        with self._condition:
+            return self._size - self._received
+
     def _fail_remaining(self, exc: BaseException) -> None:
         """Fail every item that has no result yet with ``exc``."""
         with self._condition:

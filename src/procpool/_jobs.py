@@ -213,6 +213,9 @@ class MapJob(Job):
         self.in_flight = 0
         self.encoded_items = 0
         self.encoded_bytes = 0
+        #: Items failed here in the parent (they do not pickle), which the
+        #: dispatcher has not yet added to the pool's counters.
+        self.failed_here = 0
         #: A call encoded ahead by :meth:`prepare`, handed out first.
         self._prepared: Call | None = None
 
@@ -288,6 +291,7 @@ class MapJob(Job):
                 else:
                     error = _item_serialization_error(self, start, chunk[0], exc)
                     self.map_future._set_error(start, error)
+                    self.failed_here += 1
                 continue
             self.in_flight += 1
             self.encoded_items += stop - start

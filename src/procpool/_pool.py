@@ -86,8 +86,16 @@ def _install_exit_hook() -> None:
 class PoolStats:
     """A snapshot of a pool's counters, from :meth:`Pool.stats`.
 
-    Items of a ``map`` count one each. ``busy_seconds`` has one entry per worker
-    slot: time spent running tasks, summed over the workers that held the slot.
+    Items of a ``map`` or ``imap`` count one each. Every task or item the pool
+    accepted (``submitted``) ends in exactly one of ``completed`` (a result),
+    ``failed`` (an exception: its own, a lost worker, a time limit, an input or
+    result that does not pickle, a pool broken by its initializer) or
+    ``cancelled``; once all work has ended, the three add up to ``submitted``.
+    ``timed_out`` counts the tasks and items that passed their time limit (with
+    ``retry_timeouts``, a :class:`Pool` counts each attempt); ``retried`` counts
+    attempts run again.
+    ``busy_seconds`` has one entry per worker slot: time spent running tasks,
+    summed over the workers that held the slot.
     """
 
     submitted: int
