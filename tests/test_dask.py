@@ -633,6 +633,27 @@ def test_stats_count_tasks_and_items(dask_client: Any) -> None:
     assert stats.failed == 2
 
 
+def test_stats_add_up_after_cancelling_a_map_and_closing_an_imap(dask_client: Any) -> None:
+    with DaskPool(dask_client) as pool:
+        mapped = pool.map(h.sleep_then, [0.2] * 20, chunksize=1)
+        assert mapped.cancel()
+        streamed = pool.imap(h.sleep_then, itertools.repeat(0.2), buffersize=6)
+        assert next(streamed) == 0
+        del streamed  # dropped after one item: the rest of what was read is cancelled
+        assert pool.map(h.fail_on_multiples, range(1, 7)).exception(timeout=30) is not None
+
+        def settled() -> bool:
+            s = pool.stats()
+            return s.completed + s.failed + s.cancelled == s.submitted
+
+        # Every task and item ends counted once: completed, failed or cancelled.
+        assert _wait_until(settled)
+    stats = pool.stats()
+    assert stats.submitted == 20 + 7 + 6  # imap: 6 read ahead, one more after the first
+    assert stats.failed == 2
+    assert stats.cancelled >= 15  # the map's 20 items, but for any that ran first
+
+
 # -- properties -------------------------------------------------------------------------------
 
 

@@ -391,6 +391,9 @@ class _Core:
             jobs = [job for job in (self.jobs.pop(key, None) for key in keys) if job is not None]
             if not self.jobs:
                 self.idle.notify_all()
+        for job in jobs:
+            # Ends the futures of a map's chunks too, whose callbacks count the items.
+            job.future._abandon()
         self.cancel_dask(_unfetched(jobs))
 
     def cancel_all(self, state: _State) -> None:
@@ -686,16 +689,21 @@ class DaskPool(TypedExecutor):
             # items do not each pay a scheduler round trip, and the load still balances.
             chunksize = max(1, math.ceil(len(items) / (4 * core.worker_threads())))
         keys: list[str] = []
+        launched = 0
         try:
             for start in range(0, len(items), chunksize):
                 part = items[start : start + chunksize]
                 key, chunk = self._launch_chunk(fn, part)
                 keys.append(key)
+                launched += len(part)
                 chunk.add_done_callback(
                     functools.partial(_deliver_chunk, result, start, len(part), core.counters)
                 )
         except PoolClosedError:
-            core.cancel_keys(keys)  # closed by another thread meanwhile: all or nothing
+            # Closed by another thread meanwhile: all or nothing. What went out counts
+            # as submitted, then cancelled, so that the counters still add up.
+            core.counters.add(submitted=launched)
+            core.cancel_keys(keys)
             raise
         core.counters.add(submitted=len(items))
         # The hook holds keys, not the chunk futures: those hold results, which an
@@ -836,7 +844,9 @@ class DaskPool(TypedExecutor):
 
         def launch(items: list[tuple[Any, ...]]) -> tuple[str, Future[list[_Outcome]]]:
             core.counters.add(submitted=len(items))
-            return self._launch_chunk(fn, items)
+            key, chunk = self._launch_chunk(fn, items)
+            chunk.add_done_callback(functools.partial(_count_chunk, core.counters, len(items)))
+            return key, chunk
 
         return _IMapIterator(
             core, launch, iterable, chunksize, buffersize, reporter, ordered=ordered
@@ -858,6 +868,18 @@ def _with_remote_traceback(exc: BaseException, text: str | None) -> BaseExceptio
     return exc
 
 
+def _count_chunk(counters: _Counters, size: int, chunk: Future[list[_Outcome]]) -> None:
+    """Add a finished chunk's items to the pool's counters (on Dask's callback thread)."""
+    if chunk.cancelled():
+        counters.add(cancelled=size)
+    elif chunk.exception() is not None:
+        counters.add(failed=size)  # the whole task failed, so every item did
+    else:
+        failures = [value for ok, value, _ in chunk.result() if not ok]
+        timed_out = sum(isinstance(exc, TaskTimeoutError) for exc in failures)
+        counters.add(completed=size - len(failures), failed=len(failures), timed_out=timed_out)
+
+
 def _deliver_chunk(
     target: MapFuture[Any],
     start: int,
@@ -866,14 +888,13 @@ def _deliver_chunk(
     chunk: Future[list[_Outcome]],
 ) -> None:
     """Copy a finished chunk's outcomes into the MapFuture (on Dask's callback thread)."""
+    _count_chunk(counters, size, chunk)
     if chunk.cancelled():
-        counters.add(cancelled=size)
         target._abandon()  # the map as a whole was cancelled, or the pool terminated
         return
     error = chunk.exception()
     if error is not None:
         # The whole task failed (workers lost, a result that cannot be pickled): every item did.
-        counters.add(failed=size)
         target._set_batch(start, [None] * size, dict.fromkeys(range(size), error))
         return
     values: list[Any] = []
@@ -884,8 +905,6 @@ def _deliver_chunk(
         else:
             values.append(None)
             errors[index] = _with_remote_traceback(value, text)
-    timed_out = sum(isinstance(exc, TaskTimeoutError) for exc in errors.values())
-    counters.add(completed=size - len(errors), failed=len(errors), timed_out=timed_out)
     target._set_batch(start, values, errors)
 
 
