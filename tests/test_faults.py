@@ -350,6 +350,23 @@ def test_initializer_failure_fails_futures_with_the_cause(start_method: str) -> 
     assert (stats.completed, stats.cancelled, stats.failed) == (0, 0, stats.submitted)
 
 
+def test_workers_dying_at_start_up_break_the_pool_even_with_work_waiting(
+    start_method: str,
+) -> None:
+    # The work is written to each new worker at once; that must not count as the
+    # worker having started it, or the pool would replace dying workers forever.
+    with procpool.Pool(
+        1, context=start_method, initializer=helpers.exit_with, initargs=(1,)
+    ) as pool:
+        try:
+            error = pool.submit(helpers.square, 2).exception(timeout=20)
+        except procpool.ProcpoolError as exc:  # broken before the submission
+            error = exc
+        assert isinstance(error, procpool.ProcpoolError)
+        assert "3 workers in a row died before doing any work" in str(error)
+        assert pool.stats().workers_started == 3
+
+
 # -- logging --------------------------------------------------------------------------
 
 

@@ -982,11 +982,16 @@ class Dispatcher:
         worker.process.join()
         exitcode = worker.process.exitcode
         if not worker.dying:
-            started_work = bool(worker.outstanding)
+            # Calls are written to a worker as soon as it starts, so a worker that
+            # dies while starting up has calls too; only the marker (reset when the
+            # worker was started) says whether it began one.
+            began = bool(worker.outstanding) and (
+                self._marker(worker)[0] == worker.outstanding[0].id
+            )
             self._give_up_calls(worker, "died", exitcode)
             if worker.retiring and exitcode == 0:
                 pass
-            elif not worker.replied and not started_work:
+            elif not worker.replied and not began:
                 self._startup_failures += 1
         self._discard(worker)
         if self._startup_failures >= MAX_STARTUP_FAILURES:
@@ -994,7 +999,7 @@ class Dispatcher:
                 f"{self.name}: {self._startup_failures} workers in a row died before doing any "
                 f"work (last one {describe_exitcode(exitcode)}). Under spawn or forkserver the "
                 "main module must be importable and guard its code with "
-                "`if __name__ == '__main__':`"
+                "`if __name__ == '__main__':`; and an initializer must not end the process"
             )
             self.broken = error
             with self.lock:
