@@ -204,6 +204,27 @@ def test_imap_breaking_out_of_the_loop_cancels_the_chunks_not_started(
     assert pool.submit(helpers.square, 3).result(timeout=30) == 9
 
 
+def test_imap_breaking_out_spares_the_worker_running_an_earlier_chunk(
+    pool: procpool.Pool,
+) -> None:
+    # Fast items, so a busy worker gets its next chunk ahead of time; the third
+    # chunk ends with a slow item, still running when the loop breaks.
+    stream = pool.imap(helpers.sleep_item, [0] * 29 + [1000] + [0] * 200, chunksize=10)
+    for index, _ in enumerate(stream):
+        if index == 19:
+            time.sleep(0.3)  # the third chunk runs, with a chunk read ahead behind it
+            break
+    del stream  # cancels the chunks not started, the one read ahead too
+
+    def settled() -> bool:
+        s = pool.stats()
+        return s.completed + s.failed + s.cancelled == s.submitted
+
+    assert helpers.wait_for(settled)
+    # The read-ahead chunk's cancellation did not kill the worker to stop it.
+    assert pool.stats().workers_replaced == 0
+
+
 def test_imap_chunks_share_their_timing_so_read_ahead_starts_after_one_reply() -> None:
     from procpool._future import MapFuture
     from procpool._jobs import MapJob, Timing

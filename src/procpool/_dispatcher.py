@@ -872,8 +872,9 @@ class Dispatcher:
                 else None
             )
             call.worker_done = offset + len(values)
-            self.stats.completed += len(values) - (len(failures) if failures else 0)
-            self.stats.failed += len(failures) if failures else 0
+            if not job.map_future.done():  # a cancelled job's items counted as cancelled
+                self.stats.completed += len(values) - (len(failures) if failures else 0)
+                self.stats.failed += len(failures) if failures else 0
             job.map_future._set_batch(call.start + offset, values, failures)
             if final:
                 self._call_done(worker, call)
@@ -932,9 +933,10 @@ class Dispatcher:
     def _fail_call(self, job: Job, call: Call, first: int, error: BaseException) -> None:
         """Fail a whole call: a single job's future, or every unreported item of a chunk."""
         if isinstance(job, MapJob):
-            for index in range(first, call.stop):
-                job.map_future._set_error(index, error)
-                self.stats.failed += 1
+            if not job.map_future.done():  # else cancelled: counted as such
+                self.stats.failed += call.stop - first
+                for index in range(first, call.stop):
+                    job.map_future._set_error(index, error)
             if job.map_future.done():
                 job.release()
         else:
@@ -1177,7 +1179,10 @@ class Dispatcher:
         self.queue.pop(id(job), None)
         self.stats.cancelled += _items_left(job)
         for worker in list(self.workers.values()):
-            if any(call.job is job for call in worker.outstanding):
+            # Only where the job is running. A call of it read ahead behind another
+            # job's (an imap's next chunk) is left to run, and its replies are
+            # dropped: killing the worker would kill the other job's running item.
+            if worker.outstanding and worker.outstanding[0].job is job:
                 self._kill(worker, "cancelled")
         job.release()
 
