@@ -149,6 +149,23 @@ def test_imap_is_lazy_and_bounded_on_an_endless_generator(pool: procpool.Pool) -
     assert pulled <= 50 + 8
 
 
+def test_imap_buffersize_below_chunksize_still_bounds_the_read_ahead(
+    pool: procpool.Pool,
+) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    it = pool.imap(helpers.square, endless(), chunksize=10, buffersize=3)
+    for consumed in range(1, 31):
+        assert next(it) == (consumed - 1) ** 2
+        assert pulled <= consumed + 3
+
+
 def test_imap_with_chunks_and_unordered(pool: procpool.Pool) -> None:
     xs = list(range(100))
     assert list(pool.imap(helpers.square, xs, chunksize=7)) == [x * x for x in xs]

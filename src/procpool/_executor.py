@@ -244,7 +244,8 @@ class TypedExecutor(Executor, abc.ABC):
         """Lazily apply ``fn`` to each item; yield results in input order.
 
         At most ``buffersize`` items are read ahead of the consumer (default:
-        ``4 * workers * chunksize``), so an endless generator works in bounded
+        ``4 * workers * chunksize``; a larger ``chunksize`` is cut down to
+        ``buffersize``), so an endless generator works in bounded
         memory. An item that raised raises its exception when reached; the iterator
         can be resumed after it with ``next()``. Breaking out of the loop early,
         or dropping the last reference to the iterator, cancels the work not yet

@@ -298,8 +298,9 @@ class Pool(TypedExecutor):
         if buffersize is None:
             buffersize = 4 * self._workers * chunksize
         reporter = make_reporter(progress, None, getattr(fn, "__name__", "imap"))
+        # A buffer smaller than a chunk bounds the chunk, not the other way round.
         feed = _IMapFeed(
-            self, fn, iter(iterable), chunksize, max(buffersize, chunksize), ordered, reporter
+            self, fn, iter(iterable), min(chunksize, buffersize), buffersize, ordered, reporter
         )
         return feed.stream()
 
@@ -329,7 +330,9 @@ class Pool(TypedExecutor):
 
         Args:
             wait: wait until every queued task has finished and the workers exited.
-            cancel_futures: first cancel the work that no worker has started.
+            cancel_futures: first cancel the work that no worker has started. A
+                ``map`` is one future: once a worker has started any of its items,
+                all of it runs (``cancel()`` its future to stop it).
         """
         dispatcher = self._dispatcher
         if cancel_futures:
