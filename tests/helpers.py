@@ -130,6 +130,11 @@ def return_unpicklable() -> Any:
     return threading.Lock()
 
 
+def lock_on(x: int, bad: int = 2) -> Any:
+    """Return x, or a lock (which does not pickle) for ``bad``."""
+    return threading.Lock() if x == bad else x
+
+
 def return_error_at_unpickle() -> Any:
     """Return an object that fails to unpickle in the parent."""
     return ErrorAtUnpickle()

@@ -260,8 +260,11 @@ def test_unpicklable_map_item_fails_only_that_item(pool: procpool.Pool) -> None:
 
 
 def test_unpicklable_map_result_fails_only_that_item(pool: procpool.Pool) -> None:
-    fut = pool.map(helpers.identity, [1, 2, 3])
-    assert fut.result(timeout=30) == [1, 2, 3]
+    fut = pool.map(helpers.lock_on, [1, 2, 3, 4], chunksize=4)  # one chunk
+    with pytest.raises(SerializationError, match="item 1 of map"):
+        fut.result(timeout=30)
+    assert fut._values[0] == 1
+    assert fut._values[2:] == [3, 4]
 
 
 # -- callbacks ------------------------------------------------------------------------
