@@ -166,6 +166,26 @@ def test_imap_buffersize_below_chunksize_still_bounds_the_read_ahead(
         assert pulled <= consumed + 3
 
 
+def test_imap_starts_at_once_and_after_close_yields_what_was_sent(
+    pool: procpool.Pool,
+) -> None:
+    pulled = 0
+
+    def counted() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(100):
+            pulled += 1
+            yield i
+
+    iterator = pool.imap(helpers.square, counted(), buffersize=4)
+    assert pulled == 4  # sent before the first next(), as Executor.map does
+    pool.close()
+    got: list[int] = []
+    with pytest.raises(procpool.PoolClosedError):
+        got.extend(iterator)
+    assert got == [0, 1, 4, 9]
+
+
 def test_imap_with_chunks_and_unordered(pool: procpool.Pool) -> None:
     xs = list(range(100))
     assert list(pool.imap(helpers.square, xs, chunksize=7)) == [x * x for x in xs]

@@ -249,13 +249,16 @@ class TypedExecutor(Executor, abc.ABC):
         memory. An item that raised raises its exception when reached; the iterator
         can be resumed after it with ``next()``. Breaking out of the loop early,
         or dropping the last reference to the iterator, cancels the work not yet
-        started::
+        started. The first ``buffersize`` items are read and sent at once, as
+        :meth:`concurrent.futures.Executor.map` does::
 
             for line in pool.imap(str.upper, open("big.txt")):
                 print(line, end="")
 
         Raises:
-            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``;
+                if the pool closes during the loop, once the items sent before are
+                yielded.
         """
         return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=True)
 

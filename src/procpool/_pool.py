@@ -27,7 +27,7 @@ from . import _messages as m
 from ._channel import encode_call
 from ._context import StartMethod, resolve_context
 from ._dispatcher import Dispatcher, PoolState
-from ._errors import SerializationError
+from ._errors import PoolClosedError, SerializationError
 from ._executor import Options, TypedExecutor, check_count, check_timeout, finite
 from ._future import Future, MapFuture
 from ._jobs import MapJob, SingleJob, Timing, new_call_id
@@ -449,6 +449,9 @@ class _IMapFeed(Generic[R]):
         self._source_error: BaseException | None = None
 
     def stream(self) -> _IMapStream[R]:
+        # The first chunks go out now, as Executor.map and DaskPool.imap send theirs:
+        # the workers start while the caller is still setting up its loop.
+        self._top_up()
         stream = cast("_IMapStream[R]", _IMapStream.from_iterable(self._results()))
         stream._feed = self
         return stream
@@ -485,7 +488,13 @@ class _IMapFeed(Generic[R]):
                 timing=self._timing,
             )
             job.prepare(self._pool._workers)
-            self._pool._dispatcher.add(job, len(chunk))
+            try:
+                self._pool._dispatcher.add(job, len(chunk))
+            except PoolClosedError as exc:
+                # Closed meanwhile: what went out before is still yielded, then this.
+                self._source_error = exc
+                self._source = None
+                return
             self._read += len(chunk)
             self._ahead += len(chunk)
             self._chunks.append(future)
