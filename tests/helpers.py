@@ -141,10 +141,16 @@ def return_error_at_unpickle() -> Any:
 
 
 class UnpicklableError(Exception):
-    """An exception whose __init__ needs two arguments, so it does not unpickle."""
+    """An exception that cannot make the trip back to the parent.
+
+    Its __init__ needs two arguments, so it does not unpickle; and it holds a
+    lock, so it does not pickle either where tblib's exception reducer is
+    installed (importing ``distributed`` does that, and forked workers inherit it).
+    """
 
     def __init__(self, a: int, b: int) -> None:
         super().__init__(f"{a}-{b}")
+        self.lock = threading.Lock()
 
 
 def raise_unpicklable_error() -> None:
