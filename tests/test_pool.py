@@ -133,52 +133,45 @@ def test_worker_pipes_are_widened_so_big_replies_need_no_ping_pong() -> None:
         )
 
 
+class _Counted:
+    """An input (0, 1, 2, ... or ``value`` again and again) that counts what was pulled."""
+
+    def __init__(self, stop: int | None = None, value: int | None = None) -> None:
+        self.pulled = 0
+        self._stop = stop
+        self._value = value
+
+    def __iter__(self) -> Iterator[int]:
+        for i in itertools.count() if self._stop is None else range(self._stop):
+            self.pulled += 1
+            yield i if self._value is None else self._value
+
+
 def test_imap_is_lazy_and_bounded_on_an_endless_generator(pool: procpool.Pool) -> None:
-    pulled = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
-
-    it = pool.imap(helpers.square, endless(), buffersize=8)
+    source = _Counted()
+    it = pool.imap(helpers.square, source, buffersize=8)
     got = [next(it) for _ in range(50)]
     assert got == [i * i for i in range(50)]
     # Read ahead of the consumer by at most buffersize.
-    assert pulled <= 50 + 8
+    assert source.pulled <= 50 + 8
 
 
 def test_imap_buffersize_below_chunksize_still_bounds_the_read_ahead(
     pool: procpool.Pool,
 ) -> None:
-    pulled = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
-
-    it = pool.imap(helpers.square, endless(), chunksize=10, buffersize=3)
+    source = _Counted()
+    it = pool.imap(helpers.square, source, chunksize=10, buffersize=3)
     for consumed in range(1, 31):
         assert next(it) == (consumed - 1) ** 2
-        assert pulled <= consumed + 3
+        assert source.pulled <= consumed + 3
 
 
 def test_imap_starts_at_once_and_after_close_yields_what_was_sent(
     pool: procpool.Pool,
 ) -> None:
-    pulled = 0
-
-    def counted() -> Iterator[int]:
-        nonlocal pulled
-        for i in range(100):
-            pulled += 1
-            yield i
-
-    iterator = pool.imap(helpers.square, counted(), buffersize=4)
-    assert pulled == 4  # sent before the first next(), as Executor.map does
+    source = _Counted(stop=100)
+    iterator = pool.imap(helpers.square, source, buffersize=4)
+    assert source.pulled == 4  # sent before the first next(), as Executor.map does
     pool.close()
     got: list[int] = []
     with pytest.raises(procpool.PoolClosedError):
@@ -222,22 +215,15 @@ def test_imap_close_stops_at_once_even_inside_a_chunk(pool: procpool.Pool) -> No
 def test_imap_breaking_out_of_the_loop_cancels_the_chunks_not_started(
     pool: procpool.Pool,
 ) -> None:
-    pulled = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal pulled
-        while True:
-            pulled += 1
-            yield 20  # each item sleeps 20 ms: too slow to be read ahead
-
+    source = _Counted(value=20)  # each item sleeps 20 ms: too slow to be read ahead
     before = pool.stats().cancelled
-    for index, _ in enumerate(pool.imap(helpers.sleep_item, endless(), buffersize=10)):
+    for index, _ in enumerate(pool.imap(helpers.sleep_item, source, buffersize=10)):
         if index == 1:
             break
-    read = pulled
+    read = source.pulled
     # Ten items were queued, two consumed and at most two running: the rest go.
     assert helpers.wait_for(lambda: pool.stats().cancelled >= before + 5)
-    assert pulled == read  # the input is not read further
+    assert source.pulled == read  # the input is not read further
     assert pool.submit(helpers.square, 3).result(timeout=30) == 9
 
 
