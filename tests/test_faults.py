@@ -110,6 +110,24 @@ def test_items_after_a_crash_in_a_chunk_run_on_another_worker(start_method: str)
     # Items 101..199 never started in the dead worker: they were run again elsewhere.
     values = fut._values
     assert values[101:] == list(range(101, 200))
+    # The item that ran when the worker died is blamed, with the worker's pid.
+    blamed = fut._errors[100]
+    assert isinstance(blamed, WorkerLostError)
+    assert "item 100 of map" in str(blamed)
+    assert blamed.exitcode == 13
+    assert isinstance(blamed.pid, int)
+    assert blamed.pid > 0
+    assert f"pid {blamed.pid}" in str(blamed)
+    # Fast items finished just before, whose results had not left the worker yet,
+    # fail as such (they are not run again); those already sent keep their values.
+    unsent = {i: e for i, e in fut._errors.items() if i < 100}
+    assert unsent
+    for i, exc in unsent.items():
+        assert isinstance(exc, WorkerLostError)
+        assert f"item {i} of map" in str(exc)
+        assert "finished, but its worker" in str(exc)
+        assert "before it sent the result" in str(exc)
+    assert all(values[i] == i for i in range(100) if i not in unsent)
 
 
 # -- time limits ----------------------------------------------------------------------
