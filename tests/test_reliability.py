@@ -35,6 +35,23 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+# -- leaving the interpreter with a pool open -------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_exiting_with_a_pool_open_runs_its_queued_tasks(start_method: str, tmp_path: Path) -> None:
+    out = tmp_path / "lines.txt"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "exit_open.py"), start_method, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "SUBMITTED"
+    assert out.read_text().splitlines() == ["task 0", "task 1", "task 2"]
+
+
 # -- Ctrl-C ---------------------------------------------------------------------------
 
 
