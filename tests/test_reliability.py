@@ -56,9 +56,10 @@ def test_exiting_with_a_pool_open_runs_its_queued_tasks(start_method: str, tmp_p
 
 
 @pytest.mark.timeout(60)
-def test_one_ctrl_c_stops_everything_within_two_seconds(start_method: str) -> None:
+@pytest.mark.parametrize("where", ["inside", "at-end"])  # of the with-block
+def test_one_ctrl_c_stops_everything_within_two_seconds(start_method: str, where: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "interrupt.py"), start_method],
+        [sys.executable, str(SCRIPTS / "interrupt.py"), start_method, where],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -296,6 +296,8 @@ class Dispatcher:
 
         for slot in range(workers):
             self._start_worker(slot)
+        #: Set when the dispatcher thread has stopped the workers and released everything.
+        self._finished = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"{name}-dispatcher", daemon=True)
         self.thread.start()
 
@@ -483,7 +485,14 @@ class Dispatcher:
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the dispatcher (and the callbacks it queued); True if it ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.thread.join(timeout)
+        # Our own event first, not Thread.join alone: before Python 3.13 a
+        # KeyboardInterrupt inside Thread.join marks the thread as stopped while it
+        # still runs, and every later join returns at once, so the with-block's
+        # terminate-then-join after a Ctrl-C would not wait for the workers to go.
+        if threading.current_thread() is not self.thread and not self._finished.wait(timeout):
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.thread.join(remaining)
         if self.thread.is_alive():
             return False
         cb = self._callback_thread
@@ -710,18 +719,21 @@ class Dispatcher:
                 self.state = PoolState.BROKEN
                 self._fail_everything(error, cancel=False)
         finally:
-            with self.lock:
-                self._exiting = True
-            self._stop_workers()
-            with self.lock:
-                self._callbacks_closed = True
-                self._wake_closed = True
-            if self._callback_thread is not None:
-                self._callbacks.put(None)
-            self._waiter.close()
-            self._wakeup.close()
-            if self.segments is not None:
-                self.segments.close()
+            try:
+                with self.lock:
+                    self._exiting = True
+                self._stop_workers()
+                with self.lock:
+                    self._callbacks_closed = True
+                    self._wake_closed = True
+                if self._callback_thread is not None:
+                    self._callbacks.put(None)
+                self._waiter.close()
+                self._wakeup.close()
+                if self.segments is not None:
+                    self.segments.close()
+            finally:
+                self._finished.set()  # join() waits for this, whatever happened above
 
     def _loop(self) -> None:
         lock = self.lock
