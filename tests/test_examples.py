@@ -205,3 +205,35 @@ def test_example_runs_and_prints_expected_output(name: str) -> None:
         else:
             pytest.fail(f"{name}: no line matching {pattern!r} (in order)\n{output}")
     assert "Traceback" not in stderr, output
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+def test_make_demo_job_runs_and_reports_the_failures_it_causes() -> None:
+    # `make demo` runs `python -m procpool demo`: the README's first command.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "procpool", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = [
+        r"  serial:   [\d,]+ primes in [\d.]+ s",
+        r"  procpool: [\d,]+ primes in [\d.]+ s with \d+ workers -> speed-up [\d.]+x",
+        r"  crashed task -> WorkerLostError: task procpool\._demo\.crash_worker: .*",
+        r"  late task    -> TaskTimeoutError: task procpool\._demo\.hang ran longer .*",
+        r"  the other 12 tasks all arrived: 11,301 primes",
+        r"  pool still has \d+ workers \(2 replaced; \d+ tasks completed, 2 failed, "
+        r"1 of them by its time limit\)",
+    ]
+    lines = proc.stdout.splitlines()
+    position = 0
+    for pattern in expected:
+        matches = [i for i in range(position, len(lines)) if re.fullmatch(pattern, lines[i])]
+        assert matches, f"no line matching {pattern!r} (in order)\n{proc.stdout}"
+        position = matches[0] + 1
+    # The serial and the pool count agree.
+    counts = {m.group(1) for line in lines if (m := re.search(r"([\d,]+) primes in", line))}
+    assert len(counts) == 1, proc.stdout

@@ -84,5 +84,5 @@ def main() -> None:
         print(
             f"  pool still has {pool.workers} workers "
             f"({stats.workers_replaced} replaced; {stats.completed} tasks completed, "
-            f"{stats.failed} failed, {stats.timed_out} timed out)"
+            f"{stats.failed} failed, {stats.timed_out} of them by its time limit)"
         )
