@@ -391,10 +391,7 @@ class _Core:
             jobs = [job for job in (self.jobs.pop(key, None) for key in keys) if job is not None]
             if not self.jobs:
                 self.idle.notify_all()
-        for job in jobs:
-            # Ends the futures of a map's chunks too, whose callbacks count the items.
-            job.future._abandon()
-        self.cancel_dask(_unfetched(jobs))
+        self._cancel_jobs(jobs)
 
     def cancel_all(self, state: _State) -> None:
         """Move to ``state`` and cancel every unfinished task, with one call to Dask."""
@@ -404,8 +401,13 @@ class _Core:
             jobs = list(self.jobs.values())
             self.jobs.clear()
             self.idle.notify_all()
+        self._cancel_jobs(jobs)
+
+    def _cancel_jobs(self, jobs: list[_Job]) -> None:
+        """End the futures of jobs already forgotten, then stop their Dask tasks."""
         for job in jobs:
-            job.future._abandon()  # a map's chunk passes this on to its MapFuture
+            # A map's chunk passes this on to its MapFuture; its callback counts the items.
+            job.future._abandon()
         self.cancel_dask(_unfetched(jobs))
 
     def cancel_dask(self, dask_futures: list[Any]) -> None:
