@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 
 import helpers
 import procpool
-from procpool import SerializationError, TaskTimeoutError, WorkerLostError
+from procpool import SerializationError, TaskTimeoutError, WorkerLostError, _worker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -102,32 +103,105 @@ def test_death_inside_a_map_chunk_fails_only_the_running_item(start_method: str)
     assert "slow_crash_on" in str(error)
 
 
+def _outcomes(fut: procpool.MapFuture[int]) -> dict[int, object]:
+    """Each item's value, or its exception, read the public way."""
+    outcomes: dict[int, object] = {}
+    it = iter(fut)
+    for i in itertools.count():
+        try:
+            outcomes[i] = next(it)
+        except StopIteration:
+            return outcomes
+        except WorkerLostError as exc:
+            outcomes[i] = exc
+
+
 def test_items_after_a_crash_in_a_chunk_run_on_another_worker(start_method: str) -> None:
-    with procpool.Pool(2, context=start_method) as pool:
+    # With a retry allowed, the worker marks every item, however fast: exactly the
+    # item that ran when it died is blamed (twice, then it fails).
+    with procpool.Pool(2, context=start_method, retries=1) as pool:
         fut = pool.map(helpers.crash_on, range(200), [100] * 200, chunksize=200)
-        error = fut.exception(timeout=30)
-    assert isinstance(error, WorkerLostError)
+        outcomes = _outcomes(fut)
     # Items 101..199 never started in the dead worker: they were run again elsewhere.
-    values = fut._values
-    assert values[101:] == list(range(101, 200))
+    assert [outcomes[i] for i in range(101, 200)] == list(range(101, 200))
     # The item that ran when the worker died is blamed, with the worker's pid.
-    blamed = fut._errors[100]
+    blamed = outcomes[100]
     assert isinstance(blamed, WorkerLostError)
     assert "item 100 of map" in str(blamed)
+    assert "after 2 attempts" in str(blamed)
     assert blamed.exitcode == 13
     assert isinstance(blamed.pid, int)
     assert blamed.pid > 0
     assert f"pid {blamed.pid}" in str(blamed)
     # Fast items finished just before, whose results had not left the worker yet,
     # fail as such (they are not run again); those already sent keep their values.
-    unsent = {i: e for i, e in fut._errors.items() if i < 100}
+    unsent = {i: e for i, e in outcomes.items() if i < 100 and isinstance(e, BaseException)}
     assert unsent
     for i, exc in unsent.items():
         assert isinstance(exc, WorkerLostError)
         assert f"item {i} of map" in str(exc)
         assert "finished, but its worker" in str(exc)
         assert "before it sent the result" in str(exc)
-    assert all(values[i] == i for i in range(100) if i not in unsent)
+    assert all(outcomes[i] == i for i in range(100) if i not in unsent)
+
+
+def test_a_crash_among_tiny_items_fails_only_the_block_it_was_running(
+    start_method: str,
+) -> None:
+    # Without retries, items of a few µs run a block at a time (at most
+    # _worker.MAX_BLOCK of them), marked once: a death fails that block.
+    n, bad = 5_000, 3_000
+    with procpool.Pool(2, context=start_method) as pool:
+        # A block is cut short after a slow one (a preempted worker); if the
+        # culprit lands there it is blamed alone. Three tries make that moot.
+        for _ in range(3):
+            fut = pool.map(helpers.crash_on, range(n), [bad] * n, chunksize=n)
+            outcomes = _outcomes(fut)
+            failed = sorted(i for i, o in outcomes.items() if isinstance(o, BaseException))
+            block = [i for i in failed if "it was running items" in str(outcomes[i])]
+            if block:
+                break
+    assert bad in failed
+    culprit = outcomes[bad]
+    assert isinstance(culprit, WorkerLostError)
+    assert culprit.exitcode == 13
+    # The block holds the culprit, is contiguous and no larger than a block.
+    assert bad in block
+    assert block == list(range(block[0], block[-1] + 1))
+    assert 1 < len(block) <= _worker.MAX_BLOCK
+    first, last = block[0], block[-1]
+    for i in block:
+        message = str(outcomes[i])
+        assert f"item {i} of map(" in message
+        assert "crash_on, ...)" in message
+        assert f"items {first} to {last} of map(" in message
+        assert "chunksize=1 blames the exact item" in message
+    # Before the block: finished items whose results had not been sent yet.
+    for i in failed:
+        if i < first:
+            assert "finished, but its worker" in str(outcomes[i])
+    # After it: every item ran, on another worker.
+    assert max(failed) == last
+    assert all(outcomes[i] == i for i in range(n) if i not in failed)
+    assert last < n - 1
+
+
+def test_exceptions_among_tiny_items_belong_to_their_own_items(start_method: str) -> None:
+    # Blocks of tiny items run through map() in C; an item that raises must still
+    # be the one that fails, and the rest of its block must still run.
+    n = 5_000
+    bad = frozenset({0, 1, 63, 64, 65, 1_000, 1_001, 2_500, 4_998, 4_999})
+    with procpool.Pool(2, context=start_method) as pool:
+        fut = pool.map(helpers.fail_on, range(n), [bad] * n, chunksize=n)
+        outcomes: list[object] = []
+        it = iter(fut)
+        for _ in range(n):
+            try:
+                outcomes.append(next(it))
+            except ValueError as exc:
+                outcomes.append(exc)
+    assert [i for i, o in enumerate(outcomes) if isinstance(o, ValueError)] == sorted(bad)
+    assert all(outcomes[i] == i for i in range(n) if i not in bad)
 
 
 # -- time limits ----------------------------------------------------------------------

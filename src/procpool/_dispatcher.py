@@ -29,7 +29,8 @@ A worker is sent one call at a time, or two when both are chunks of the same
 started stays in the queue, where it can still be cancelled. A worker processes
 calls strictly in order and marks in shared memory which call and item it is on,
 so when a worker dies, overruns a time limit or runs a cancelled task, exactly one
-item is blamed and everything it had not started is handed to another worker.
+item (or one block of at most ``_worker.MAX_BLOCK`` items of a few µs each) is
+blamed and everything it had not started is handed to another worker.
 """
 
 from __future__ import annotations
@@ -990,6 +991,9 @@ class Dispatcher:
         mark = self._mark
         return mark[base + m.MARK_CALL], mark[base + m.MARK_ITEM], mark[base + m.MARK_SINCE]
 
+    def _block_stop(self, worker: _Worker) -> int:
+        return int(self._mark[worker.slot * m.MARK_WIDTH + m.MARK_STOP])
+
     def _on_exit(self, worker: _Worker) -> None:
         """A worker's sentinel fired: account for its calls, reap it, replace it."""
         self._drain(worker)
@@ -1085,6 +1089,11 @@ class Dispatcher:
         if isinstance(job, MapJob):
             job.in_flight -= 1
             running = head.start + max(mark_item, head.worker_done)
+            # A block of tiny items is marked as a whole (see _worker._run_chunk):
+            # any of it may have been the one running.
+            block_stop = head.start + self._block_stop(worker)
+            if block_stop <= running + 1 or block_stop > head.stop:
+                block_stop = running + 1
             lost_results = range(head.start + head.worker_done, running)
             for index in lost_results:
                 job.map_future._set_error(
@@ -1097,8 +1106,11 @@ class Dispatcher:
                     ),
                 )
                 self.stats.failed += 1
-            job.hand_back(running + 1, head.stop)
-            self._blame(job, head, running, reason, exitcode, pid)
+            job.hand_back(block_stop, head.stop)
+            if block_stop == running + 1:
+                self._blame(job, head, running, reason, exitcode, pid)
+            else:
+                self._blame_block(job, head, running, block_stop, reason, exitcode, pid)
             if job.map_future.done():
                 job.release()
             elif not job.exhausted:
@@ -1153,6 +1165,37 @@ class Dispatcher:
             self.stats.failed += 1
         else:
             self._resolve(job, exception=error)
+
+    def _blame_block(
+        self,
+        job: MapJob,
+        call: Call,
+        start: int,
+        stop: int,
+        reason: str,
+        exitcode: int | None,
+        pid: int | None,
+    ) -> None:
+        """Fail the items of the block of tiny items that was running (no retries:
+        a chunk that may be retried is marked item by item)."""
+        if reason == "cancelled":
+            return
+        block = (
+            f"items {job.base_index + start} to {job.base_index + stop - 1} of map({job.name}, ...)"
+        )
+        for index in range(start, stop):
+            job.map_future._set_error(
+                index,
+                WorkerLostError(
+                    f"{job.describe(call, index)}: its worker (pid {pid}) "
+                    f"{describe_exitcode(exitcode)}; it was running {block}, fast items "
+                    "it runs as one block, so this item or another of them is at fault "
+                    "(chunksize=1 blames the exact item)",
+                    exitcode=exitcode,
+                    pid=pid,
+                ),
+            )
+            self.stats.failed += 1
 
     def _timed_heads(self) -> Iterator[tuple[_Worker, int, float, int, int]]:
         """Each live worker whose current call has a time limit, as (worker, call id,

@@ -263,8 +263,10 @@ class MapJob(Job):
         if self._prepared is not None:
             call, self._prepared = self._prepared, None
             return call
-        kind = (m.STARCHUNK if self.star else m.CHUNK) | (
-            m.TIMED if self.timeout is not None else 0
+        kind = (
+            (m.STARCHUNK if self.star else m.CHUNK)
+            | (m.TIMED if self.timeout is not None else 0)
+            | (m.EXACT if self.retries else 0)
         )
         while True:
             items = self.items

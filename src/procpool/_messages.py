@@ -30,10 +30,13 @@ Worker -> parent (``REPLY_HEADER``: call id, status, seconds spent)::
     Status flag: SHARED_REPLY (a shared-memory header precedes the pickle).
 
 The worker also publishes, in a shared ``marker`` array, which call and which item
-of a chunk it is running and since when. That costs two stores per item instead of
+of a chunk it is running and since when. That costs a store per item instead of
 a message per item, and it is what lets the parent blame exactly one item when a
 worker dies or overruns its time limit, and hand the items after it to another
-worker instead of failing them.
+worker instead of failing them. Items so fast that the store would be a third
+of their cost (a full block of them, see ``_worker.MAX_BLOCK``, runs within
+``BLOCK_TIME``) are marked a block at a time instead: a death then fails the
+block it was running.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ SHARED = 0x20
 #: Or-ed into a chunk's kind: its items have a time limit, so the worker marks
 #: when each item starts (otherwise only when the call starts).
 TIMED = 0x08
+#: Or-ed into a chunk's kind: a death must be blamed on exactly one item (it may
+#: be retried), so the worker marks every item, however fast.
+EXACT = 0x04
 
 # Statuses of a reply.
 OK = 0
@@ -73,9 +79,10 @@ NO_CALL = -1
 
 # Layout of one worker's slot in the shared marker array (int64 each).
 MARK_CALL = 0  # id of the call being run, or -1 between calls
-MARK_ITEM = 1  # index, within a chunk, of the item being run
+MARK_ITEM = 1  # index, within a chunk, of the item (or first item of a block) being run
 MARK_SINCE = 2  # time.monotonic_ns() when that item started
-MARK_WIDTH = 3
+MARK_STOP = 3  # end of the block of tiny items being run, or 0 when items are marked one by one
+MARK_WIDTH = 4
 
 #: How long a worker may hold finished chunk results before sending them. Bounds
 #: the results a death can lose and keeps per-item time limits honest, while tiny
