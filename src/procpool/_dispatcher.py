@@ -1090,7 +1090,8 @@ class Dispatcher:
             job.in_flight -= 1
             running = head.start + max(mark_item, head.worker_done)
             # A block of tiny items is marked as a whole (see _worker._run_chunk):
-            # any of it may have been the one running.
+            # any of it may have been the one running. A bound at or below the
+            # next item is an earlier block's, left behind by per-item marking.
             block_stop = head.start + self._block_stop(worker)
             if block_stop <= running + 1 or block_stop > head.stop:
                 block_stop = running + 1

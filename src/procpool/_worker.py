@@ -223,7 +223,8 @@ def _run_chunk(
                         mark[item_slot] = index
                         append(call(item))
                 else:
-                    mark[stop_slot] = 0
+                    # The bound of an earlier block stays: it is at most this
+                    # item's index, and the parent ignores a bound that low.
                     for index, item in enumerate(items[index:stop], index):  # noqa: B020
                         mark[item_slot] = index
                         append(call(item))
