@@ -52,6 +52,19 @@ def test_map_iteration_streams_in_order_and_raises_at_the_failed_item(
     assert list(it) == [4, 5]
 
 
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_map_iteration_yields_an_item_as_soon_as_it_arrives(
+    pool: procpool.Pool, timeout: float | None
+) -> None:
+    # The iterator waits for its item, not for the map: with the second item
+    # still sleeping, the first one is already there.
+    fut = pool.map(helpers.sleep_item, [0, 5_000], chunksize=1, timeout=timeout)
+    it = iter(fut)
+    assert next(it) == 0
+    assert not fut.done()
+    fut.cancel()
+
+
 def test_map_result_raises_the_first_failed_items_exception(pool: procpool.Pool) -> None:
     fut = pool.map(helpers.fail_on, range(10), itertools.repeat(frozenset({7, 4})))
     with pytest.raises(ValueError, match="bad item 4"):

@@ -367,6 +367,8 @@ class MapFuture(Future[list[R]], Iterator[R]):
         self._errors: dict[int, BaseException] = {}
         self._received = 0
         self._next = 0
+        #: Threads waiting in ``__next__`` for an item (not for the whole map).
+        self._item_waiters = 0
         self._keep = False
         self._released = False
         # Executor.map semantics: the deadline counts from the call, for every item.
@@ -398,7 +400,9 @@ class MapFuture(Future[list[R]], Iterator[R]):
                     self._errors[start + index] = exc
             self._received += len(values)
             complete = self._received >= self._size
-            if not complete:
+            # Only iterators care about single items; a thread in result() waking
+            # for every batch would take the GIL from the dispatcher each time.
+            if not complete and self._item_waiters:
                 self._condition.notify_all()
         self._progressed(len(values))
         if complete:
@@ -438,7 +442,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
             self._values[index] = None
             self._received += 1
             complete = self._received >= self._size
-            if not complete:
+            if not complete and self._item_waiters:
                 self._condition.notify_all()
         self._progressed(1)
         if complete:
@@ -491,7 +495,6 @@ class MapFuture(Future[list[R]], Iterator[R]):
         """
         self._keep_list()
         with self._condition:
-            # Item arrivals notify the condition too: wait until done or out of time.
             self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 raise CancelledError()
@@ -548,12 +551,16 @@ class MapFuture(Future[list[R]], Iterator[R]):
                 if index in self._errors:
                     break
                 if self._deadline is None:
-                    self._condition.wait()
-                    continue
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._condition.wait(remaining)
+                    remaining = None
+                else:
+                    remaining = self._deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                self._item_waiters += 1
+                try:
+                    self._condition.wait(remaining)
+                finally:
+                    self._item_waiters -= 1
             error: BaseException | None = None
             if value is _MISSING and index not in self._errors:
                 timed_out = True
