@@ -81,7 +81,7 @@ NO_CALL = -1
 MARK_CALL = 0  # id of the call being run, or -1 between calls
 MARK_ITEM = 1  # index, within a chunk, of the item (or first item of a block) being run
 MARK_SINCE = 2  # time.monotonic_ns() when that item started
-MARK_STOP = 3  # end of the block of tiny items being run, or 0 when items are marked one by one
+MARK_STOP = 3  # end of the block of tiny items being run; at most MARK_ITEM + 1: one item
 MARK_WIDTH = 4
 
 #: How long a worker may hold finished chunk results before sending them. Bounds
