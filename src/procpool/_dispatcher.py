@@ -991,9 +991,6 @@ class Dispatcher:
         mark = self._mark
         return mark[base + m.MARK_CALL], mark[base + m.MARK_ITEM], mark[base + m.MARK_SINCE]
 
-    def _block_stop(self, worker: _Worker) -> int:
-        return int(self._mark[worker.slot * m.MARK_WIDTH + m.MARK_STOP])
-
     def _on_exit(self, worker: _Worker) -> None:
         """A worker's sentinel fired: account for its calls, reap it, replace it."""
         self._drain(worker)
@@ -1092,26 +1089,36 @@ class Dispatcher:
             # A block of tiny items is marked as a whole (see _worker._run_chunk):
             # any of it may have been the one running. A bound at or below the
             # next item is an earlier block's, left behind by per-item marking.
-            block_stop = head.start + self._block_stop(worker)
-            if block_stop <= running + 1 or block_stop > head.stop:
-                block_stop = running + 1
-            lost_results = range(head.start + head.worker_done, running)
-            for index in lost_results:
-                job.map_future._set_error(
-                    index,
-                    WorkerLostError(
-                        f"{job.describe(head, index)} finished, but its worker (pid {pid}) "
-                        f"was stopped ({reason}) before it sent the result",
-                        exitcode=exitcode,
-                        pid=pid,
-                    ),
-                )
-                self.stats.failed += 1
+            mark_stop = self._mark[worker.slot * m.MARK_WIDTH + m.MARK_STOP]
+            block_stop = max(head.start + mark_stop, running + 1)
+            self._lose(
+                job,
+                head,
+                range(head.start + head.worker_done, running),
+                f" finished, but its worker (pid {pid}) was stopped ({reason}) before it "
+                "sent the result",
+                exitcode,
+                pid,
+            )
             job.hand_back(block_stop, head.stop)
             if block_stop == running + 1:
                 self._blame(job, head, running, reason, exitcode, pid)
             else:
-                self._blame_block(job, head, running, block_stop, reason, exitcode, pid)
+                # Never a retry or a time limit: such chunks are marked item by item.
+                block = (
+                    f"items {job.base_index + running} to {job.base_index + block_stop - 1} "
+                    f"of map({job.name}, ...)"
+                )
+                self._lose(
+                    job,
+                    head,
+                    range(running, block_stop),
+                    f": its worker (pid {pid}) {describe_exitcode(exitcode)}; it was running "
+                    f"{block}, fast items it runs as one block, so this item or another of "
+                    "them is at fault (chunksize=1 blames the exact item)",
+                    exitcode,
+                    pid,
+                )
             if job.map_future.done():
                 job.release()
             elif not job.exhausted:
@@ -1167,36 +1174,22 @@ class Dispatcher:
         else:
             self._resolve(job, exception=error)
 
-    def _blame_block(
+    def _lose(
         self,
         job: MapJob,
         call: Call,
-        start: int,
-        stop: int,
-        reason: str,
+        indices: range,
+        why: str,
         exitcode: int | None,
         pid: int | None,
     ) -> None:
-        """Fail the items of the block of tiny items that was running (no retries:
-        a chunk that may be retried is marked item by item)."""
-        if reason == "cancelled":
-            return
-        block = (
-            f"items {job.base_index + start} to {job.base_index + stop - 1} of map({job.name}, ...)"
-        )
-        for index in range(start, stop):
+        """Fail map items with a ``WorkerLostError`` saying which item and ``why``."""
+        for index in indices:
             job.map_future._set_error(
                 index,
-                WorkerLostError(
-                    f"{job.describe(call, index)}: its worker (pid {pid}) "
-                    f"{describe_exitcode(exitcode)}; it was running {block}, fast items "
-                    "it runs as one block, so this item or another of them is at fault "
-                    "(chunksize=1 blames the exact item)",
-                    exitcode=exitcode,
-                    pid=pid,
-                ),
+                WorkerLostError(f"{job.describe(call, index)}{why}", exitcode=exitcode, pid=pid),
             )
-            self.stats.failed += 1
+        self.stats.failed += len(indices)
 
     def _timed_heads(self) -> Iterator[tuple[_Worker, int, float, int, int]]:
         """Each live worker whose current call has a time limit, as (worker, call id,
