@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import signal
@@ -86,34 +85,28 @@ def test_worker_killed_from_outside_fails_only_its_task(
         assert bystander.result(timeout=30) == "alive"
 
 
+def _outcomes(fut: procpool.MapFuture[int]) -> list[object]:
+    """Each item's value, or the exception it raised, read the public way (iterating)."""
+    outcomes: list[object] = []
+    it = iter(fut)
+    while True:
+        try:
+            outcomes.append(next(it))
+        except StopIteration:
+            return outcomes
+        except Exception as exc:
+            outcomes.append(exc)
+
+
 def test_death_inside_a_map_chunk_fails_only_the_running_item(start_method: str) -> None:
     with procpool.Pool(2, context=start_method) as pool:
         fut = pool.map(helpers.slow_crash_on, range(12), [5] * 12, chunksize=12)
-        outcomes: list[object] = []
-        it = iter(fut)
-        for _ in range(12):
-            try:
-                outcomes.append(next(it))
-            except WorkerLostError as exc:
-                outcomes.append(exc)
+        outcomes = _outcomes(fut)
     assert [o for i, o in enumerate(outcomes) if i != 5] == [i for i in range(12) if i != 5]
     error = outcomes[5]
     assert isinstance(error, WorkerLostError)
     assert "item 5 of map" in str(error)
     assert "slow_crash_on" in str(error)
-
-
-def _outcomes(fut: procpool.MapFuture[int]) -> dict[int, object]:
-    """Each item's value, or its exception, read the public way."""
-    outcomes: dict[int, object] = {}
-    it = iter(fut)
-    for i in itertools.count():
-        try:
-            outcomes[i] = next(it)
-        except StopIteration:
-            return outcomes
-        except WorkerLostError as exc:
-            outcomes[i] = exc
 
 
 def test_items_after_a_crash_in_a_chunk_run_on_another_worker(start_method: str) -> None:
@@ -135,7 +128,7 @@ def test_items_after_a_crash_in_a_chunk_run_on_another_worker(start_method: str)
     assert f"pid {blamed.pid}" in str(blamed)
     # Fast items finished just before, whose results had not left the worker yet,
     # fail as such (they are not run again); those already sent keep their values.
-    unsent = {i: e for i, e in outcomes.items() if i < 100 and isinstance(e, BaseException)}
+    unsent = {i: e for i, e in enumerate(outcomes) if i < 100 and isinstance(e, BaseException)}
     assert unsent
     for i, exc in unsent.items():
         assert isinstance(exc, WorkerLostError)
@@ -157,7 +150,7 @@ def test_a_crash_among_tiny_items_fails_only_the_block_it_was_running(
         for _ in range(3):
             fut = pool.map(helpers.crash_on, range(n), [bad] * n, chunksize=n)
             outcomes = _outcomes(fut)
-            failed = sorted(i for i, o in outcomes.items() if isinstance(o, BaseException))
+            failed = sorted(i for i, o in enumerate(outcomes) if isinstance(o, BaseException))
             block = [i for i in failed if "it was running items" in str(outcomes[i])]
             if block:
                 break
@@ -193,13 +186,7 @@ def test_exceptions_among_tiny_items_belong_to_their_own_items(start_method: str
     bad = frozenset({0, 1, 63, 64, 65, 1_000, 1_001, 2_500, 4_998, 4_999})
     with procpool.Pool(2, context=start_method) as pool:
         fut = pool.map(helpers.fail_on, range(n), [bad] * n, chunksize=n)
-        outcomes: list[object] = []
-        it = iter(fut)
-        for _ in range(n):
-            try:
-                outcomes.append(next(it))
-            except ValueError as exc:
-                outcomes.append(exc)
+        outcomes = _outcomes(fut)
     assert [i for i, o in enumerate(outcomes) if isinstance(o, ValueError)] == sorted(bad)
     assert all(outcomes[i] == i for i in range(n) if i not in bad)
 
