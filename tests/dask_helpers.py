@@ -101,3 +101,25 @@ def worker_address() -> str:
     import distributed
 
     return str(distributed.get_worker().address)
+
+
+def die_once_then_sleep(marker: str, seconds: float) -> float:
+    """End the worker the first time (``marker`` does not exist yet); then sleep."""
+    if not os.path.exists(marker):
+        with open(marker, "x"):
+            pass
+        os._exit(3)
+    time.sleep(seconds)
+    return seconds
+
+
+class Blob:
+    """A weak-referenceable result."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def make_blob(n: int) -> Blob:
+    """Return Blob(n)."""
+    return Blob(n)

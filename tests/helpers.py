@@ -280,3 +280,22 @@ def fast_then_slow(x: int, seconds: float) -> int:
     if x > 0:
         time.sleep(seconds)
     return x
+
+
+def touch(path: str) -> str:
+    """Create an empty file at ``path`` (a visible trace that the task ran)."""
+    with open(path, "x"):
+        pass
+    return path
+
+
+class Blob:
+    """A weak-referenceable result (bpo-14406: the pool must not keep it alive)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def make_blob(n: int) -> Blob:
+    """Return Blob(n)."""
+    return Blob(n)

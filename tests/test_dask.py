@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import itertools
 import math
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -223,6 +225,88 @@ def test_a_callback_may_wait_for_another_future_of_the_pool(pool: DaskPool) -> N
     # Runs on the pool's callback thread; on Dask's own callback thread it would deadlock.
     chained = pool.submit(h.square, 2).then(lambda x: pool.submit(h.square, x).result(timeout=30))
     assert chained.result(timeout=30) == 16
+
+
+def test_a_callback_may_wait_for_a_then_future_of_the_pool(pool: DaskPool) -> None:
+    # A then-future is resolved by a callback: the waiting callback hands its thread over.
+    derived = pool.submit(h.sleep_then, 0.3, 4).then(lambda x: x * 10)
+    waited = pool.submit(h.square, 1).then(lambda _: derived.result(timeout=30))
+    assert waited.result(timeout=30) == 40
+
+
+@pytest.mark.parametrize("how", ["shutdown", "close-join", "with-block"])
+def test_a_callback_can_shut_down_its_dask_pool(dask_client: Any, how: str) -> None:
+    pool = DaskPool(dask_client)
+    finished = threading.Event()
+    outcome: list[object] = []
+
+    def stop(_: procpool.Future[int]) -> None:
+        try:
+            if how == "shutdown":
+                pool.shutdown(wait=True)
+            elif how == "close-join":
+                pool.close()
+                outcome.append(pool.join())
+            else:
+                with pool:
+                    pass
+        finally:
+            finished.set()
+
+    others = [pool.submit(h.sleep_then, 0.2, i) for i in range(3)]
+    pool.submit(h.square, 2).add_done_callback(stop)
+    assert finished.wait(30)
+    assert outcome in ([], [True])
+    assert pool.join(timeout=30)
+    assert [f.result(timeout=0) for f in others] == [0, 1, 2]
+
+
+def test_cancelling_a_map_reaches_a_chunk_that_was_retried(dask_client: Any, tmp_path: Any) -> None:
+    pool = DaskPool(dask_client, retries=1)
+    try:
+        mapped = pool.map(h.die_once_then_sleep, [str(tmp_path / "died")], [6.0], chunksize=1)
+        deadline = time.monotonic() + 60
+        while pool.stats().retried < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.stats().retried == 1
+        assert mapped.cancel()
+        pool.close()
+        # Nothing of the map is left to wait for: the retried task was cancelled too.
+        assert pool.join(timeout=3)
+    finally:
+        pool.terminate()
+        pool.join(30)
+        dask_client.wait_for_workers(2, timeout=60)
+
+
+def test_cancelling_an_imap_reaches_a_chunk_that_was_retried(
+    dask_client: Any, tmp_path: Any
+) -> None:
+    pool = DaskPool(dask_client, retries=1)
+    try:
+        stream = pool.imap(functools.partial(h.die_once_then_sleep, str(tmp_path / "died")), [6.0])
+        deadline = time.monotonic() + 60
+        while pool.stats().retried < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.stats().retried == 1
+        stream.close()  # type: ignore[attr-defined]
+        pool.close()
+        assert pool.join(timeout=3)
+    finally:
+        pool.terminate()
+        pool.join(30)
+        dask_client.wait_for_workers(2, timeout=60)
+
+
+def test_map_iteration_keeps_no_yielded_result_alive(pool: DaskPool) -> None:
+    for results in (pool.map(h.make_blob, range(6), chunksize=2), pool.imap(h.make_blob, range(6))):
+        alive = []
+        for blob in results:
+            ref = weakref.ref(blob)
+            del blob
+            gc.collect()
+            alive.append(ref() is not None)
+        assert not any(alive)
 
 
 def test_await_gives_the_result(pool: DaskPool) -> None:

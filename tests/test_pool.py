@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import itertools
+import math
 import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +93,27 @@ def test_map_list_after_iteration_released_items_is_an_invalid_state(
     assert next(fut) == 0
     with pytest.raises(concurrent.futures.InvalidStateError, match="iterat"):
         fut.result()
+
+
+@pytest.mark.parametrize("kind", ["map", "imap", "imap-chunks", "imap_unordered"])
+def test_iteration_keeps_no_yielded_result_alive(start_method: str, kind: str) -> None:
+    """CPython's bpo-14406 test: a yielded result dropped by the caller is gone."""
+    with procpool.Pool(2, context=start_method) as pool:
+        if kind == "map":
+            results: Iterator[helpers.Blob] = pool.map(helpers.make_blob, range(10))
+        elif kind == "imap":
+            results = pool.imap(helpers.make_blob, range(10))
+        elif kind == "imap-chunks":
+            results = pool.imap(helpers.make_blob, range(10), chunksize=3)
+        else:
+            results = pool.imap_unordered(helpers.make_blob, range(10), chunksize=2)
+        alive = []
+        for blob in results:
+            ref = weakref.ref(blob)
+            del blob
+            gc.collect()
+            alive.append(ref() is not None)
+        assert not any(alive)
 
 
 def test_map_iterated_after_result_keeps_the_list(pool: procpool.Pool) -> None:
@@ -228,7 +253,9 @@ def test_imap_close_stops_at_once_even_inside_a_chunk(pool: procpool.Pool) -> No
 def test_imap_breaking_out_of_the_loop_cancels_the_chunks_not_started(
     pool: procpool.Pool,
 ) -> None:
-    source = _Counted(value=20)  # each item sleeps 20 ms: too slow to be read ahead
+    # Each item sleeps 300 ms: too slow to be read ahead, and slow enough that none
+    # but the first ones end before the break, however loaded the machine.
+    source = _Counted(value=300)
     before = pool.stats().cancelled
     for index, _ in enumerate(pool.imap(helpers.sleep_item, source, buffersize=10)):
         if index == 1:
@@ -351,6 +378,50 @@ def test_cancel_queued_future_never_runs(tmp_path: object, start_method: str) ->
     assert not os.path.exists(path)
 
 
+def test_futures_cancelled_before_a_worker_had_them_never_run(
+    start_method: str, tmp_path: Path
+) -> None:
+    """A cancel storm against freeing workers: what no worker had when cancelled never runs.
+
+    Each cancel aims at the head of the queue, the future a freeing worker is about
+    to take, with the GIL handed between threads every microsecond. ``_cancel_pending``
+    cancels only a future no worker has been handed (what ``shutdown(cancel_futures=True)``
+    uses). Before the fix, ~100 of ~500 such futures ran under each start method.
+    """
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with procpool.Pool(2, context=start_method) as pool:
+            futures = [pool.submit(helpers.touch, str(tmp_path / str(i))) for i in range(1500)]
+            cancelled: set[int] = set()
+            for i in range(2, len(futures), 3):
+                before = futures[i - 1]
+                while not (before.running() or before.done()):
+                    pass
+                if futures[i]._cancel_pending():
+                    cancelled.add(i)
+    finally:
+        sys.setswitchinterval(interval)
+    ran = {int(p.name) for p in tmp_path.iterdir()}
+    assert cancelled, "the storm came too late to cancel anything"
+    assert not ran & cancelled
+    assert ran == {i for i, f in enumerate(futures) if not f.cancelled()}
+
+
+def test_shutdown_cancel_futures_from_another_thread_never_starts_what_it_cancels(
+    start_method: str, tmp_path: Path
+) -> None:
+    pool = procpool.Pool(2, context=start_method)
+    futures = [pool.submit(helpers.touch, str(tmp_path / str(i))) for i in range(1500)]
+    stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True})
+    stopper.start()
+    stopper.join(30)
+    assert pool.join(timeout=30)
+    ran = {int(p.name) for p in tmp_path.iterdir()}
+    assert ran == {i for i, f in enumerate(futures) if not f.cancelled()}
+    assert all(f.done() for f in futures)
+
+
 def test_cancel_running_future_kills_its_worker_and_spares_others(
     pool: procpool.Pool, tmp_path: object
 ) -> None:
@@ -426,6 +497,66 @@ def test_shutdown_cancel_futures_cancels_queued_work(start_method: str) -> None:
     assert all(f.cancelled() for f in rest)
 
 
+def test_bool_counts_are_rejected_in_map_and_imap(pool: procpool.Pool) -> None:
+    with pytest.raises(ValueError, match="chunksize"):
+        pool.map(helpers.square, [1], chunksize=True)
+    with pytest.raises(ValueError, match="buffersize"):
+        pool.imap(helpers.square, [1], buffersize=True)
+
+
+def test_infinite_timeouts_mean_no_limit_and_nan_is_rejected(pool: procpool.Pool) -> None:
+    assert pool.submit(helpers.square, 3).result(timeout=math.inf) == 9
+    assert pool.submit(helpers.square, 3).exception(timeout=math.inf) is None
+    assert pool.map(helpers.square, [1, 2]).result(timeout=math.inf) == [1, 4]
+    assert list(pool.map(helpers.square, [1, 2], timeout=math.inf)) == [1, 4]
+    assert pool.options(timeout=math.inf).submit(helpers.square, 2).result() == 4
+    for waiting in (pool.submit(helpers.sleep_then, 0.2), pool.map(helpers.sleep_item, [200])):
+        with pytest.raises(ValueError, match="nan"):
+            waiting.result(timeout=math.nan)
+        with pytest.raises(ValueError, match="nan"):
+            waiting.exception(timeout=math.nan)
+    with pytest.raises(ValueError, match="timeout"):
+        pool.map(helpers.square, [1], timeout=math.nan)
+
+
+def test_join_says_whether_the_pool_finished(start_method: str) -> None:
+    pool = procpool.Pool(1, context=start_method)
+    pool.submit(helpers.sleep_then, 1.0)
+    pool.close()
+    assert pool.join(timeout=0.05) is False
+    assert pool.join(timeout=math.inf) is True
+    assert pool.join(timeout=0) is True
+
+
+def test_stats_snapshots_are_consistent_while_work_runs(start_method: str) -> None:
+    """Every snapshot is read at one moment: never more outcomes than submissions."""
+    snapshots: list[procpool.PoolStats] = []
+    stop = threading.Event()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave inside the reading of a snapshot
+    with procpool.Pool(2, context=start_method) as pool:
+
+        def watch() -> None:
+            while not stop.is_set():
+                snapshots.append(pool.stats())
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            for _ in range(20):
+                futures = [pool.submit(helpers.square, i) for i in range(100)]
+                pool.map(helpers.square, range(500)).result(timeout=30)
+                for f in futures:
+                    f.result(timeout=30)
+        finally:
+            stop.set()
+            watcher.join()
+            sys.setswitchinterval(interval)
+    bad = [s for s in snapshots if s.completed + s.failed + s.cancelled > s.submitted]
+    assert snapshots
+    assert not bad, bad[:3]
+
+
 def test_join_while_running_is_an_error() -> None:
     with procpool.Pool(1) as pool, pytest.raises(ValueError, match="close"):
         pool.join()
@@ -440,6 +571,11 @@ def test_join_while_running_is_an_error() -> None:
         ({"task_timeout": -1}, "task_timeout"),
         ({"max_tasks_per_worker": 0}, "max_tasks_per_worker"),
         ({"retries": -1}, "retries"),
+        ({"workers": True}, "workers"),
+        ({"workers": 10**9}, "at most"),
+        ({"max_tasks_per_worker": True}, "max_tasks_per_worker"),
+        ({"retries": False}, "retries"),
+        ({"task_timeout": math.nan}, "task_timeout"),
     ],
 )
 def test_bad_arguments_raise_value_error_at_once(kwargs: dict[str, object], message: str) -> None:

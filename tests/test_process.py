@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import time
 
 import pytest
@@ -60,6 +61,27 @@ def test_join_with_timeout_returns_while_the_process_runs() -> None:
     assert time.monotonic() - started < 0.9
     assert handle.is_alive()
     assert handle.result(timeout=30) == "late"
+
+
+def test_join_with_timeout_waits_at_most_that_long_in_all() -> None:
+    """Not ``timeout`` for the process and again for the watcher (was up to twice)."""
+    handle = procpool.spawn(helpers.sleep_then, 2.0, "done")
+    # Callbacks of a spawned process run on its watcher thread: this one holds it.
+    handle.add_done_callback(lambda _: time.sleep(6))
+    started = time.monotonic()
+    handle.join(timeout=3.0)
+    # Twice the timeout would be 2 s (the process) + 3 s (the watcher) here.
+    assert time.monotonic() - started < 3.0 + 0.8
+    assert handle.result(timeout=30) == "done"
+
+
+def test_join_timeout_inf_waits_and_nan_is_rejected() -> None:
+    handle = procpool.spawn(helpers.sleep_then, 0.1, "done")
+    with pytest.raises(ValueError, match="nan"):
+        handle.join(timeout=math.nan)
+    handle.join(timeout=math.inf)
+    assert not handle.is_alive()
+    assert handle.result(timeout=0) == "done"
 
 
 def test_cancel_kills_a_spawned_process() -> None:

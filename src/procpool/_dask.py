@@ -65,6 +65,7 @@ from typing import Any, TypeVar, cast
 
 from typing_extensions import ParamSpec, Self
 
+from ._callbacks import CallbackRunner, before_blocking
 from ._errors import (
     PoolClosedError,
     RemoteTraceback,
@@ -219,13 +220,11 @@ class _State(enum.Enum):
 class _Threads:
     """A few daemon threads that run thunks from one queue, started on first use.
 
-    The pool has two sets. One thread runs the user's future callbacks, in order:
-    Dask runs done-callbacks on a single thread shared by every Dask future in the
-    process, and a user callback that waits for another future of this pool would
-    block the very thread that must resolve it. And a few threads fetch results
-    from the workers: a fetch is a network round trip, and one that stalls (Dask
-    can, when a result is released while it is being fetched) must not hold up
-    the others, nor Dask's callback thread.
+    They fetch results from the workers: a fetch is a network round trip, and one
+    that stalls (Dask can, when a result is released while it is being fetched)
+    must not hold up the others, nor Dask's callback thread, which runs the
+    done-callbacks of every Dask future in the process. (The user's callbacks run
+    on a :class:`CallbackRunner` of their own, for the same reason.)
     """
 
     def __init__(self, name: str, size: int) -> None:
@@ -274,13 +273,6 @@ class _Threads:
             for _ in self._threads:
                 self._queue.put(None)
 
-    def join(self, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            # A callback that calls pool.join() must not wait for itself.
-            if thread is not threading.current_thread():
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
 
 @dataclass
 class _Job:
@@ -291,6 +283,10 @@ class _Job:
     future: Future[Any]
     retries_left: int
     retry_timeouts: bool
+    #: The job's key in ``_Core.jobs``: the Dask key of its first submission. A
+    #: retry gets a new Dask key but keeps this one, so that whoever holds it
+    #: (a cancel hook, an imap) cancels the retried task too.
+    id: str = ""
     dask_future: Any = None
     #: Set (under the core's lock) when a fetch thread starts fetching the result.
     fetching: bool = False
@@ -330,7 +326,7 @@ class _Core:
         # whose last future is garbage-collected); the entry goes as soon as the task
         # is done, so neither futures nor inputs pile up.
         self.jobs: dict[str, _Job] = {}
-        self.callbacks = _Threads(f"procpool-dask-callbacks-{id(self):x}", 1)
+        self.callbacks = CallbackRunner(f"procpool-dask-{id(self):x}")
         self.fetchers = _Threads(f"procpool-dask-fetch-{id(self):x}", 4)
         self.counters = _Counters()
 
@@ -365,6 +361,7 @@ class _Core:
         return key or "", fut
 
     def _submit_locked(self, job: _Job) -> str | None:
+        """Submit ``job`` (again) and record it under its id; None if it would not pickle."""
         # Explicit unique key: pure=False alone would do, but the key also names the
         # task on the dashboard after the user's function instead of a procpool helper.
         key = f"{job.name}-{uuid.uuid4().hex}"
@@ -379,8 +376,9 @@ class _Core:
                 )
             )
             return None
-        self.jobs[key] = job
-        return key
+        job.id = job.id or key
+        self.jobs[job.id] = job
+        return job.id
 
     def _watch(self, key: str, job: _Job) -> None:
         job.dask_future.add_done_callback(functools.partial(self.on_dask_done, key))
@@ -430,6 +428,8 @@ class _Core:
         """Resolve a job's future from its finished Dask future, or submit it again."""
         with self.lock:
             job = self.jobs.get(key)
+            if job is not None and job.dask_future is not dask_future:
+                job = None  # an earlier attempt's, which a retry replaced
             if job is not None:
                 job.fetching = True
         if job is None:  # cancelled or terminated meanwhile: its future is already done
@@ -459,18 +459,19 @@ class _Core:
         if not due or job.retries_left <= 0:
             return False
         with self.lock:
-            if self.jobs.pop(key, None) is None or self.state is _State.TERMINATED:
+            # Under the lock, with the job left in ``jobs``: a cancel either came
+            # first (the job is gone) or finds the new Dask future to cancel.
+            if self.jobs.get(key) is not job or self.state is _State.TERMINATED:
                 return False
             job.retries_left -= 1
             job.fetching = False
-            new_key = self._submit_locked(job)
-        if new_key is None:
-            return True  # _submit_locked failed the future
+            if self._submit_locked(job) is None:
+                self.jobs.pop(key, None)
+                if not self.jobs:
+                    self.idle.notify_all()
+                return True  # _submit_locked failed the future
         self.counters.add(retried=1)
-        job.future._cancel_hook = lambda _was_running: self.cancel_keys([new_key])
-        if job.future.cancelled():  # cancelled while being resubmitted: the hook came too late
-            self.cancel_keys([new_key])
-        self._watch(new_key, job)
+        self._watch(key, job)
         return True
 
     def _outcome(self, job: _Job, dask_future: Any) -> _Value | _Cancelled | BaseException:
@@ -528,9 +529,9 @@ def _unfetched(jobs: list[_Job]) -> list[Any]:
     return [job.dask_future for job in jobs if not job.fetching]
 
 
-def _drop(client: Any, *threads: _Threads) -> None:
-    for thread_set in threads:
-        thread_set.close()
+def _drop(client: Any, *closers: Callable[[], None]) -> None:
+    for close in closers:
+        close()
     if client is None:
         return
     try:
@@ -625,7 +626,9 @@ class DaskPool(TypedExecutor):
         # tasks in flight (which hold the core) are gone, stop its threads and close
         # the client it made.
         core = self._core
-        weakref.finalize(core, _drop, client if owns else None, core.fetchers, core.callbacks)
+        weakref.finalize(
+            core, _drop, client if owns else None, core.fetchers.close, core.callbacks.close
+        )
 
     # -- public -------------------------------------------------------------------------
 
@@ -733,30 +736,44 @@ class DaskPool(TypedExecutor):
         core.callbacks.close()
         core.release_client()
 
-    def join(self, timeout: float | None = None) -> None:
+    def join(self, timeout: float | None = None) -> bool:
         """Wait until every task is done, after :meth:`close` or :meth:`terminate`.
 
         Then the callbacks of those futures have run, and a client the pool made is
-        closed. With a ``timeout``, return after at most that long.
+        closed. A callback may call ``join()`` on its own pool: it waits for
+        everything but itself.
+
+        Args:
+            timeout: seconds to wait at most; None or ``math.inf``: no limit.
+
+        Returns:
+            True if everything has ended, False if ``timeout`` passed first.
 
         Raises:
             ValueError: if the pool is still running (call close() first).
         """
         check_timeout("timeout", timeout)
+        timeout = finite(timeout)
         core = self._core
         deadline = None if timeout is None else time.monotonic() + timeout
+        before_blocking()
+        core.callbacks.leave_pending()
         with core.lock:
             if core.state is _State.RUNNING:
                 raise ValueError("join() needs close() or terminate() first: the pool is running")
             while core.jobs:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return
+                    return False
                 core.idle.wait(remaining)
         core.fetchers.close()
         core.callbacks.close()
-        core.callbacks.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        core.release_client()
+        done = core.callbacks.join(
+            None if deadline is None else max(0.0, deadline - time.monotonic())
+        )
+        if done:
+            core.release_client()
+        return done
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As :meth:`concurrent.futures.Executor.shutdown`: close, optionally wait.

@@ -42,7 +42,6 @@ import itertools
 import logging
 import os
 import pickle
-import queue
 import select
 import struct
 import sys
@@ -57,6 +56,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from . import _messages as m
+from ._callbacks import CallbackRunner, before_blocking
 from ._context import new_process
 from ._errors import (
     PoolClosedError,
@@ -290,10 +290,8 @@ class Dispatcher:
         self.workers: dict[int, _Worker] = {}
         self._startup_failures = 0
 
-        self._callbacks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._callback_thread: threading.Thread | None = None
-        self._callbacks_pending = 0
-        self._callbacks_closed = False
+        #: Runs the futures' callbacks; the loop waits for them before a close ends.
+        self.callbacks = CallbackRunner(name, after_each=self.wake)
 
         for slot in range(workers):
             self._start_worker(slot)
@@ -323,11 +321,7 @@ class Dispatcher:
             return True
         # A callback of this pool may chain more work while the pool is closing:
         # close() + join() still waits for it, so nothing is lost.
-        return (
-            self.state is PoolState.CLOSED
-            and threading.current_thread() is self._callback_thread
-            and not self._exiting
-        )
+        return self.state is PoolState.CLOSED and self.callbacks.is_mine() and not self._exiting
 
     def check_open(self) -> None:
         """Raise if the pool takes no new work (thread-safe)."""
@@ -344,7 +338,7 @@ class Dispatcher:
     def add(self, job: Job, count: int = 1) -> None:
         """Queue a job (thread-safe)."""
         fut = job.future
-        fut._callback_runner = self.run_callback
+        fut._callback_runner = self.callbacks
         fut._cancel_hook = lambda was_running: self.command(lambda: self._cancel_job(job))
         with self.lock:
             self.check_open()
@@ -484,8 +478,14 @@ class Dispatcher:
         self.wake()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the dispatcher (and the callbacks it queued); True if it ended."""
+        """Wait for the dispatcher and the callbacks it queued; True if all ended.
+
+        Thread-safe, and safe from a callback: a callback that joins its own pool
+        does not wait for itself (see :mod:`._callbacks`).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        before_blocking()  # on a callback thread (of any pool), let another take its queue
+        self.callbacks.leave_pending()
         # Our own event first, not Thread.join alone: before Python 3.13 a
         # KeyboardInterrupt inside Thread.join marks the thread as stopped while it
         # still runs, and every later join returns at once, so the with-block's
@@ -493,47 +493,32 @@ class Dispatcher:
         if threading.current_thread() is not self.thread and not self._finished.wait(timeout):
             return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self.thread.join(remaining)
-        if self.thread.is_alive():
-            return False
-        cb = self._callback_thread
-        if cb is not None and cb is not threading.current_thread():
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            cb.join(remaining)
-            if cb.is_alive():
+        if threading.current_thread() is not self.thread:
+            self.thread.join(remaining)
+            if self.thread.is_alive():
                 return False
-        return True
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.callbacks.join(remaining)
 
-    def run_callback(self, thunk: Callable[[], None]) -> None:
-        """Run future callbacks on the callback thread (inline once the pool is gone)."""
+    def cancel_queued(self) -> None:
+        """Cancel every future whose work no worker has started (thread-safe).
+
+        Runs here, in the calling thread: a future's state decides under its own
+        lock, so a worker is never handed a future cancelled here (see ``_send``).
+        """
         with self.lock:
-            if self._callbacks_closed:
-                inline = True
-            else:
-                inline = False
-                self._callbacks_pending += 1
-                if self._callback_thread is None:
-                    self._callback_thread = threading.Thread(
-                        target=self._callback_loop, name=f"{self.name}-callbacks", daemon=True
-                    )
-                    self._callback_thread.start()
-                self._callbacks.put(thunk)
-        if inline:
-            thunk()
+            jobs = list(self.queue.values())
+        for job in jobs:
+            # A map some of whose chunks run is one running future: it goes on.
+            job.future._cancel_pending()
 
-    def _callback_loop(self) -> None:
-        while True:
-            thunk = self._callbacks.get()
-            if thunk is None:
-                return
-            try:
-                thunk()
-            except BaseException:  # pragma: no cover - _SafeCallback logs already
-                LOGGER.exception("error in a future callback")
-            with self.lock:
-                self._callbacks_pending -= 1
-            del thunk
-            self.wake()
+    def snapshot(self) -> Stats:
+        """A consistent copy of the counters (thread-safe)."""
+        with self.lock:
+            copy = Stats(self.size)
+            copy.__dict__.update(self.stats.__dict__)
+            copy.busy = list(self.stats.busy)
+            return copy
 
     # ------------------------------------------------------------------------------
     # workers
@@ -622,6 +607,16 @@ class Dispatcher:
             self._waiter.unregister(worker.task_conn)
 
     def _send(self, worker: _Worker, call: Call) -> bool:
+        """Hand ``call`` to ``worker``; False if the worker is gone (the call is queued again).
+
+        The future is marked running *before* the write, under its own lock, and a
+        cancelled one is not sent: ``cancel()`` either came first (the call is
+        dropped here: a cancelled task never starts) or finds the future running
+        (its hook then stops this worker, which we hold the lock to record below).
+        """
+        if not call.job.future._try_start():
+            self._drop(call)
+            return True
         try:
             self._write(worker, call.data)
         except OSError:
@@ -632,9 +627,16 @@ class Dispatcher:
         if call.timeout is not None:
             self._timed += 1
         worker.sent += 1
-        if len(worker.outstanding) == 1:
-            call.job.future._try_start()
         return True
+
+    def _drop(self, call: Call) -> None:
+        """Forget a call that was cut but never sent (its future is done)."""
+        job = call.job
+        if isinstance(job, MapJob):
+            job.in_flight -= 1
+        if call.lease is not None:
+            call.lease.end(True)  # no worker ever saw it
+            call.lease = None
 
     def _usable(self, worker: _Worker) -> bool:
         return not worker.dying and not worker.retiring
@@ -650,6 +652,11 @@ class Dispatcher:
                     if self.max_tasks is not None and worker.sent >= self.max_tasks:
                         break
                     job = next(iter(self.queue.values()))
+                    if job.future.done():
+                        # Cancelled (the command its cancel hook queued comes later)
+                        # or failed in the parent: none of it may start.
+                        self.queue.pop(id(job), None)
+                        continue
                     if depth == 1 and (
                         job.group is not worker.outstanding[0].job.group
                         or not job.read_ahead_pays()
@@ -724,11 +731,9 @@ class Dispatcher:
                 with self.lock:
                     self._exiting = True
                 self._stop_workers()
+                self.callbacks.close()
                 with self.lock:
-                    self._callbacks_closed = True
                     self._wake_closed = True
-                if self._callback_thread is not None:
-                    self._callbacks.put(None)
                 self._waiter.close()
                 self._wakeup.close()
                 if self.segments is not None:
@@ -769,12 +774,7 @@ class Dispatcher:
             ]
             with lock:
                 # Replies first: what a worker sent before it died counts.
-                for worker, reply in replies:
-                    if reply is None:
-                        continue
-                    worker.unapplied -= 1
-                    if self.workers.get(worker.slot) is worker:
-                        self._on_reply(worker, reply)
+                self._apply(replies)
                 del replies
                 for key in ready:
                     if key is None:
@@ -791,9 +791,19 @@ class Dispatcher:
                 if self._timed:
                     self._check_deadlines()
 
+    def _apply(self, replies: list[tuple[_Worker, _Reply | None]]) -> None:
+        # A method of its own: the loop's variables would keep the last reply alive
+        # while the dispatcher waits.
+        for worker, reply in replies:
+            if reply is None:
+                continue
+            worker.unapplied -= 1
+            if self.workers.get(worker.slot) is worker:
+                self._on_reply(worker, reply)
+
     def _idle(self) -> bool:
         with self.lock:
-            if self.queue or self.commands or self._callbacks_pending:
+            if self.queue or self.commands or self.callbacks.pending():
                 return False
         return not any(w.outstanding for w in self.workers.values())
 
@@ -843,6 +853,8 @@ class Dispatcher:
         return reply
 
     def _on_reply(self, worker: _Worker, reply: _Reply) -> None:
+        """Apply one reply. Takes its body out: a result yielded by an iterated map
+        must not stay alive in a reply the dispatcher still holds (bpo-14406)."""
         call_id, status, elapsed = reply.call_id, reply.status, reply.elapsed
         worker.replied = True
         self._startup_failures = 0
@@ -864,6 +876,7 @@ class Dispatcher:
         worker.busy += elapsed
         self.stats.busy[worker.slot] += elapsed
         body: Any = reply.body
+        reply.body = None
         if reply.error is not None:
             exc = reply.error
             status = m.BAD_PICKLE
@@ -924,8 +937,6 @@ class Dispatcher:
             job.in_flight -= 1
             if job.map_future.done():
                 job.release()
-        if worker.outstanding:
-            worker.outstanding[0].job.future._try_start()
 
     def _resolve(
         self, job: Job, *, result: object = None, exception: BaseException | None = None

@@ -39,9 +39,29 @@ def check_timeout(name: str, value: float | None) -> None:
 
 
 def check_count(name: str, value: int | None, minimum: int) -> None:
-    """Reject anything but an int of at least ``minimum``, naming the argument."""
-    if value is not None and (not isinstance(value, int) or value < minimum):  # pyright: ignore[reportUnnecessaryIsInstance]
+    """Reject anything but an int of at least ``minimum`` (a bool too), naming the argument."""
+    if value is not None and (
+        not isinstance(value, int)  # pyright: ignore[reportUnnecessaryIsInstance]
+        or isinstance(value, bool)
+        or value < minimum
+    ):
         raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+
+
+#: More workers than this is a mistake, not a plan: each is a process with two
+#: pipes and a slot in the dispatcher's tables.
+MAX_WORKERS = 4096
+
+
+def check_workers(workers: int | None) -> None:
+    """Check ``Pool(workers=...)``: None, or an int from 1 to :data:`MAX_WORKERS`."""
+    check_count("workers", workers, 1)
+    if workers is not None and workers > MAX_WORKERS:
+        raise ValueError(
+            f"workers={workers} is more processes than one pool can hold (at most "
+            f"{MAX_WORKERS}); use None for one per CPU, or DaskPool to spread work "
+            "over several machines"
+        )
 
 
 def finite(timeout: float | None) -> float | None:
@@ -326,8 +346,11 @@ class TypedExecutor(Executor, abc.ABC):
         """Stop now; every unfinished future ends. Does not wait."""
 
     @abc.abstractmethod
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the end of the work, after :meth:`close` or :meth:`terminate`."""
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the end of the work, after :meth:`close` or :meth:`terminate`.
+
+        Returns True if everything has ended, False if ``timeout`` passed first.
+        """
 
     # -- the with-block ---------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -33,6 +34,8 @@ from concurrent.futures._base import (
     RUNNING,
 )
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+
+from ._callbacks import before_blocking
 
 __all__ = ["Future", "MapFuture"]
 
@@ -53,6 +56,26 @@ CallbackRunner = Callable[[Callable[[], None]], None]
 #: timeout): it may resolve the future from the waiting thread, and returns when
 #: it has, or when it gives the wait back to the executor's own thread.
 WaitHook = Callable[[float | None], None]
+
+
+def wait_seconds(timeout: float | None) -> float | None:
+    """Check a wait's ``timeout``: None or ``math.inf`` wait without limit.
+
+    A negative timeout waits not at all, as in :mod:`concurrent.futures`.
+
+    Raises:
+        ValueError: for NaN, which would otherwise wait forever or not at all
+            depending on which comparison met it first.
+    """
+    if timeout is None:
+        return None
+    if math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, not nan")
+    return None if math.isinf(timeout) and timeout > 0 else timeout
+
+
+def _will_block(timeout: float | None) -> bool:
+    return timeout is None or timeout > 0
 
 
 def _ignore_cancel(was_running: bool) -> None:
@@ -121,12 +144,16 @@ class Future(concurrent.futures.Future[T]):
     # -- executor side -----------------------------------------------------------
 
     def _try_start(self) -> bool:
-        """Move PENDING -> RUNNING; False if the future was cancelled meanwhile."""
+        """Mark the future running before its work goes to a worker; False if it is done.
+
+        ``cancel()`` decides under the same lock, so a future is either cancelled
+        before this (and its work must not be sent: a cancelled task never starts)
+        or running after it (and cancelling it stops the worker it went to).
+        """
         with self._condition:
             if self._state == PENDING:
                 self._state = RUNNING
-                return True
-            return False
+            return self._state == RUNNING
 
     def _finish(self, result: object = None, exception: BaseException | None = None) -> bool:
         """Resolve the future; False (and no change) if it was already done or cancelled.
@@ -186,14 +213,20 @@ class Future(concurrent.futures.Future[T]):
             The work's own exception; ``CancelledError`` if cancelled;
             ``TimeoutError`` if not done in time.
         """
+        timeout = wait_seconds(timeout)
         if self._wait_hook is not None:
             timeout = self._offer_wait(timeout)
+        if self._state not in _DONE_STATES and _will_block(timeout):
+            before_blocking()
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like :meth:`result`; return the work's exception, or None if it succeeded."""
+        timeout = wait_seconds(timeout)
         if self._wait_hook is not None:
             timeout = self._offer_wait(timeout)
+        if self._state not in _DONE_STATES and _will_block(timeout):
+            before_blocking()
         return super().exception(timeout)
 
     def cancel(self) -> bool:
@@ -203,6 +236,13 @@ class Future(concurrent.futures.Future[T]):
             True if the future is now cancelled, False if it had already finished
             (or is running on an executor that cannot stop it).
         """
+        return self._cancel(only_pending=False)
+
+    def _cancel_pending(self) -> bool:
+        """Cancel only if no worker has been handed the work yet (``cancel_futures``)."""
+        return self._cancel(only_pending=True)
+
+    def _cancel(self, *, only_pending: bool) -> bool:
         with self._condition:
             state = self._state
             if state == FINISHED:
@@ -211,7 +251,7 @@ class Future(concurrent.futures.Future[T]):
                 return True
             hook = self._cancel_hook
             was_running = state == RUNNING
-            if was_running and hook is None:
+            if was_running and (hook is None or only_pending):
                 return False
             # Straight to CANCELLED_AND_NOTIFIED: ``wait``/``as_completed`` see a
             # cancelled future only in that state, and no executor needs to notify.
@@ -375,6 +415,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
         self._deadline: float | None = None
         #: Told how many more items arrived (progress reporting).
         self._on_progress: Callable[[int], object] | None = None
+        timeout = wait_seconds(timeout)
         if timeout is not None:
             self._deadline = time.monotonic() + timeout
         if size == 0:
@@ -494,8 +535,8 @@ class MapFuture(Future[list[R]], Iterator[R]):
             ``InvalidStateError`` if iteration has already released results.
         """
         self._keep_list()
+        self._wait_done(timeout)
         with self._condition:
-            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 raise CancelledError()
             if self._state != FINISHED:
@@ -508,18 +549,27 @@ class MapFuture(Future[list[R]], Iterator[R]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait for every item; return the first failed item's exception, or None."""
+        self._wait_done(timeout)
         with self._condition:
-            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 raise CancelledError()
             if self._state != FINISHED:
                 raise concurrent.futures.TimeoutError()
             return self._exception
 
+    def _wait_done(self, timeout: float | None) -> None:
+        timeout = wait_seconds(timeout)
+        if self._state in _DONE_STATES:
+            return
+        if _will_block(timeout):
+            before_blocking()
+        with self._condition:
+            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
+
     def _take_all(self) -> tuple[list[R], dict[int, BaseException]]:
         """Wait for every item; hand over the values and the failures, keep nothing."""
+        self._wait_done(None)
         with self._condition:
-            self._condition.wait_for(lambda: self._state in _DONE_STATES)
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 raise CancelledError()
             values, self._values = self._values, []
@@ -556,6 +606,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
                     remaining = self._deadline - time.monotonic()
                     if remaining <= 0:
                         break
+                before_blocking()
                 self._item_waiters += 1
                 try:
                     self._condition.wait(remaining)

@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -21,10 +22,11 @@ from typing import Any, TypeVar
 from typing_extensions import ParamSpec
 
 from . import _messages as m
+from ._callbacks import before_blocking
 from ._channel import describe_callable, diagnose_call, encode_reply, exception_body
 from ._context import StartMethod, new_process, resolve_context
 from ._errors import RemoteTraceback, SerializationError, WorkerLostError, describe_exitcode
-from ._future import Future
+from ._future import Future, wait_seconds
 from ._worker import forget_inherited_forkserver, watch_parent
 
 __all__ = ["ProcessHandle", "spawn"]
@@ -207,13 +209,21 @@ class ProcessHandle(Future[R]):
         return self._started and not self._reaped.is_set()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait until the process has ended (and the result is in), at most ``timeout`` s."""
-        self._reaped.wait(timeout)
-        if self._reaped.is_set():
-            # The watcher resolves the future just after reaping; let it finish.
-            watcher = getattr(self, "_watcher", None)
-            if watcher is not None and watcher is not threading.current_thread():
-                watcher.join(timeout)
+        """Wait until the process has ended (and the result is in), at most ``timeout`` s.
+
+        As :meth:`multiprocessing.Process.join`, returns None either way: check
+        :meth:`is_alive` or :attr:`exitcode`. None or ``math.inf``: no limit.
+        """
+        timeout = wait_seconds(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        before_blocking()
+        if not self._reaped.wait(timeout):
+            return
+        # The watcher resolves the future just after reaping; let it finish, within
+        # the same deadline (not a second ``timeout``).
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def terminate(self) -> None:
         """Send SIGTERM (TerminateProcess on Windows)."""
