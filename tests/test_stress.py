@@ -42,6 +42,9 @@ pytestmark = pytest.mark.slow
 
 #: Generous bound for anything that should take a second: only a hang passes it.
 HANG = 60.0
+#: The same for the 75 callback tests, which end in well under a second: a
+#: deadlock among them costs this long, each.
+CALLBACK_HANG = 20.0
 
 
 def _end_all(futures: list[Any], timeout: float = HANG) -> None:
@@ -397,9 +400,9 @@ def test_callbacks_may_call_anything_on_the_pool(start_method: str, action: str,
             chained = trigger.catch(act)
         victims.extend(pool.submit(helpers.sleep_then, 0.01, i) for i in range(60))
 
-        # One budget for the three waits: a hang costs HANG once, not three times.
-        deadline = time.monotonic() + HANG
-        came_back = callback_returned.wait(HANG)
+        # One budget for the three waits: a hang costs it once, not three times.
+        deadline = time.monotonic() + CALLBACK_HANG
+        came_back = callback_returned.wait(CALLBACK_HANG)
         with extra_lock:
             submitted_later = [fut for _, fut in extra]
         everything = [trigger, *victims, *submitted_later]
@@ -442,13 +445,13 @@ def test_a_callback_may_wait_for_a_chained_future_of_the_same_pool(start_method:
 
         def wait_for_later(_: object) -> None:
             try:
-                seen.append(later.result(timeout=15))
+                seen.append(later.result(timeout=10))
             except BaseException as exc:
                 seen.append(exc)
             done.set()
 
         pool.submit(helpers.sleep_then, 0.05, 1).add_done_callback(wait_for_later)
-        assert done.wait(HANG), "the callback never returned"
+        assert done.wait(CALLBACK_HANG), "the callback never returned"
         assert seen == [3], f"the callback waiting for a chained future got {seen!r}"
 
 
