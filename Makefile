@@ -38,7 +38,8 @@ pytest: $(STAMP)
 
 test: lint typecheck docs pytest
 
-# The whole suite, slow stress tests included, on every supported Python (nox).
+# The whole suite, slow stress tests included, on every supported Python, and
+# CPython's own executor tests against procpool.Pool on 3.13 (nox: tests, cpython).
 test-all: $(STAMP)
 	$(PY) -m pip install --quiet "nox==2026.10.20"
 	$(VENV)/bin/nox

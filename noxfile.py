@@ -1,7 +1,9 @@
 """The whole test suite, slow stress tests included, on every supported Python.
 
 Run by ``make test-all``; ``nox -s tests-3.12`` runs one interpreter, and anything
-after ``--`` goes to pytest (``nox -s tests-3.13 -- -k timeout``).
+after ``--`` goes to pytest (``nox -s tests-3.13 -- -k timeout``). ``nox -s cpython``
+runs CPython's own executor tests against procpool.Pool (tests/cpython/run.py;
+arguments after ``--`` go to it, e.g. ``nox -s cpython -- -k Deadlock -m spawn``).
 
 Interpreters: on the development machines they come from pyenv. Its ``python3.X``
 shims fail unless that version is active, and nox would then skip the session or
@@ -18,8 +20,10 @@ from pathlib import Path
 import nox
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: Pythons whose standard library ships the ``test.test_concurrent_futures`` package.
+CPYTHON_SUITE_PYTHONS = ["3.13"]
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["tests", "cpython"]
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
@@ -77,3 +81,10 @@ def tests(session: nox.Session) -> None:
         "slow or not slow",
         *session.posargs,
     )
+
+
+@nox.session(python=CPYTHON_SUITE_PYTHONS)
+def cpython(session: nox.Session) -> None:
+    """CPython's own concurrent.futures tests against procpool.Pool (fork, forkserver, spawn)."""
+    session.install("-e", ".")
+    session.run("python", "tests/cpython/run.py", *session.posargs)
