@@ -272,3 +272,15 @@ def say(text: str) -> int:
     """
     print(text)
     return os.getpid()
+
+
+def gate(path: str, fail: bool) -> str:
+    """Wait (at most a minute) until ``path`` exists; then return "trigger", or
+    raise ValueError("trigger") if ``fail``. The test creates the file when it
+    is ready for the task to finish."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if fail:
+        raise ValueError("trigger")
+    return "trigger"

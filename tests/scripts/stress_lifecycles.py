@@ -73,11 +73,19 @@ def leftovers(before: Snapshot, after: Snapshot) -> dict[str, object]:
     if len(after.fds) != len(before.fds):
         diff["fds"] = {fd: t for fd, t in after.fds.items() if before.fds.get(fd) != t}
     family = set(sh.descendants()) | {os.getpid()}
-    # Entries another program (a concurrent test run) holds are not ours.
-    new_shm = [n for n in after.shm if n not in before.shm and not sh.mapped_elsewhere(n, family)]
+    new_shm = [n for n in after.shm if n not in before.shm and _ours(n, family)]
     if new_shm:
         diff["shm"] = new_shm
     return diff
+
+
+def _ours(name: str, family: set[int]) -> bool:
+    """Whether a new /dev/shm entry may be ours: procpool's names carry the pid of
+    the pool's process (this one); multiprocessing's carry none, so those that
+    another program (a concurrent test run) maps or holds open are left out."""
+    if name.startswith("procpool-"):
+        return name.startswith(f"procpool-{os.getpid()}-")
+    return not sh.mapped_elsewhere(name, family)
 
 
 def _multiset_extra(before: list[str], after: list[str]) -> list[str]:
