@@ -299,3 +299,65 @@ class Blob:
 def make_blob(n: int) -> Blob:
     """Return Blob(n)."""
     return Blob(n)
+
+
+class TouchOnUnpickle:
+    """Unpickling it creates the file at ``path``: shows whether a body was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (touch, (self.path,))
+
+
+def interrupt_a_child_process() -> int | None:
+    """Start ``sleep 30``, send it SIGINT, return its exit code (None: SIGINT was ignored)."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    try:
+        return child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        return None
+
+
+def sigterm_is_default(_: object = None) -> bool:
+    """Whether SIGTERM has its default disposition in this process."""
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def open_descriptors(_: object = None) -> list[tuple[str, int]]:
+    """This process's open descriptors as (what they are, access mode) pairs."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                flags = int(next(line for line in info if line.startswith("flags:")).split()[1], 8)
+        except (OSError, StopIteration):
+            continue
+        found.append((link, flags & os.O_ACCMODE))
+    return found
+
+
+class _ExitOnUnpickle:
+    """Unpickling it raises SystemExit (CPython's test_exit_during_result_unpickle...)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import sys
+
+        return (sys.exit, (1,))
+
+
+def return_exit_on_unpickle() -> Any:
+    """Return an object whose unpickling in the parent raises SystemExit."""
+    return _ExitOnUnpickle()
+
+
+def exit_quietly() -> None:
+    """Do nothing: the target of a plain multiprocessing.Process."""

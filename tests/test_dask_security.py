@@ -220,3 +220,24 @@ def test_the_tls_example_of_the_security_page_runs(tmp_path: Path) -> None:
     assert len(lines) == 3, done.stdout
     assert re.fullmatch(r"tls://127\.0\.0\.1:\d+", lines[0])
     assert lines[1:] == ["144", "[0, 1, 4, 9, 16]"]
+
+
+def test_daskpool_with_no_client_starts_a_cluster_only_this_program_can_use() -> None:
+    """Dask's own defaults: plain tcp:// (any local user gets in), dashboard on 0.0.0.0."""
+    from urllib.parse import urlsplit
+
+    with pytest.raises(ValueError, match="No global client"):
+        distributed.get_client()  # so DaskPool() starts a cluster of its own
+    try:
+        with DaskPool() as pool:
+            client = pool.client
+            assert client.scheduler.address.startswith("tls://127.0.0.1:")
+            workers = client.scheduler_info()["workers"]
+            assert workers
+            assert all(address.startswith("tls://127.0.0.1:") for address in workers)
+            assert urlsplit(client.dashboard_link).hostname == "127.0.0.1"
+            _run_through(pool)
+            cluster = client.cluster
+        assert cluster.status.name == "closed"
+    finally:
+        _stop_dask_threads()

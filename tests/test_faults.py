@@ -316,6 +316,16 @@ def test_result_that_fails_to_unpickle_in_the_parent(pool: procpool.Pool) -> Non
         fut.result(timeout=30)
 
 
+def test_result_whose_unpickling_raises_system_exit_fails_only_its_future(
+    pool: procpool.Pool,
+) -> None:
+    """Found by CPython's test_exit_during_result_unpickle_in_result_handler."""
+    for _ in range(3):  # read by the dispatcher thread, or by the waiting thread
+        with pytest.raises(procpool.SerializationError, match="SystemExit"):
+            pool.submit(helpers.return_exit_on_unpickle).result(timeout=30)
+    assert pool.map(helpers.square, range(5)).result(timeout=30) == [0, 1, 4, 9, 16]
+
+
 def test_argument_that_fails_to_unpickle_in_the_worker(pool: procpool.Pool) -> None:
     fut = pool.submit(helpers.identity, helpers.ErrorAtUnpickle())
     with pytest.raises(SerializationError, match="unpickled in the worker"):

@@ -52,6 +52,34 @@ def test_exiting_with_a_pool_open_runs_its_queued_tasks(start_method: str, tmp_p
     assert out.read_text().splitlines() == ["task 0", "task 1", "task 2"]
 
 
+def test_a_process_forked_while_a_pool_runs_exits_normally(start_method: str) -> None:
+    """Forked children used to run the exit hook on copies of the parent's pools, and hang."""
+    import multiprocessing
+
+    with procpool.Pool(2, context=start_method) as pool:
+        assert pool.submit(helpers.square, 2).result(timeout=30) == 4
+        child = multiprocessing.get_context("fork").Process(target=helpers.exit_quietly)
+        child.start()
+        child.join(20)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+            child.join()
+    assert not alive
+    assert child.exitcode == 0
+
+
+def test_closing_a_fork_pool_while_another_runs_is_quick(tmp_path: Path) -> None:
+    with procpool.Pool(1, context="forkserver") as other:
+        other.submit(helpers.square, 1).result(timeout=30)
+        started = time.monotonic()
+        with procpool.Pool(2, context="fork") as pool:
+            pool.submit(helpers.square, 2).result(timeout=30)
+        # Its workers exit at STOP; they used to hang in the exit hook until the
+        # 5 s stop grace ran out and they were killed.
+        assert time.monotonic() - started < 4
+
+
 # -- Ctrl-C ---------------------------------------------------------------------------
 
 

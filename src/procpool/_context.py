@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
+import threading
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -53,3 +55,48 @@ def new_process(
     """An unstarted process of ``ctx`` (typeshed does not type ``ctx.Process``)."""
     factory: Callable[..., BaseProcess] = getattr(ctx, "Process")  # noqa: B009
     return factory(target=target, args=args, name=name, daemon=daemon)
+
+
+class ParentFds:
+    """The descriptors of procpool's own machinery, which a forked child must close.
+
+    Under fork a child inherits every descriptor of the parent: the parent's ends
+    of other workers' pipes, their sentinels, a dispatcher's wake-up socket and
+    epoll object. Each is added here when made and removed before it is closed,
+    and a fork lists them while holding :attr:`lock`, which is held too while
+    descriptors are made and registered: a child never inherits one of ours that
+    is not on its list, nor finds on its list a number that is no longer ours.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._fds: set[int] = set()
+        if hasattr(os, "register_at_fork"):
+            # A child forked while the lock was held must not inherit it held.
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self.lock = threading.RLock()
+        self._fds = set()
+
+    def add(self, *fds: int) -> None:
+        """Register descriptors just made."""
+        with self.lock:
+            self._fds.update(fds)
+
+    def discard(self, *fds: int) -> None:
+        """Unregister descriptors about to be closed."""
+        with self.lock:
+            self._fds.difference_update(fds)
+
+    def for_child(self, ctx: BaseContext) -> tuple[int, ...]:
+        """What a child of ``ctx`` must close: ours under fork, nothing otherwise.
+
+        Call holding :attr:`lock`, and keep holding it until the child has started.
+        """
+        if ctx.get_start_method() != "fork":
+            return ()
+        return tuple(sorted(self._fds))
+
+
+PARENT_FDS = ParentFds()

@@ -93,6 +93,28 @@ INSTALL_HINT = 'DaskPool needs dask.distributed: pip install "procpool[dask]"'
 _Outcome = tuple[bool, Any, "str | None"]
 
 
+def _private_local_cluster(distributed: Any) -> Any:
+    """A client of a new ``LocalCluster`` that only this program can use, closed with it.
+
+    Dask's defaults would let every local user run code on the cluster (a plain
+    ``tcp://`` scheduler on loopback) and serve its dashboard, with the cluster's
+    state and logs, on every network interface. Here the scheduler and workers
+    speak TLS with throw-away certificates (``security=True``, which needs the
+    ``cryptography`` package that ``procpool[dask]`` installs; without it, plain
+    ``tcp://`` on loopback) and the dashboard listens on loopback, on a free port
+    (``pool.client.dashboard_link``). set_as_default=False: a library must not take
+    over the process-wide default client.
+    """
+    try:
+        importlib.import_module("cryptography")
+        tls = True
+    except ImportError:
+        tls = False
+    return distributed.Client(
+        security=tls, host="127.0.0.1", dashboard_address="127.0.0.1:0", set_as_default=False
+    )
+
+
 def _import_distributed() -> Any:
     """Import ``distributed`` on first use; typed ``Any`` so no stubs are needed."""
     try:
@@ -556,10 +578,11 @@ class DaskPool(TypedExecutor):
 
     Args:
         client_or_address: a ``distributed.Client`` (used as it is and left open);
-            a scheduler address such as ``"tcp://host:8786"``, or a cluster object
+            a scheduler address such as ``"tls://host:8786"``, or a cluster object
             (a client is made for it and closed with the pool); or ``None``: the
             current default Dask client if there is one, else a new ``LocalCluster``
-            on this machine, closed with the pool.
+            on this machine that only this program can use (TLS with throw-away
+            certificates, dashboard on loopback), closed with the pool.
         task_timeout: default time limit of each task (each item of a map), in
             seconds, counted from the moment a worker starts it. A task over its
             limit fails with :class:`~procpool.TaskTimeoutError`; Dask cannot stop
@@ -607,10 +630,7 @@ class DaskPool(TypedExecutor):
             try:
                 client, owns = distributed.get_client(), False
             except ValueError:
-                # No client around: Client() starts a LocalCluster and closes it with
-                # itself. set_as_default=False: a library must not take over the
-                # process-wide default client.
-                client = distributed.Client(set_as_default=False)
+                client = _private_local_cluster(distributed)
         else:
             client = distributed.Client(client_or_address, set_as_default=False)
         if getattr(client, "asynchronous", False):

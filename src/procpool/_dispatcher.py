@@ -44,12 +44,10 @@ import os
 import pickle
 import select
 import struct
-import sys
 import threading
 import time
-import warnings
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -57,7 +55,8 @@ from typing import Any
 
 from . import _messages as m
 from ._callbacks import CallbackRunner, before_blocking
-from ._context import new_process
+from ._channel import describe_callable
+from ._context import PARENT_FDS, new_process
 from ._errors import (
     PoolClosedError,
     ProcpoolError,
@@ -70,7 +69,7 @@ from ._errors import (
 from ._future import MapFuture
 from ._jobs import Call, Job, MapJob, SingleJob
 from ._shm import ENABLED as SHARED_MEMORY
-from ._shm import Lease, SegmentPool, load_reply, reply_name, unlink_segment
+from ._shm import Lease, SegmentPool, drop_reply, load_reply, reply_prefix, unlink_prefixed
 from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup, widen_pipe
 from ._worker import worker_main
 
@@ -93,6 +92,8 @@ CLAIM_SECONDS = 0.1
 _CLAIMS = NONBLOCKING_WRITES and hasattr(select, "poll")
 # What a waiter key says is ready.
 _RESULT, _EXITED, _WRITABLE = 0, 1, 2
+#: The status given to a reply that answers no call we wait for: nothing of it is read.
+_UNEXPECTED = -1
 
 
 class _Reply:
@@ -108,7 +109,7 @@ class _Reply:
         self.data = data
         self.body: Any = None
         #: Why the body did not unpickle, if it did not.
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
 
 def _frame_header(size: int) -> bytes:
@@ -146,6 +147,7 @@ class _Worker:
         "process",
         "read_lock",
         "replied",
+        "reply_prefix",
         "reply_seq",
         "result_conn",
         "retiring",
@@ -158,7 +160,12 @@ class _Worker:
     )
 
     def __init__(
-        self, slot: int, process: BaseProcess, task_conn: Connection, result_conn: Connection
+        self,
+        slot: int,
+        process: BaseProcess,
+        task_conn: Connection,
+        result_conn: Connection,
+        reply_prefix: str,
     ) -> None:
         self.slot = slot
         self.process = process
@@ -177,7 +184,9 @@ class _Worker:
         self.retiring = False
         #: Shared segments of finished calls, until the worker says it let go.
         self.leases: dict[int, Lease] = {}
-        #: Result segments received from this worker (they are numbered).
+        #: The names of this worker's result segments start with this (see ``_shm``).
+        self.reply_prefix = reply_prefix
+        #: The number of the last result segment received from it (numbers only grow).
         self.reply_seq = 0
         #: A waiting thread reads this worker's replies (see ``_read_here``).
         self.claimed = False
@@ -204,22 +213,6 @@ class _Worker:
         if self.pipe_poll is not None:
             return bool(self.pipe_poll.poll(0))
         return self.result_conn.poll(0)
-
-
-@contextlib.contextmanager
-def _forking_from_a_thread(ctx: BaseContext) -> Generator[None, None, None]:
-    """Silence Python 3.12+'s fork-with-threads DeprecationWarning for an explicit fork.
-
-    The user chose ``context="fork"``; the default (forkserver/spawn) never forks
-    from a threaded process. The risk that warning describes is documented in
-    docs/reliability.md.
-    """
-    if ctx.get_start_method() != "fork" or sys.version_info < (3, 12):
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork.*")
-        yield
 
 
 class Stats:
@@ -272,12 +265,14 @@ class Dispatcher:
 
         self._wakeup = Wakeup()
         self._wake_closed = False
-        #: Set (under lock) once the loop has decided to stop: nothing may be queued.
-        self._exiting = False
-        self._woken = False
         # Keys: None for the wake-up socket, else (worker, _RESULT / _EXITED /
         # _WRITABLE) for its result pipe, its process sentinel, its task pipe.
         self._waiter: Waiter[tuple[_Worker, int] | None] = Waiter()
+        self._own_fds = (*self._wakeup.filenos(), *filter(None, [self._waiter.fileno()]))
+        PARENT_FDS.add(*self._own_fds)
+        #: Set (under lock) once the loop has decided to stop: nothing may be queued.
+        self._exiting = False
+        self._woken = False
         self._waiter.register(self._wakeup.reader, None)
         #: Outstanding calls with a time limit; deadlines are looked at only if any.
         self._timed = 0
@@ -293,8 +288,12 @@ class Dispatcher:
         #: Runs the futures' callbacks; the loop waits for them before a close ends.
         self.callbacks = CallbackRunner(name, after_each=self.wake)
 
-        for slot in range(workers):
-            self._start_worker(slot)
+        try:
+            for slot in range(workers):
+                self._start_worker(slot)
+        except BaseException:
+            self._abandon_start()
+            raise
         #: Set when the dispatcher thread has stopped the workers and released everything.
         self._finished = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"{name}-dispatcher", daemon=True)
@@ -525,33 +524,45 @@ class Dispatcher:
 
     def _start_worker(self, slot: int) -> None:
         ctx = self.ctx
-        task_r, task_w = ctx.Pipe(duplex=False)
-        result_r, result_w = ctx.Pipe(duplex=False)
         self._mark[slot * m.MARK_WIDTH + m.MARK_CALL] = -1
-        process = new_process(
-            ctx,
-            worker_main,
-            (
-                task_r,
-                result_w,
-                self.marker,
-                slot,
-                os.getpid(),
-                self.initializer,
-                self.initargs,
-                self.forward_logs,
-            ),
-            name=f"{self.name}-worker-{slot}",
-            daemon=False,
-        )
-        try:
-            with _forking_from_a_thread(ctx):
-                process.start()
-        finally:
-            # Our copies of the child's ends must go, or EOF never comes.
-            task_r.close()
-            result_w.close()
-        worker = _Worker(slot, process, task_w, result_r)
+        prefix = reply_prefix(os.getpid()) if SHARED_MEMORY else ""
+        # Under the registry's lock from making the pipes to the fork: the child's
+        # list of our descriptors to close is complete (see PARENT_FDS).
+        with PARENT_FDS.lock:
+            task_r, task_w = ctx.Pipe(duplex=False)
+            result_r, result_w = ctx.Pipe(duplex=False)
+            PARENT_FDS.add(task_w.fileno(), result_r.fileno())
+            process = new_process(
+                ctx,
+                worker_main,
+                (
+                    task_r,
+                    result_w,
+                    self.marker,
+                    slot,
+                    os.getpid(),
+                    prefix,
+                    PARENT_FDS.for_child(ctx),
+                    self.initializer,
+                    self.initargs,
+                    self.forward_logs,
+                ),
+                name=f"{self.name}-worker-{slot}",
+                daemon=False,
+            )
+            try:
+                self._start_process(process)
+            except BaseException:
+                PARENT_FDS.discard(task_w.fileno(), result_r.fileno())
+                task_w.close()
+                result_r.close()
+                raise
+            finally:
+                # Our copies of the child's ends must go, or EOF never comes.
+                task_r.close()
+                result_w.close()
+            PARENT_FDS.add(process.sentinel)
+        worker = _Worker(slot, process, task_w, result_r, prefix)
         self.workers[slot] = worker
         self.stats.workers_started += 1
         if NONBLOCKING_WRITES:
@@ -560,6 +571,34 @@ class Dispatcher:
         widen_pipe(result_r.fileno())
         self._waiter.register(result_r, (worker, _RESULT))
         self._waiter.register(process.sentinel, (worker, _EXITED))
+
+    def _abandon_start(self) -> None:
+        """The constructor failed: stop what it started and release what it made."""
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(Exception):
+                worker.process.kill()
+            worker.process.join()
+            self._discard(worker)
+        PARENT_FDS.discard(*self._own_fds)
+        self._waiter.close()
+        self._wakeup.close()
+        if self.segments is not None:
+            self.segments.close()
+
+    def _start_process(self, process: BaseProcess) -> None:
+        """Start a worker process; name the culprit if its arguments do not pickle."""
+        try:
+            process.start()
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            if self.ctx.get_start_method() == "fork":
+                raise  # nothing is pickled under fork: not ours to explain
+            name = describe_callable(self.initializer) if self.initializer else "the pool"
+            raise SerializationError(
+                f"{self.name}: could not start a worker: the initializer {name} or its "
+                f"initargs could not be pickled ({type(exc).__name__}: {exc}); under "
+                f"{self.ctx.get_start_method()} they travel to each worker by pickle: define "
+                "the initializer at module top level and pass picklable initargs"
+            ) from exc
 
     def _write(self, worker: _Worker, data: bytes) -> None:
         """Send one message to a worker; what its pipe cannot take now is queued.
@@ -617,13 +656,16 @@ class Dispatcher:
         if not call.job.future._try_start():
             self._drop(call)
             return True
+        # Listed before it is written: a reply is checked against this list, maybe
+        # by a thread that does not hold the lock (see _decode).
+        worker.outstanding.append(call)
         try:
             self._write(worker, call.data)
         except OSError:
             # The worker is gone; its sentinel will tell us. The call never started.
+            worker.outstanding.pop()
             self._requeue(call)
             return False
-        worker.outstanding.append(call)
         if call.timeout is not None:
             self._timed += 1
         worker.sent += 1
@@ -734,6 +776,7 @@ class Dispatcher:
                 self.callbacks.close()
                 with self.lock:
                     self._wake_closed = True
+                PARENT_FDS.discard(*self._own_fds)
                 self._waiter.close()
                 self._wakeup.close()
                 if self.segments is not None:
@@ -835,20 +878,42 @@ class Dispatcher:
                 self._on_reply(worker, self._decode(worker, conn.recv_bytes()))
 
     def _decode(self, worker: _Worker, data: bytes) -> _Reply:
-        """Unpickle a reply. Touches only this thread's own state, so it runs outside ``lock``."""
+        """Unpickle a reply, once its header says it answers a call we wait for.
+
+        Touches only this thread's own state, so it runs outside ``lock``: the
+        worker's list of calls is read as one snapshot, and a call is listed
+        before it is written to the worker. A reply to anything else (a call given
+        up on, or none we sent) is not unpickled; its segment, if it names one of
+        the worker's own, is unlinked, and a foreign name is never touched.
+        """
         call_id, status, elapsed = m.REPLY_HEADER.unpack_from(data)
+        shared = status & m.SHARED_REPLY
         reply = _Reply(call_id, status & ~m.SHARED_REPLY, elapsed, data)
-        if reply.status in (m.RELEASED, m.KEPT, m.LOG, m.INIT_ERROR):
+        if reply.status in (m.RELEASED, m.KEPT):
             return reply
+        if reply.status in (m.LOG, m.INIT_ERROR):
+            expected = call_id == m.NO_CALL and not shared
+        else:
+            expected = any(call.id == call_id for call in tuple(worker.outstanding))
         view = memoryview(data)[m.REPLY_HEADER.size :]
+        if not expected:
+            reply.status = _UNEXPECTED
+            if shared:
+                with contextlib.suppress(Exception):
+                    worker.reply_seq = drop_reply(view, 0, worker.reply_prefix, worker.reply_seq)
+            return reply
+        if reply.status in (m.LOG, m.INIT_ERROR):
+            return reply  # read from ``data`` where it is applied
         try:
-            if status & m.SHARED_REPLY:
-                worker.reply_seq += 1
+            if shared:
                 # Maps and unlinks the segment first, whatever becomes of the reply.
-                reply.body = load_reply(view, 0)()
+                worker.reply_seq, load = load_reply(view, 0, worker.reply_prefix, worker.reply_seq)
+                reply.body = load()
             else:
                 reply.body = pickle.loads(view)
-        except Exception as exc:
+        except BaseException as exc:
+            # Whatever unpickling raises (SystemExit from a __reduce__ included)
+            # fails this call only; it must not end the loop or a waiting thread.
             reply.error = exc
         return reply
 
@@ -856,6 +921,8 @@ class Dispatcher:
         """Apply one reply. Takes its body out: a result yielded by an iterated map
         must not stay alive in a reply the dispatcher still holds (bpo-14406)."""
         call_id, status, elapsed = reply.call_id, reply.status, reply.elapsed
+        if status == _UNEXPECTED:
+            return
         worker.replied = True
         self._startup_failures = 0
         if status in (m.RELEASED, m.KEPT):
@@ -971,13 +1038,13 @@ class Dispatcher:
             fields = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
             record = logging.makeLogRecord(fields)
             logging.getLogger(record.name).handle(record)
-        except Exception:
+        except BaseException:
             LOGGER.exception("could not replay a log record from a worker")
 
     def _on_init_error(self, worker: _Worker, data: bytes) -> None:
         try:
             exc, tb = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
-        except Exception as unpickle_error:
+        except BaseException as unpickle_error:
             exc, tb = unpickle_error, ""
         if exc is None:
             exc = ProcpoolError(f"the initializer raised an exception that does not pickle:\n{tb}")
@@ -1040,15 +1107,20 @@ class Dispatcher:
         for lease in worker.leases.values():
             lease.end(False)
         worker.leases.clear()
-        if worker.process.pid is not None and self.segments is not None:
-            # A result segment the worker created but never managed to send.
-            unlink_segment(reply_name(os.getpid(), worker.process.pid, worker.reply_seq + 1))
+        if worker.reply_prefix:
+            # Result segments the worker created but never managed to send (it died
+            # writing one, say). It is gone: it makes no more.
+            unlink_prefixed(worker.reply_prefix)
         self._waiter.unregister(worker.result_conn)
         self._waiter.unregister(worker.process.sentinel)
         if worker.writing:
             self._waiter.unregister(worker.task_conn)
             worker.writing = False
         worker.out.clear()
+        with contextlib.suppress(ValueError):
+            PARENT_FDS.discard(
+                worker.task_conn.fileno(), worker.result_conn.fileno(), worker.process.sentinel
+            )
         worker.task_conn.close()
         worker.result_conn.close()
         with contextlib.suppress(ValueError):
@@ -1256,6 +1328,11 @@ class Dispatcher:
         for worker in self.workers.values():
             for call in worker.outstanding:
                 jobs[id(call.job)] = call.job
+                if call.lease is not None:
+                    # Its segment goes now, not when the call object is collected
+                    # (a future's wait hook may hold it for as long as the future).
+                    call.lease.end(False)
+                    call.lease = None
             worker.outstanding.clear()
             worker.dying = True
         self._timed = 0

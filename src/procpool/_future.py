@@ -259,7 +259,9 @@ class Future(concurrent.futures.Future[T]):
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
+        # Whatever the hooks hold on to (the call, its worker) is of no use now.
         self._cancel_hook = None
+        self._wait_hook = None
         if hook is not None:
             try:
                 hook(was_running)

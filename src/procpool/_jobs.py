@@ -153,7 +153,9 @@ class SingleJob(Job):
     def release(self) -> None:
         self.fn = None
         self._data = None
-        self._lease = None
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.end(False)  # never sent again: its segment goes now
 
 
 class Timing:
@@ -319,7 +321,10 @@ class MapJob(Job):
     def release(self) -> None:
         self.fn = None
         self.items = None
-        self._prepared = None
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.lease is not None:
+            prepared.lease.end(False)
+            prepared.lease = None
         self.pending.clear()
 
 

@@ -58,6 +58,17 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def _forget_pools_in_child() -> None:
+    # A process forked while pools run (a fork worker, or a multiprocessing.Process
+    # of the user's) inherits copies of them, whose threads did not survive the
+    # fork: at its exit, the hook below would close and wait for them forever.
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
+
+
 def _python_exit() -> None:
     # Runs before the interpreter joins non-daemon threads: like
     # ProcessPoolExecutor, an open pool finishes its queued work, then stops.

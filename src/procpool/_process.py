@@ -24,10 +24,10 @@ from typing_extensions import ParamSpec
 from . import _messages as m
 from ._callbacks import before_blocking
 from ._channel import describe_callable, diagnose_call, encode_reply, exception_body
-from ._context import StartMethod, new_process, resolve_context
+from ._context import PARENT_FDS, StartMethod, new_process, resolve_context
 from ._errors import RemoteTraceback, SerializationError, WorkerLostError, describe_exitcode
 from ._future import Future, wait_seconds
-from ._worker import forget_inherited_forkserver, watch_parent
+from ._worker import close_inherited, forget_inherited_forkserver, watch_parent
 
 __all__ = ["ProcessHandle", "spawn"]
 
@@ -38,11 +38,13 @@ R = TypeVar("R")
 def _child_main(
     conn: Connection,
     parent_pid: int,
+    inherited: tuple[int, ...],
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> None:
     """Entry point of a spawned process: run ``fn``, send one reply."""
+    close_inherited(inherited)
     watch_parent(parent_pid)
     forget_inherited_forkserver()
     try:
@@ -89,30 +91,40 @@ class ProcessHandle(Future[R]):
         super().__init__()
         ctx = resolve_context(context)
         self._fn_name = describe_callable(fn)
-        reader, writer = ctx.Pipe(duplex=False)
-        self._conn: Connection | None = reader
-        process = new_process(
-            ctx, _child_main, (writer, os.getpid(), fn, args, kwargs), name=name, daemon=daemon
-        )
-        self._process = process
         self._exitcode: int | None = None
         self._reaped = threading.Event()
         self._cancel_hook = self._on_cancel
         self._started = False
-        try:
-            self._process.start()
-        except Exception as exc:
-            reader.close()
-            self._conn = None
-            self._reaped.set()
-            error = SerializationError(
-                f"could not start a process for {self._fn_name}: {diagnose_call(fn, args, kwargs)}"
+        # Under the lock from the pipe to the fork, as a pool does (see PARENT_FDS).
+        with PARENT_FDS.lock:
+            reader, writer = ctx.Pipe(duplex=False)
+            self._conn: Connection | None = reader
+            PARENT_FDS.add(reader.fileno())
+            process = new_process(
+                ctx,
+                _child_main,
+                (writer, os.getpid(), PARENT_FDS.for_child(ctx), fn, args, kwargs),
+                name=name,
+                daemon=daemon,
             )
-            error.__cause__ = exc
-            self._finish(exception=error)
-            return
-        finally:
-            writer.close()
+            self._process = process
+            try:
+                self._process.start()
+            except Exception as exc:
+                PARENT_FDS.discard(reader.fileno())
+                reader.close()
+                self._conn = None
+                self._reaped.set()
+                error = SerializationError(
+                    f"could not start a process for {self._fn_name}: "
+                    f"{diagnose_call(fn, args, kwargs)}"
+                )
+                error.__cause__ = exc
+                self._finish(exception=error)
+                return
+            finally:
+                writer.close()
+            PARENT_FDS.add(process.sentinel)
         self._started = True
         self._try_start()
         self._pid: int | None = self._process.pid
@@ -133,6 +145,7 @@ class ProcessHandle(Future[R]):
         finally:
             process.join()
             self._exitcode = process.exitcode
+            PARENT_FDS.discard(conn.fileno(), process.sentinel)
             conn.close()
             self._conn = None
             with contextlib.suppress(ValueError):

@@ -25,11 +25,25 @@ Two directions, two lifetimes:
 No segment outlives its use: call segments are unlinked when the pool closes or
 when a segment is dropped (by a finalizer if need be) and are registered with
 multiprocessing's resource tracker, which removes them even if the parent is
-killed; result segments are unlinked by the parent on receipt, by the parent if
-the worker dies between creating and sending one, and by the worker if the parent
-dies first. Where shared memory is unavailable or full (a small ``/dev/shm`` in a
-container) everything falls back to the pipe: ``posix_fallocate`` reserves the
-memory up front, so a full ``/dev/shm`` is an error we catch, not a SIGBUS later.
+killed; result segments are unlinked by the parent on receipt, by the parent
+(every name with the worker's prefix) once the worker is gone, and by the worker
+if the parent dies first, the one it is still writing included. Where shared
+memory is unavailable or full (a small ``/dev/shm`` in a container) everything
+falls back to the pipe: ``posix_fallocate`` reserves the memory up front, so a
+full ``/dev/shm`` is an error we catch, not a SIGBUS later.
+
+Names: ``/procpool-<parent pid>-<random>-<n>`` for a pool's call segments and
+``/procpool-<parent pid>-w<random>-<n>`` for one worker's results, the random
+part from :mod:`secrets`. Another local user can neither guess a name to squat
+on it nor make us open a file of theirs (``O_CREAT | O_EXCL``, mode 0600); a
+name that is taken anyway is skipped, never used or removed. The parent attaches
+only a result name with its worker's prefix and a number above the last one.
+
+File descriptors: a mapping made by :mod:`mmap` keeps a descriptor open for as
+long as it lives, and result arrays *are* mappings. From Python 3.13 mappings
+keep none (``trackfd=False``); before that, past :func:`fd_budget` live result
+mappings a result is copied into anonymous memory instead, so no number of held
+results exhausts the process's descriptors.
 
 Linux only for now; elsewhere :data:`ENABLED` is False and buffers stay in band.
 """
@@ -67,6 +81,12 @@ KEEP_SEGMENTS_PER_WORKER = 3
 KEEP_BYTES = 512 * 1024 * 1024
 _ALIGN = 64
 _GRAIN = 1024 * 1024
+#: Names tried for one segment before the message falls back to the pipe.
+NAME_TRIES = 8
+#: Where POSIX shared memory lives on Linux: listed to clean up by prefix.
+_SHM_DIR = "/dev/shm"
+#: mmap keeps no descriptor of its own (Python 3.13+).
+_TRACKFD = sys.version_info >= (3, 13)
 
 PROTOCOL = 5
 # After the message header: name length, name, buffer count, then per buffer
@@ -80,23 +100,56 @@ def _round(size: int, grain: int) -> int:
     return -(-size // grain) * grain
 
 
+def random_part() -> str:
+    """The unguessable part of a family of segment names (made in the parent)."""
+    import secrets  # not at the top: workers import this module, and never need it
+
+    return secrets.token_hex(8)
+
+
 def unlink_segment(name: str) -> None:
     """Remove a segment name; nothing if it is already gone."""
     with contextlib.suppress(OSError):
         _posixshmem.shm_unlink(name)
 
 
+def unlink_prefixed(prefix: str) -> None:
+    """Remove every segment whose name starts with ``prefix`` (a family of ours)."""
+    try:
+        names = os.listdir(_SHM_DIR)
+    except OSError:
+        return
+    start = prefix.lstrip("/")
+    for name in names:
+        if name.startswith(start):
+            unlink_segment("/" + name)
+
+
+#: Keyword arguments for mmap.mmap that keep it from holding a descriptor (3.13+).
+_NO_FD: dict[str, Any] = {"trackfd": False} if _TRACKFD else {}
+
+
+def _map(fd: int, size: int, access: int = mmap.ACCESS_WRITE) -> mmap.mmap:
+    return mmap.mmap(fd, size, access=access, **_NO_FD)
+
+
 def _create(name: str, size: int) -> mmap.mmap | None:
-    """A new shared segment of ``size`` bytes, mapped; None if there is no room."""
+    """A new shared segment of ``size`` bytes, mapped; None if there is no room.
+
+    Raises:
+        FileExistsError: the name is taken (by someone else: skip it).
+    """
     try:
         fd: int = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        raise
     except OSError:
         return None
     try:
         # Reserve the pages now: on a full /dev/shm this fails cleanly, where a
         # plain ftruncate would let the first write past the limit raise SIGBUS.
         os.posix_fallocate(fd, 0, size)
-        return mmap.mmap(fd, size)
+        return _map(fd, size)
     except OSError:
         unlink_segment(name)
         return None
@@ -107,9 +160,66 @@ def _create(name: str, size: int) -> mmap.mmap | None:
 def _attach(name: str, size: int, *, private: bool) -> mmap.mmap:
     fd: int = _posixshmem.shm_open(name, os.O_RDWR, 0)
     try:
-        if private:
-            return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
-        return mmap.mmap(fd, size)
+        return _map(fd, size, mmap.ACCESS_COPY if private else mmap.ACCESS_WRITE)
+    finally:
+        os.close(fd)
+
+
+class _HeldMappings:
+    """How many result mappings that keep a descriptor are alive (before 3.13)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.count >= fd_budget():
+                return False
+            self.count += 1
+            return True
+
+    def give_back(self) -> None:
+        with self.lock:
+            self.count -= 1
+
+
+_held = _HeldMappings()
+
+
+def fd_budget() -> int:
+    """Result mappings that may keep a descriptor each: a quarter of the limit, 256 at most."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(0, min(256, soft // 4))
+
+
+def _attach_result(name: str, size: int) -> mmap.mmap:
+    """Map a result's segment; past the descriptor budget, copy it into anonymous memory."""
+    fd: int = _posixshmem.shm_open(name, os.O_RDWR, 0)
+    try:
+        if _TRACKFD:
+            return _map(fd, size)
+        if _held.take():
+            mapping = mmap.mmap(fd, size)
+            weakref.finalize(mapping, _held.give_back)
+            return mapping
+        # Anonymous memory keeps no descriptor; one copy, at memcpy speed.
+        copy = mmap.mmap(-1, size)
+        view = memoryview(copy)
+        try:
+            done = 0
+            while done < size:
+                got = os.preadv(fd, [view[done:]], done)
+                if got <= 0:
+                    raise OSError(f"shared segment {name} ended after {done} of {size} bytes")
+                done += got
+        finally:
+            view.release()
+        return copy
     finally:
         os.close(fd)
 
@@ -221,7 +331,7 @@ class SegmentPool:
         self._live: dict[str, Segment] = {}
         self._keep = KEEP_SEGMENTS_PER_WORKER * workers
         self._pid = os.getpid()
-        self._prefix = f"/procpool-{self._pid}-{id(self):x}-"
+        self._prefix = f"/procpool-{self._pid}-{random_part()}-"
         self._names = itertools.count()
         self._closed = False
         # Whatever is still alive when the pool is collected or the program ends.
@@ -238,9 +348,16 @@ class SegmentPool:
             if best is not None:
                 self._free.remove(best)
                 return Lease(self, best)
-            name = f"{self._prefix}{next(self._names)}"
             size = _round(size, _GRAIN)
-            mapping = _create(name, size)
+            for _ in range(NAME_TRIES):
+                name = f"{self._prefix}{next(self._names)}"
+                try:
+                    mapping = _create(name, size)
+                except FileExistsError:
+                    continue  # not ours: never use nor remove it
+                break
+            else:
+                return None
             if mapping is None:
                 return None
             segment = Segment(name, size, mapping)
@@ -348,19 +465,20 @@ class CallBuffers:
 # results: a fresh segment per reply, created by the worker, unlinked by the parent
 
 
-def reply_name(parent_pid: int, worker_pid: int, seq: int) -> str:
-    """Name of a worker's ``seq``-th result segment (the parent can predict it)."""
-    return f"/procpool-{parent_pid}-w{worker_pid}-{seq}"
+def reply_prefix(parent_pid: int) -> str:
+    """A new family of result names for one worker (the parent keeps it to check)."""
+    return f"/procpool-{parent_pid}-w{random_part()}-"
 
 
 class ReplySegments:
-    """The worker side: creates one segment per large result."""
+    """The worker side: creates one segment per large result, named ``<prefix><n>``."""
 
-    def __init__(self, parent_pid: int) -> None:
-        self.parent_pid = parent_pid
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.seq = 0
-        #: Recent names, unlinked if the parent dies before reading them.
-        self.recent: deque[str] = deque(maxlen=64)
+        # Held while a segment is created, and for good once the parent is gone:
+        # no segment is created that the cleanup could miss.
+        self._lock = threading.Lock()
 
     def dumps(self, obj: object) -> tuple[bytes, bytes]:
         """Pickle ``obj``: (shared-memory header or b"", pickle)."""
@@ -368,36 +486,84 @@ class ReplySegments:
         if not buffers:
             return b"", data
         spans, size = _layout(buffers)
-        name = reply_name(self.parent_pid, os.getpid(), self.seq + 1)
-        mapping = _create(name, size)
+        mapping: mmap.mmap | None = None
+        name = ""
+        with self._lock:
+            for _ in range(NAME_TRIES):
+                self.seq += 1
+                name = f"{self.prefix}{self.seq}"
+                try:
+                    mapping = _create(name, size)
+                except FileExistsError:
+                    continue  # taken by someone else: the next number
+                break
         if mapping is None:
             return b"", pickle.dumps(obj, PROTOCOL)
         try:
             header = _header(name, _fill(mapping, buffers, spans))
         finally:
             mapping.close()
-        self.seq += 1
-        self.recent.append(name)
         return header, data
 
     def forget_all(self) -> None:
-        """Unlink every recent segment (the parent is gone)."""
-        for name in list(self.recent):
-            unlink_segment(name)
+        """The parent is gone: unlink every segment of ours, the one being written too.
+
+        Keeps the lock: the process is about to exit, and must create no more.
+        """
+        self._lock.acquire()
+        unlink_prefixed(self.prefix)
 
 
-def load_reply(data: memoryview, at: int) -> Callable[[], object]:
-    """Map and unlink a result's segment now; return the unpickling step.
+class ForeignSegmentError(ValueError):
+    """Raised for a reply that names a segment its worker may not have made."""
 
-    The segment is unlinked before anything can fail, so a reply that is
-    dropped or does not unpickle leaves nothing behind.
+
+def reply_seq(name: str, prefix: str, last: int) -> int:
+    """The number of a result segment ``name``, checked against the worker's family.
+
+    Raises:
+        ForeignSegmentError: the name lacks the prefix, or its number is not above
+            ``last`` (each name is used once, in increasing order).
+    """
+    number = name[len(prefix) :] if name.startswith(prefix) else ""
+    if not (number.isdigit() and number.isascii()) or int(number) <= last:
+        raise ForeignSegmentError(
+            f"the worker named a shared-memory segment that is not one of its own "
+            f"({name!r}); nothing was opened or removed"
+        )
+    return int(number)
+
+
+def load_reply(
+    data: memoryview, at: int, prefix: str, last: int
+) -> tuple[int, Callable[[], object]]:
+    """Map and unlink a result's segment now; return its number and the unpickling step.
+
+    Only a name of the worker's own family (``prefix``), numbered above ``last``,
+    is opened. The segment is unlinked before anything can fail, so a reply that
+    is dropped or does not unpickle leaves nothing behind.
+
+    Raises:
+        ForeignSegmentError: see :func:`reply_seq`.
     """
     name, spans, start = parse(data, at)
+    seq = reply_seq(name, prefix, last)
     try:
-        mapping = _attach(name, _size(spans), private=False)
+        mapping = _attach_result(name, _size(spans))
     finally:
         unlink_segment(name)
     base = memoryview(mapping)
     views = [base[offset : offset + size] for offset, size in spans]
     payload = data[start:]
-    return lambda: pickle.loads(payload, buffers=views)
+    return seq, lambda: pickle.loads(payload, buffers=views)
+
+
+def drop_reply(data: memoryview, at: int, prefix: str, last: int) -> int:
+    """Unlink the segment of a reply nobody will read; return its number (``last`` if foreign)."""
+    name, _, _ = parse(data, at)
+    try:
+        seq = reply_seq(name, prefix, last)
+    except ForeignSegmentError:
+        return last
+    unlink_segment(name)
+    return seq

@@ -75,6 +75,13 @@ class Waiter(Generic[K]):
             return [key.data for key, _ in self._selector.select(timeout)]
         return [self._keys[obj] for obj in _mp_wait(list(self._keys), timeout)]
 
+    def fileno(self) -> int | None:
+        """The selector's own descriptor (epoll on Linux), if it has one."""
+        if self._selector is None:
+            return None
+        fileno = getattr(self._selector, "fileno", None)
+        return None if fileno is None else int(fileno())
+
     def close(self) -> None:
         """Release the selector."""
         if self._selector is not None:
@@ -100,6 +107,10 @@ class Wakeup:
         with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
             while self.reader.recv(4096):
                 pass
+
+    def filenos(self) -> tuple[int, int]:
+        """Both ends' descriptors."""
+        return self.reader.fileno(), self._writer.fileno()
 
     def close(self) -> None:
         """Close both ends."""

@@ -11,6 +11,7 @@ only with ``forward_logs``) so that a worker starts fast under ``spawn`` and
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pickle
@@ -28,7 +29,8 @@ from ._channel import decode_function, encode_reply, exception_body
 from ._shm import ENABLED as SHARED_MEMORY
 from ._shm import CallBuffers, ReplySegments, parse
 
-#: This worker's result segments, unlinked if the parent dies before reading them.
+#: This worker's result segments, unlinked if the parent dies before reading them
+#: (the one being written too).
 _reply_segments: ReplySegments | None = None
 
 #: How often a worker checks that its parent is still alive.
@@ -299,23 +301,69 @@ def forget_inherited_forkserver() -> None:
     server._lock = threading.Lock()
 
 
+def _ignore_interrupt(signum: int, frame: object) -> None:
+    """SIGINT in a worker: the parent handles Ctrl-C for the whole pool."""
+
+
+def reset_signals() -> None:
+    """Give this child the signal handling it needs, whatever its parent had.
+
+    SIGINT gets a handler that does nothing, not ``SIG_IGN``: an ignored signal
+    stays ignored across ``exec``, so a program a task starts could not be stopped
+    with Ctrl-C, while ``exec`` resets a handler to the default. A worker that
+    raised KeyboardInterrupt would print a traceback for every process.
+
+    Every other signal the host application gave a Python handler (inherited
+    under fork) goes back to the default: ``terminate()`` sends SIGTERM, which
+    must end the worker, not run the host's shutdown code in it.
+    """
+    for sig in signal.valid_signals():
+        if sig == signal.SIGINT:
+            continue
+        try:
+            handler = signal.getsignal(sig)
+        except (OSError, ValueError):
+            continue
+        if callable(handler):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, _ignore_interrupt)
+
+
+def close_inherited(fds: Sequence[int]) -> None:
+    """Close descriptors of the parent's own machinery, inherited through fork.
+
+    The parent's ends of every worker's pipes, its wake-up socket and its epoll
+    object: a worker holding them could write into another worker's pipe, and
+    keeps a pipe open that should reach end-of-file when its owner goes.
+    """
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def worker_main(
     task_conn: Connection,
     result_conn: Connection,
     marks: Any,
     slot: int,
     parent_pid: int,
+    reply_prefix: str,
+    inherited: tuple[int, ...],
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     forward_logs: bool,
 ) -> None:
-    """Entry point of a pool worker process."""
-    # The parent handles Ctrl-C for the whole pool; a worker that raised
-    # KeyboardInterrupt too would print a traceback for every process.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Entry point of a pool worker process.
+
+    ``reply_prefix`` names this worker's result segments (see ``_shm``);
+    ``inherited`` lists the parent's descriptors to close (under fork).
+    """
+    close_inherited(inherited)
+    reset_signals()
     global _reply_segments
     if SHARED_MEMORY:
-        _reply_segments = ReplySegments(parent_pid)
+        _reply_segments = ReplySegments(reply_prefix)
     watch_parent(parent_pid)
     forget_inherited_forkserver()
     sender = _Sender(result_conn, _reply_segments)
