@@ -557,6 +557,50 @@ def test_stats_snapshots_are_consistent_while_work_runs(start_method: str) -> No
     assert not bad, bad[:3]
 
 
+def test_stats_count_a_task_cancelled_as_it_finishes_once(start_method: str) -> None:
+    """A task that finished just as it was cancelled counted as completed and cancelled."""
+    with procpool.Pool(2, context=start_method) as pool:
+        for i in range(200):
+            fut = pool.submit(helpers.square, i)
+            time.sleep(0.0005 * (i % 3))
+            fut.cancel()
+        mapped = [pool.map(helpers.square, range(50), chunksize=5) for _ in range(20)]
+        for m in mapped:
+            time.sleep(0.001)
+            m.cancel()
+    s = pool.stats()
+    assert s.completed + s.failed + s.cancelled == s.submitted, s
+
+
+def test_long_then_chains_end_when_the_pool_is_terminated(start_method: str) -> None:
+    """Once the pool is gone its callbacks run inline: 3,000 links must not recurse.
+
+    Eight chains, so that the callback thread closes while it works through them
+    and the rest are cancelled inline.
+    """
+    pool = procpool.Pool(1, context=start_method)
+    heads = [pool.submit(helpers.sleep_then, 30) for _ in range(8)]
+    tails: list[procpool.Future[int]] = []
+    for head in heads:
+        last: procpool.Future[int] = head
+        for _ in range(3000):
+            last = last.then(lambda x: x + 1)
+        tails.append(last)
+    pool.terminate()
+    assert pool.join(timeout=30)
+    for tail in tails:
+        with pytest.raises(concurrent.futures.CancelledError):
+            tail.result(timeout=30)
+
+
+def test_a_long_then_chain_on_a_spawned_process_resolves() -> None:
+    handle = procpool.spawn(helpers.sleep_then, 0.3, 1)
+    last: procpool.Future[int] = handle
+    for _ in range(3000):
+        last = last.then(lambda x: x + 1)
+    assert last.result(timeout=30) == 3001
+
+
 def test_join_while_running_is_an_error() -> None:
     with procpool.Pool(1) as pool, pytest.raises(ValueError, match="close"):
         pool.join()

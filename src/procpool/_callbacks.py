@@ -24,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 LOGGER = logging.getLogger("procpool")
@@ -34,6 +35,27 @@ _here = threading.local()
 def _runner_of_this_thread() -> CallbackRunner | None:
     runner: CallbackRunner | None = getattr(_here, "runner", None)
     return runner
+
+
+def run_inline(thunk: Callable[[], None]) -> None:
+    """Run ``thunk`` in this thread now, or right after the thunk this thread is running.
+
+    Callbacks that run inline (no runner, or a closed one) may resolve further
+    futures, whose callbacks run inline too: a 5,000-link ``then`` chain would
+    recurse 5,000 times and fail with RecursionError half-way. A thread already
+    running an inline thunk queues the next one instead, and the outermost call
+    runs them one after the other.
+    """
+    pending: deque[Callable[[], None]] | None = getattr(_here, "inline", None)
+    if pending is not None:
+        pending.append(thunk)
+        return
+    pending = _here.inline = deque((thunk,))
+    try:
+        while pending:
+            pending.popleft()()
+    finally:
+        _here.inline = None
 
 
 def before_blocking() -> None:
@@ -75,7 +97,7 @@ class CallbackRunner:
                     self._start_taker()
                 self._queue.put(thunk)
                 return
-        thunk()
+        run_inline(thunk)
 
     def pending(self) -> int:
         """Thunks queued or running, not counting those blocked in the pool's ``join()``."""

@@ -965,10 +965,10 @@ class Dispatcher:
                 else None
             )
             call.worker_done = offset + len(values)
-            if not job.map_future.done():  # a cancelled job's items counted as cancelled
+            # Counted only if stored: a cancelled map's items count as cancelled.
+            if job.map_future._set_batch(call.start + offset, values, failures):
                 self.stats.completed += len(values) - (len(failures) if failures else 0)
                 self.stats.failed += len(failures) if failures else 0
-            job.map_future._set_batch(call.start + offset, values, failures)
             if final:
                 self._call_done(worker, call)
             return
@@ -1009,11 +1009,12 @@ class Dispatcher:
         self, job: Job, *, result: object = None, exception: BaseException | None = None
     ) -> None:
         job.release()
-        if exception is None:
-            self.stats.completed += 1
-        else:
-            self.stats.failed += 1
-        job.future._finish(result, exception)
+        # Counted only if it took: a future cancelled meanwhile counts as cancelled.
+        if job.future._finish(result, exception):
+            if exception is None:
+                self.stats.completed += 1
+            else:
+                self.stats.failed += 1
 
     def _count_failed_here(self, job: Job) -> None:
         """Count the items a map failed in the parent (unpicklable) while cutting calls."""
@@ -1024,10 +1025,8 @@ class Dispatcher:
     def _fail_call(self, job: Job, call: Call, first: int, error: BaseException) -> None:
         """Fail a whole call: a single job's future, or every unreported item of a chunk."""
         if isinstance(job, MapJob):
-            if not job.map_future.done():  # else cancelled: counted as such
-                self.stats.failed += call.stop - first
-                for index in range(first, call.stop):
-                    job.map_future._set_error(index, error)
+            for index in range(first, call.stop):
+                self.stats.failed += job.map_future._set_error(index, error)
             if job.map_future.done():
                 job.release()
         else:
@@ -1252,8 +1251,7 @@ class Dispatcher:
                 pid=pid,
             )
         if isinstance(job, MapJob):
-            job.map_future._set_error(index, error)
-            self.stats.failed += 1
+            self.stats.failed += job.map_future._set_error(index, error)
         else:
             self._resolve(job, exception=error)
 
@@ -1268,11 +1266,10 @@ class Dispatcher:
     ) -> None:
         """Fail map items with a ``WorkerLostError`` saying which item and ``why``."""
         for index in indices:
-            job.map_future._set_error(
+            self.stats.failed += job.map_future._set_error(
                 index,
                 WorkerLostError(f"{job.describe(call, index)}{why}", exitcode=exitcode, pid=pid),
             )
-        self.stats.failed += len(indices)
 
     def _timed_heads(self) -> Iterator[tuple[_Worker, int, float, int, int]]:
         """Each live worker whose current call has a time limit, as (worker, call id,

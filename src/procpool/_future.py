@@ -35,7 +35,7 @@ from concurrent.futures._base import (
 )
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-from ._callbacks import before_blocking
+from ._callbacks import before_blocking, run_inline
 
 __all__ = ["Future", "MapFuture"]
 
@@ -183,7 +183,7 @@ class Future(concurrent.futures.Future[T]):
             return
         runner = self._callback_runner
         if runner is None:
-            self._invoke_callbacks()
+            run_inline(self._invoke_callbacks)
         else:
             runner(self._invoke_callbacks)
 
@@ -425,17 +425,16 @@ class MapFuture(Future[list[R]], Iterator[R]):
 
     # -- executor side -----------------------------------------------------------
 
-    def _set_items(self, start: int, values: list[Any]) -> None:
-        """Store results for items ``start .. start+len(values)-1``."""
-        self._set_batch(start, values, None)
-
     def _set_batch(
         self, start: int, values: list[Any], errors: dict[int, BaseException] | None
-    ) -> None:
-        """Store a batch of results; ``errors`` maps batch-relative indices to failures."""
+    ) -> bool:
+        """Store a batch of results; ``errors`` maps batch-relative indices to failures.
+
+        Returns False, storing nothing, if the map is done already (cancelled).
+        """
         with self._condition:
             if self._state in _DONE_STATES:
-                return
+                return False
             stop = start + len(values)
             self._values[start:stop] = values
             if errors:
@@ -450,6 +449,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
         self._progressed(len(values))
         if complete:
             self._complete()
+        return True
 
     def _progressed(self, count: int) -> None:
         report = self._on_progress
@@ -476,11 +476,11 @@ class MapFuture(Future[list[R]], Iterator[R]):
                     self._received += 1
         self._complete()
 
-    def _set_error(self, index: int, exc: BaseException) -> None:
-        """Record that item ``index`` failed with ``exc``."""
+    def _set_error(self, index: int, exc: BaseException) -> bool:
+        """Record that item ``index`` failed with ``exc``; False if the map is done already."""
         with self._condition:
             if self._state in _DONE_STATES:
-                return
+                return False
             self._errors[index] = exc
             self._values[index] = None
             self._received += 1
@@ -490,6 +490,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
         self._progressed(1)
         if complete:
             self._complete()
+        return True
 
     def _complete(self) -> None:
         with self._condition:

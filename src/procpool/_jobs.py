@@ -294,8 +294,7 @@ class MapJob(Job):
                     self.pending.extendleft(reversed([(i, i + 1) for i in range(start, stop)]))
                 else:
                     error = _item_serialization_error(self, start, chunk[0], exc)
-                    self.map_future._set_error(start, error)
-                    self.failed_here += 1
+                    self.failed_here += self.map_future._set_error(start, error)
                 continue
             self.in_flight += 1
             self.encoded_items += stop - start
