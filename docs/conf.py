@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -63,3 +64,45 @@ html_theme_options = {
     "source_branch": "main",
     "source_directory": "docs/",
 }
+
+
+# -- Base classes ----------------------------------------------------------------
+# Pool and DaskPool derive from a private class (procpool._executor.TypedExecutor)
+# that the reference does not document: "Bases: TypedExecutor" named a class
+# readers cannot look up. Show the first public ancestor instead
+# (concurrent.futures.Executor). The members inherited from the private class are
+# still documented on each pool (`:inherited-members: Executor` in api.md).
+
+
+def _public_path(cls: type) -> str | None:
+    """Return the dotted path ``cls`` is imported by, or None if it has no public one."""
+    name = cls.__qualname__
+    if name.startswith("_"):
+        return None
+    parts = cls.__module__.split(".")
+    # The shortest public path first: concurrent.futures.Executor, not
+    # concurrent.futures._base.Executor; procpool.Pool, not procpool._pool.Pool.
+    for i in range(1, len(parts) + 1):
+        if any(part.startswith("_") for part in parts[:i]):
+            return None
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is not None and getattr(module, name, None) is cls:
+            return f"{'.'.join(parts[:i])}.{name}"
+    return None
+
+
+def _public_bases(app: Any, name: str, obj: object, options: object, bases: list[Any]) -> None:
+    """Replace each private base class by its first public ancestor (autodoc-process-bases)."""
+    shown: list[Any] = []
+    for base in bases:
+        if isinstance(base, type) and _public_path(base) is None:
+            path = next((p for p in map(_public_path, base.__mro__[1:]) if p is not None), "object")
+            base = f":py:class:`{path}`"
+        if base not in shown:
+            shown.append(base)
+    bases[:] = shown
+
+
+def setup(app: Any) -> None:
+    """Connect the hooks above."""
+    app.connect("autodoc-process-bases", _public_bases)
