@@ -237,3 +237,12 @@ def test_make_demo_job_runs_and_reports_the_failures_it_causes() -> None:
     # The serial and the pool count agree.
     counts = {m.group(1) for line in lines if (m := re.search(r"([\d,]+) primes in", line))}
     assert len(counts) == 1, proc.stdout
+    # "N tasks completed" is what the user can count: the map's ranges plus the other
+    # tasks that arrived (the demo's warm-up task is not one of them).
+    ranges = re.search(r"^Counting primes below [\d,]+ in (\d+) ranges", proc.stdout, re.M)
+    others = re.search(r"^  the other (\d+) tasks all arrived", proc.stdout, re.M)
+    completed = re.search(r"; (\d+) tasks completed, ", proc.stdout)
+    assert ranges, proc.stdout
+    assert others, proc.stdout
+    assert completed, proc.stdout
+    assert int(completed[1]) == int(ranges[1]) + int(others[1]), proc.stdout
