@@ -51,7 +51,7 @@ def test_errors_form_one_hierarchy() -> None:
 
 
 def test_importing_the_worker_loop_stays_light() -> None:
-    # A worker process imports procpool._worker: it must not drag in the pool,
+    # A worker process imports procpool._child.worker: it must not drag in the pool,
     # asyncio or Dask (start-up time under spawn and forkserver), nor logging,
     # traceback or concurrent.futures.process, which it loads only when it
     # forwards logs or a task fails (together ~11 ms of every worker's start).
@@ -64,6 +64,6 @@ def test_importing_the_worker_loop_stays_light() -> None:
         "traceback",
         "concurrent.futures.process",
     )
-    code = f"import sys, procpool._worker; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    code = f"import sys, procpool._child.worker; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,7 +12,8 @@ import pytest
 
 import helpers
 import procpool
-from procpool import SerializationError, TaskTimeoutError, WorkerLostError, _worker
+from procpool import SerializationError, TaskTimeoutError, WorkerLostError
+from procpool._child import worker as _worker
 
 pytestmark = pytest.mark.timeout(90)
 

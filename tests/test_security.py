@@ -23,8 +23,8 @@ import pytest
 import arrays
 import helpers
 import procpool
-from procpool import _messages as m
-from procpool import _shm
+from procpool._child import messages as m
+from procpool._child import shm as _shm
 
 SCRIPTS = Path(__file__).parent / "scripts"
 pytestmark = pytest.mark.timeout(120)

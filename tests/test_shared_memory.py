@@ -11,7 +11,8 @@ import pytest
 import arrays
 import helpers
 import procpool
-from procpool import WorkerLostError, _shm
+from procpool import WorkerLostError
+from procpool._child import shm as _shm
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -50,7 +50,7 @@ __all__ = (
     "spawn",
 )
 
-# Names are imported on first use: a worker process imports ``procpool._worker``,
+# Names are imported on first use: a worker process imports ``procpool._child.worker``,
 # which imports this package, and must not pay for the pool, asyncio or Dask.
 _WHERE = {
     "DaskPool": "._dask",

@@ -15,7 +15,7 @@ The data flow of one task::
          │               the Dask future is kept in ``_Core.jobs`` until the task is
          │               done: Dask forgets a task whose future is garbage-collected
          ▼
-    scheduler ──> a worker thread runs fn (inside ``_call_limited`` if it has a time limit)
+    scheduler ──> a worker thread runs fn (inside ``call_limited`` if it has a time limit)
          │
          ▼
     Dask's callback thread: ``_Core.on_dask_done`` hands the Dask future to one of
@@ -28,7 +28,8 @@ The data flow of one task::
     the pool's callback thread runs the user's callbacks (then/catch/add_done_callback),
     so a callback that blocks can never stall Dask's own callback thread.
 
-``map`` and ``imap`` send chunks of items to ``_run_chunk``, which runs on the worker,
+``map`` and ``imap`` send chunks of items to ``run_chunk`` (in :mod:`._child.dask_chunk`),
+which runs on the worker,
 catches each item's exception separately and returns one outcome per item: items
 fail exactly as they would in a serial ``map``.
 
@@ -43,14 +44,12 @@ never needs it, and this module type-checks with or without it (the client is ``
 from __future__ import annotations
 
 import concurrent.futures
-import contextvars
 import enum
 import functools
 import importlib
 import itertools
 import logging
 import math
-import pickle
 import queue
 import threading
 import time
@@ -58,7 +57,7 @@ import traceback
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -66,6 +65,7 @@ from typing import Any, TypeVar, cast
 from typing_extensions import ParamSpec, Self
 
 from ._callbacks import CallbackRunner, before_blocking
+from ._child.dask_chunk import NotSendable, Outcome, TimedOut, call_limited, run_chunk, task_name
 from ._errors import (
     PoolClosedError,
     RemoteTraceback,
@@ -89,8 +89,7 @@ LOGGER = logging.getLogger("procpool")
 
 INSTALL_HINT = 'DaskPool needs dask.distributed: pip install "procpool[dask]"'
 
-#: One item's result from ``_run_chunk``: (True, value, None) or (False, exception, traceback text).
-_Outcome = tuple[bool, Any, "str | None"]
+_Outcome = Outcome
 
 
 def _private_local_cluster(distributed: Any) -> Any:
@@ -123,111 +122,18 @@ def _import_distributed() -> Any:
         raise ImportError(INSTALL_HINT) from exc
 
 
-def _task_name(fn: Callable[..., object]) -> str:
-    """A readable name for Dask keys (the dashboard shows it), ``partial`` unwrapped."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    name = getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else type(fn).__name__
-
-
-# -- code that runs on the Dask workers --------------------------------------------------
-#
-# These functions travel to the workers by reference (``procpool._dask._run_chunk``),
-# so procpool must be installed there too, the same version as in the client.
-
-
-def _timeout_error(fn: Callable[..., object], timeout: float) -> TaskTimeoutError:
-    return TaskTimeoutError(
-        f"{_task_name(fn)} ran longer than its time limit of {timeout:g} s (Dask cannot "
-        "stop a running task: its thread on the worker goes on until the function "
-        "returns, and the result is discarded)",
-        timeout=timeout,
-    )
-
-
-def _call_limited(
-    fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
-) -> T:
-    """Run ``fn(*args, **kwargs)`` on a worker; raise ``TaskTimeoutError`` after ``timeout`` s.
-
-    The call runs in a helper thread so that the Dask task answers on time even
-    when the function is stuck in C code. The clock starts when the worker starts
-    the task, so time spent waiting in the scheduler's queue never counts.
-    """
-    outcome: list[tuple[bool, Any]] = []
-    finished = threading.Event()
-    # The helper thread sees the task's context variables, as the task thread would.
-    context = contextvars.copy_context()
-
-    def run() -> None:
-        try:
-            outcome.append((True, context.run(fn, *args, **kwargs)))
-        except BaseException as exc:
-            outcome.append((False, exc))
-        finally:
-            finished.set()
-
-    # Daemon: a task that never returns must not keep the worker process from exiting.
-    helper = threading.Thread(target=run, name=f"procpool-{_task_name(fn)}", daemon=True)
-    helper.start()
-    if not finished.wait(timeout):
-        raise _timeout_error(fn, timeout)
-    ok, value = outcome[0]
-    if ok:
-        return cast("T", value)
-    raise value
-
-
-def _failure(fn: Callable[..., object], exc: BaseException) -> _Outcome:
-    """Package an item's exception so that it survives the trip back to the client."""
-    tb = exc.__traceback__
-    # Skip _run_chunk's own frame: the user wants to see their function.
-    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-    try:
-        # A round trip, not just dumps: an exception whose __init__ wants other
-        # arguments than its .args pickles fine, then fails to unpickle in the client,
-        # which would fail the whole chunk instead of this one item.
-        pickle.loads(pickle.dumps(exc))
-    except Exception as error:
-        exc = SerializationError(
-            f"{_task_name(fn)} raised {type(exc).__qualname__}: {exc}, which cannot be sent "
-            f"back from the worker ({type(error).__name__}: {error}); give the exception "
-            "class an __init__ that accepts its .args, or a __reduce__"
+def _from_worker(exc: BaseException) -> BaseException:
+    """Turn the stand-ins a Dask worker raises (see ``_child.dask_chunk``) into procpool's errors."""
+    if isinstance(exc, TimedOut):
+        return TaskTimeoutError(
+            f"{exc.name} ran longer than its time limit of {exc.timeout:g} s (Dask cannot "
+            "stop a running task: its thread on the worker goes on until the function "
+            "returns, and the result is discarded)",
+            timeout=exc.timeout,
         )
-    return (False, exc, text)
-
-
-def _run_chunk(
-    fn: Callable[..., object],
-    items: Sequence[tuple[Any, ...]],
-    timeout: float | None,
-    timeout_retries: int,
-) -> list[_Outcome]:
-    """Run ``fn(*item)`` for each item on a worker; one outcome per item, in order.
-
-    An item's exception is caught and returned with its formatted traceback, so
-    the other items of the chunk still run and every item fails or succeeds exactly
-    as in a serial ``map``. An item that runs out of time is run again up to
-    ``timeout_retries`` times.
-    """
-    outcomes: list[_Outcome] = []
-    for args in items:
-        attempts = timeout_retries
-        while True:
-            try:
-                value = fn(*args) if timeout is None else _call_limited(fn, args, {}, timeout)
-            except TaskTimeoutError as exc:
-                if attempts > 0:
-                    attempts -= 1
-                    continue
-                outcomes.append(_failure(fn, exc))
-            except Exception as exc:
-                outcomes.append(_failure(fn, exc))
-            else:
-                outcomes.append((True, value, None))
-            break
-    return outcomes
+    if isinstance(exc, NotSendable):
+        return SerializationError(str(exc))
+    return exc
 
 
 # -- the client side ----------------------------------------------------------------------
@@ -512,6 +418,7 @@ class _Core:
             return _serialization_error(f"the result of {job.name}", error)
         except Exception as error:  # the client lost the scheduler, and the like
             return error
+        exc = _from_worker(exc)
         if isinstance(exc, self.distributed.KilledWorker):
             lost = WorkerLostError(
                 f"the Dask worker running {job.name} died (or was lost) before it "
@@ -684,8 +591,8 @@ class DaskPool(TypedExecutor):
         if opts.timeout is None:
             call: Callable[[], object] = functools.partial(fn, *args, **kwargs)
         else:
-            call = functools.partial(_call_limited, fn, args, kwargs, opts.timeout)
-        _, fut = self._core.launch(_task_name(fn), call, opts, user_facing=True)
+            call = functools.partial(call_limited, fn, args, kwargs, opts.timeout)
+        _, fut = self._core.launch(task_name(fn), call, opts, user_facing=True)
         self._core.counters.add(submitted=1)
         fut.add_done_callback(self._count)
         return fut
@@ -704,7 +611,7 @@ class DaskPool(TypedExecutor):
         items = list(zip(*iterables))  # noqa: B905 (stops at the shortest, as builtins.map)
         result: MapFuture[R] = MapFuture(len(items), timeout=timeout)
         result._callback_runner = core.callbacks
-        reporter = make_reporter(progress, len(items), _task_name(fn))
+        reporter = make_reporter(progress, len(items), task_name(fn))
         if reporter is not None:
             result._on_progress = reporter.advance
         if not items:
@@ -859,11 +766,11 @@ class DaskPool(TypedExecutor):
     ) -> tuple[str, Future[list[_Outcome]]]:
         opts = self._options
         timeout_retries = opts.retries if opts.retry_timeouts else 0
-        call = functools.partial(_run_chunk, fn, items, opts.timeout, timeout_retries)
+        call = functools.partial(run_chunk, fn, items, opts.timeout, timeout_retries)
         # Timeouts of single items are retried on the worker; the chunk as a whole
         # is submitted again only when its workers died.
         chunk_opts = Options(None, opts.retries, False)
-        return self._core.launch(_task_name(fn), call, chunk_opts, user_facing=False)
+        return self._core.launch(task_name(fn), call, chunk_opts, user_facing=False)
 
     def _start_imap(
         self,
@@ -879,7 +786,7 @@ class DaskPool(TypedExecutor):
         core.check_open()
         if buffersize is None:
             buffersize = 4 * core.worker_threads() * chunksize
-        reporter = make_reporter(progress, None, _task_name(fn))
+        reporter = make_reporter(progress, None, task_name(fn))
 
         def launch(items: list[tuple[Any, ...]]) -> tuple[str, Future[list[_Outcome]]]:
             core.counters.add(submitted=len(items))
@@ -902,6 +809,7 @@ def _serialization_error(what: str, error: BaseException) -> SerializationError:
 
 
 def _with_remote_traceback(exc: BaseException, text: str | None) -> BaseException:
+    exc = _from_worker(exc)
     if text is not None:
         exc.__cause__ = RemoteTraceback(text)
     return exc
@@ -915,7 +823,7 @@ def _count_chunk(counters: _Counters, size: int, chunk: Future[list[_Outcome]]) 
         counters.add(failed=size)  # the whole task failed, so every item did
     else:
         failures = [value for ok, value, _ in chunk.result() if not ok]
-        timed_out = sum(isinstance(exc, TaskTimeoutError) for exc in failures)
+        timed_out = sum(isinstance(exc, TimedOut) for exc in failures)
         counters.add(completed=size - len(failures), failed=len(failures), timed_out=timed_out)
 
 

@@ -29,7 +29,7 @@ A worker is sent one call at a time, or two when both are chunks of the same
 started stays in the queue, where it can still be cancelled. A worker processes
 calls strictly in order and marks in shared memory which call and item it is on,
 so when a worker dies, overruns a time limit or runs a cancelled task, exactly one
-item (or one block of at most ``_worker.MAX_BLOCK`` items of a few µs each) is
+item (or one block of at most ``_child.worker.MAX_BLOCK`` items of a few µs each) is
 blamed and everything it had not started is handed to another worker.
 """
 
@@ -53,9 +53,19 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from . import _messages as m
 from ._callbacks import CallbackRunner, before_blocking
-from ._channel import describe_callable
+from ._child import messages as m
+from ._child.codec import describe_callable
+from ._child.shm import ENABLED as SHARED_MEMORY
+from ._child.shm import (
+    Lease,
+    SegmentPool,
+    drop_reply,
+    load_reply,
+    reply_prefix,
+    unlink_prefixed,
+)
+from ._child.worker import worker_main
 from ._context import PARENT_FDS, new_process
 from ._errors import (
     PoolClosedError,
@@ -68,10 +78,7 @@ from ._errors import (
 )
 from ._future import MapFuture
 from ._jobs import Call, Job, MapJob, SingleJob
-from ._shm import ENABLED as SHARED_MEMORY
-from ._shm import Lease, SegmentPool, drop_reply, load_reply, reply_prefix, unlink_prefixed
 from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup, widen_pipe
-from ._worker import worker_main
 
 LOGGER = logging.getLogger("procpool")
 

@@ -20,15 +20,31 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from . import _messages as m
-from ._channel import describe_callable, encode_call
+from ._child import codec
+from ._child import messages as m
+from ._child.codec import describe_callable, diagnose_call
 from ._errors import SerializationError
 from ._future import Future, MapFuture
 
 if TYPE_CHECKING:
-    from ._shm import Lease, SegmentPool
+    from ._child.shm import Lease, SegmentPool
 
 _ids = itertools.count(1)
+
+
+def encode_call(
+    call_id: int,
+    kind: int,
+    fn: object,
+    body: tuple[Any, ...],
+    cloud: bool,
+    segments: SegmentPool | None = None,
+) -> tuple[bytes, Lease | None]:
+    """:func:`._child.codec.encode_call`, its failure a :class:`SerializationError`."""
+    try:
+        return codec.encode_call(call_id, kind, fn, body, cloud, segments)
+    except codec.Unpicklable as exc:
+        raise SerializationError(str(exc)) from exc.__cause__
 
 
 def new_call_id() -> int:
@@ -331,7 +347,6 @@ def _item_serialization_error(
     job: MapJob, index: int, item: object, cause: SerializationError
 ) -> SerializationError:
     args: tuple[Any, ...] = cast("tuple[Any, ...]", item) if job.star else (item,)
-    from ._channel import diagnose_call
 
     detail = diagnose_call(job.fn, tuple(args), {}) if job.fn is not None else str(cause)
     return SerializationError(f"item {job.base_index + index} of map: {detail}")

@@ -23,14 +23,13 @@ from typing import Any, Generic, TypeVar, cast
 
 from typing_extensions import ParamSpec
 
-from . import _messages as m
-from ._channel import encode_call
+from ._child import messages as m
 from ._context import StartMethod, resolve_context
 from ._dispatcher import Dispatcher, PoolState
 from ._errors import PoolClosedError, SerializationError
 from ._executor import Options, TypedExecutor, check_count, check_timeout, check_workers, finite
 from ._future import Future, MapFuture
-from ._jobs import MapJob, SingleJob, Timing, new_call_id
+from ._jobs import MapJob, SingleJob, Timing, encode_call, new_call_id
 from ._progress import Progress, Reporter, make_reporter
 
 __all__ = ["Pool", "PoolStats"]

@@ -21,49 +21,18 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
-from . import _messages as m
 from ._callbacks import before_blocking
-from ._channel import describe_callable, diagnose_call, encode_reply, exception_body
+from ._child import messages as m
+from ._child.codec import describe_callable, diagnose_call
+from ._child.spawned import child_main
 from ._context import PARENT_FDS, StartMethod, new_process, resolve_context
 from ._errors import RemoteTraceback, SerializationError, WorkerLostError, describe_exitcode
 from ._future import Future, wait_seconds
-from ._worker import close_inherited, forget_inherited_forkserver, watch_parent
 
 __all__ = ["ProcessHandle", "spawn"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _child_main(
-    conn: Connection,
-    parent_pid: int,
-    inherited: tuple[int, ...],
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    """Entry point of a spawned process: run ``fn``, send one reply."""
-    close_inherited(inherited)
-    watch_parent(parent_pid)
-    forget_inherited_forkserver()
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException as exc:
-        data = encode_reply(m.NO_CALL, m.ERROR, 0.0, exception_body(exc))
-    else:
-        try:
-            data = encode_reply(m.NO_CALL, m.OK, 0.0, result)
-        except Exception as exc:
-            data = encode_reply(
-                m.NO_CALL,
-                m.BAD_PICKLE,
-                0.0,
-                f"the result of {describe_callable(fn)} could not be pickled "
-                f"({type(exc).__name__}: {exc}); return only picklable data",
-            )
-    conn.send_bytes(data)
-    conn.close()
 
 
 class ProcessHandle(Future[R]):
@@ -102,7 +71,7 @@ class ProcessHandle(Future[R]):
             PARENT_FDS.add(reader.fileno())
             process = new_process(
                 ctx,
-                _child_main,
+                child_main,
                 (writer, os.getpid(), PARENT_FDS.for_child(ctx), fn, args, kwargs),
                 name=name,
                 daemon=daemon,

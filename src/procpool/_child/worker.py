@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from . import _messages as m
-from ._channel import decode_function, encode_reply, exception_body
-from ._shm import ENABLED as SHARED_MEMORY
-from ._shm import CallBuffers, ReplySegments, parse
+from . import messages as m
+from .codec import decode_function, encode_reply, exception_body
+from .shm import ENABLED as SHARED_MEMORY
+from .shm import CallBuffers, ReplySegments, parse
 
 #: This worker's result segments, unlinked if the parent dies before reading them
 #: (the one being written too).

@@ -1,11 +1,10 @@
 """Serialization for the pipes, and the diagnosis of what would not pickle.
 
-Imported by the worker, so it imports nothing heavy (``traceback`` and the error
-classes load on first use: together they cost a worker ~6 ms of start-up, and a
-worker that never fails never needs them). Failures become a
-:class:`SerializationError` for the one call concerned, with a message that names
-the culprit (function, argument position or keyword, attribute path inside it)
-and the usual fix.
+Imported by the worker, so it imports nothing heavy (``traceback`` loads on first
+use: a worker that never fails never needs it). A call that does not pickle
+raises :class:`Unpicklable`, which the parent turns into a ``SerializationError``
+for the one call concerned, with a message that names the culprit (function,
+argument position or keyword, attribute path inside it) and the usual fix.
 """
 
 from __future__ import annotations
@@ -15,10 +14,10 @@ import pickle
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from ._messages import CALL_HEADER, CLOUDPICKLED, REPLY_HEADER, SHARED, SHARED_REPLY
+from .messages import CALL_HEADER, CLOUDPICKLED, REPLY_HEADER, SHARED, SHARED_REPLY
 
 if TYPE_CHECKING:
-    from ._shm import Lease, ReplySegments, SegmentPool
+    from .shm import Lease, ReplySegments, SegmentPool
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -26,6 +25,14 @@ _FIX = (
     "define it at module top level (workers import functions by name), "
     "or pass Pool(cloudpickle=True) to send functions with cloudpickle"
 )
+
+
+class Unpicklable(Exception):
+    """Raised when a call cannot be pickled; the message names the culprit and the fix.
+
+    The parent turns it into :class:`procpool.SerializationError` (the error
+    classes are parent-side: this package imports none of them).
+    """
 
 
 def describe_callable(fn: object) -> str:
@@ -109,7 +116,7 @@ def encode_call(
     the frame carries only their place.
 
     Raises:
-        SerializationError: naming the part of the call that does not pickle.
+        Unpicklable: naming the part of the call that does not pickle.
     """
     lease: Lease | None = None
     shared = b""
@@ -125,9 +132,7 @@ def encode_call(
             reason = diagnose_call(fn, args, kwargs)
         else:
             reason = diagnose_call(fn, (), {})
-        from ._errors import SerializationError
-
-        raise SerializationError(reason) from exc
+        raise Unpicklable(reason) from exc
     flags = (CLOUDPICKLED if cloud else 0) | (SHARED if shared else 0)
     return b"".join((CALL_HEADER.pack(call_id, kind | flags), shared, payload)), lease
 

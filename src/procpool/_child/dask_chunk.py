@@ -1,0 +1,129 @@
+"""What a Dask worker runs for ``DaskPool``: time-limited calls and map chunks.
+
+These functions travel to the Dask workers by reference
+(``procpool._child.dask_chunk.run_chunk``), so procpool must be installed there
+too, in the same version as in the client. Unpickling them imports this package
+only: a Dask worker never imports the pool, the dispatcher or the client side of
+``DaskPool``. Failures travel as two exceptions of this module, which the client
+turns into :class:`procpool.TaskTimeoutError` and :class:`procpool.SerializationError`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import pickle
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
+
+#: One item's outcome: (True, value, None), or (False, exception, traceback text).
+Outcome = tuple[bool, Any, "str | None"]
+
+
+class TimedOut(Exception):
+    """Raised on a worker for a call past its time limit (the client's TaskTimeoutError)."""
+
+    def __init__(self, name: str, timeout: float) -> None:
+        super().__init__(name, timeout)
+        self.name = name
+        self.timeout = timeout
+
+
+class NotSendable(Exception):
+    """Stands for an exception that could not be sent back (the client's SerializationError)."""
+
+
+def task_name(fn: Callable[..., object]) -> str:
+    """A readable name for Dask keys (the dashboard shows it), ``partial`` unwrapped."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+def call_limited(
+    fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+) -> T:
+    """Run ``fn(*args, **kwargs)`` on a worker; raise :class:`TimedOut` after ``timeout`` s.
+
+    The call runs in a helper thread so that the Dask task answers on time even
+    when the function is stuck in C code. The clock starts when the worker starts
+    the task, so time spent waiting in the scheduler's queue never counts.
+    """
+    outcome: list[tuple[bool, Any]] = []
+    finished = threading.Event()
+    # The helper thread sees the task's context variables, as the task thread would.
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            outcome.append((True, context.run(fn, *args, **kwargs)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    # Daemon: a task that never returns must not keep the worker process from exiting.
+    helper = threading.Thread(target=run, name=f"procpool-{task_name(fn)}", daemon=True)
+    helper.start()
+    if not finished.wait(timeout):
+        raise TimedOut(task_name(fn), timeout)
+    ok, value = outcome[0]
+    if ok:
+        return cast("T", value)
+    raise value
+
+
+def failure(fn: Callable[..., object], exc: BaseException) -> Outcome:
+    """Package an item's exception so that it survives the trip back to the client."""
+    tb = exc.__traceback__
+    # Skip run_chunk's own frame: the user wants to see their function.
+    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+    try:
+        # A round trip, not just dumps: an exception whose __init__ wants other
+        # arguments than its .args pickles fine, then fails to unpickle in the client,
+        # which would fail the whole chunk instead of this one item.
+        pickle.loads(pickle.dumps(exc))
+    except Exception as error:
+        exc = NotSendable(
+            f"{task_name(fn)} raised {type(exc).__qualname__}: {exc}, which cannot be sent "
+            f"back from the worker ({type(error).__name__}: {error}); give the exception "
+            "class an __init__ that accepts its .args, or a __reduce__"
+        )
+    return (False, exc, text)
+
+
+def run_chunk(
+    fn: Callable[..., object],
+    items: Sequence[tuple[Any, ...]],
+    timeout: float | None,
+    timeout_retries: int,
+) -> list[Outcome]:
+    """Run ``fn(*item)`` for each item on a worker; one outcome per item, in order.
+
+    An item's exception is caught and returned with its formatted traceback, so
+    the other items of the chunk still run and every item fails or succeeds exactly
+    as in a serial ``map``. An item that runs out of time is run again up to
+    ``timeout_retries`` times.
+    """
+    outcomes: list[Outcome] = []
+    for args in items:
+        attempts = timeout_retries
+        while True:
+            try:
+                value = fn(*args) if timeout is None else call_limited(fn, args, {}, timeout)
+            except TimedOut as exc:
+                if attempts > 0:
+                    attempts -= 1
+                    continue
+                outcomes.append(failure(fn, exc))
+            except Exception as exc:
+                outcomes.append(failure(fn, exc))
+            else:
+                outcomes.append((True, value, None))
+            break
+    return outcomes
