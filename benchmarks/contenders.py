@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import workloads
@@ -41,9 +43,14 @@ class Session:
         raise NotImplementedError
 
     def imap(
-        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int
+        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int | None
     ) -> Iterator[Any]:
-        """Lazy ordered map over a (possibly endless) iterable."""
+        """Lazy ordered map over a (possibly endless) iterable.
+
+        ``buffersize`` is the read-ahead for libraries that take one (B7);
+        ``None`` means the library's default, as for a caller who passes nothing
+        (B7d).  Libraries without a buffersize ignore it.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -66,9 +73,22 @@ class Contender:
     tuned = False
     #: One round trip costs milliseconds: B3 takes its median over fewer calls.
     slow_round_trip = False
+    #: Its ``imap`` takes a ``buffersize`` (B7d measures it with the default).
+    imap_buffersize = False
+    #: The name a user knows it by, for the summary at the top of the report.
+    name = ""
+
+    @property
+    def long_label(self) -> str:
+        """``name``, or ``label`` where the two are the same."""
+        return self.name or self.label
 
     def import_check(self) -> None:
         """Import the library, raising ImportError/AttributeError if unusable."""
+
+    def warm(self, session: Session) -> None:
+        """One trivial task, so every worker process exists before the clock starts."""
+        session.call(workloads.noop, 0)
 
     def version(self) -> str:
         """Installed version of the library, for the machine description."""
@@ -119,7 +139,7 @@ class _SerialSession(Session):
         return fn(x)
 
     def imap(
-        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int
+        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int | None
     ) -> Iterator[Any]:
         return map(fn, it)
 
@@ -155,7 +175,7 @@ class _MpSession(Session):
         return self.pool.apply_async(fn, (x,)).get()
 
     def imap(
-        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int
+        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int | None
     ) -> Iterator[Any]:
         return self.pool.imap(fn, it, chunksize)  # type: ignore[no-any-return]
 
@@ -169,6 +189,7 @@ class MpPool(Contender):
 
     key = "mp"
     label = "mp.Pool"
+    name = "multiprocessing.Pool"
 
     def version(self) -> str:
         return "stdlib"
@@ -201,7 +222,7 @@ class _ExecutorSession(Session):
         return self.executor.submit(fn, x).result()
 
     def imap(
-        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int
+        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int | None
     ) -> Iterator[Any]:
         # Executor.map has no buffersize before Python 3.14: it reads all input.
         return self.executor.map(fn, it, chunksize=chunksize)  # type: ignore[no-any-return]
@@ -215,6 +236,7 @@ class Executor(Contender):
 
     key = "ppe"
     label = "PPE"
+    name = "ProcessPoolExecutor"
     slow_default_map = True
 
     def version(self) -> str:
@@ -239,6 +261,7 @@ class ExecutorTuned(Executor):
 
     key = "ppe_tuned"
     label = "PPE tuned"
+    name = "ProcessPoolExecutor (tuned chunksize)"
     slow_default_map = False
     tuned = True
 
@@ -297,7 +320,7 @@ class _PebbleSession(Session):
         return self.pool.schedule(fn, args=(x,)).result()
 
     def imap(
-        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int
+        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int | None
     ) -> Iterator[Any]:
         return iter(self.pool.map(fn, it, chunksize=chunksize).result())
 
@@ -351,7 +374,7 @@ class _MpireSession(Session):
         return self.pool.apply(fn, args=(x,))
 
     def imap(
-        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int
+        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int | None
     ) -> Iterator[Any]:
         return self.pool.imap(fn, it, chunk_size=chunksize)  # type: ignore[no-any-return]
 
@@ -419,7 +442,7 @@ class _JoblibSession(Session):
         return self.parallel([delayed(fn)(x)])[0]
 
     def imap(
-        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int
+        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int | None
     ) -> Iterator[Any]:
         from joblib import Parallel, delayed
 
@@ -484,8 +507,10 @@ class _ProcpoolSession(Session):
         return self.pool.submit(fn, x).result()
 
     def imap(
-        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int
+        self, fn: Callable[[Any], Any], it: Iterable[Any], chunksize: int, buffersize: int | None
     ) -> Iterator[Any]:
+        if buffersize is None:  # what a caller who passes nothing gets
+            return self.pool.imap(fn, it, chunksize=chunksize)  # type: ignore[no-any-return]
         return self.pool.imap(  # type: ignore[no-any-return]
             fn, it, chunksize=chunksize, buffersize=buffersize
         )
@@ -500,6 +525,7 @@ class Procpool(Contender):
 
     key = "procpool"
     label = "procpool"
+    imap_buffersize = True
 
     def import_check(self) -> None:
         import procpool
@@ -525,6 +551,75 @@ class Procpool(Contender):
             workers=WORKERS, context=method, initializer=initializer, initargs=initargs
         )
         return _ProcpoolSession(pool)
+
+
+BASE_ENV = "PROCPOOL_BENCH_BASE"
+"""Set by run.py (``--procpool-base``) for procpool_base's processes only: the
+``src`` folder of the other procpool, which run.py also puts first on their
+``PYTHONPATH``."""
+
+
+def _base_src() -> Path:
+    base = os.environ.get(BASE_ENV)
+    if not base:
+        raise ImportError("no second source tree: pass --procpool-base PATH to run.py")
+    return Path(base).resolve()
+
+
+def check_origin(origin: dict[str, Any], where: str) -> None:
+    """Raise unless every procpool module loaded in ``origin``'s process is the base's."""
+    base = _base_src()
+    files: list[str] = origin["files"]
+    wrong = [f for f in files if not Path(f).resolve().is_relative_to(base)]
+    if not files or wrong:
+        raise ImportError(
+            f"{where} (pid {origin['pid']}) runs procpool from "
+            f"{', '.join(wrong[:3]) or 'nowhere'}, not from {base}"
+        )
+
+
+class ProcpoolBase(Procpool):
+    """procpool from another source tree (``run.py --procpool-base PATH``).
+
+    Measured as one more contender, interleaved with this tree's procpool in the
+    same run: PATH is typically the ``src`` folder of a git worktree of the
+    commit before a change (``make -C benchmarks compare BASE=<rev>``).  run.py
+    puts PATH first on the ``PYTHONPATH`` of these measurement processes, ahead
+    of this tree's editable install; their workers get it too (fork: the
+    parent's modules; spawn and forkserver: the environment and the parent's
+    ``sys.path``).  Checked rather than assumed: the measuring process in
+    ``import_check``, a worker at every warm-up, and both workers under fork,
+    spawn and forkserver in ``check_workers`` (run once per run, by the probe).
+    """
+
+    key = "procpool_base"
+    label = "procpool base"
+
+    def import_check(self) -> None:
+        super().import_check()
+        check_origin(workloads.procpool_origin(), "the measuring process")
+
+    def version(self) -> str:
+        return f"{super().version()} from {_base_src()}"
+
+    def warm(self, session: Session) -> None:
+        # The warm-up task of every other contender, with a check in the worker.
+        check_origin(session.call(workloads.procpool_origin, 0), "a worker")
+
+    def check_workers(self) -> str:
+        """Run two tasks at once in a fresh pool per start method; check both workers."""
+        seen: list[str] = []
+        for method in ("fork", "spawn", "forkserver"):
+            session = self.open(method)
+            try:
+                # Two slow tasks, one item per chunk: each idle worker takes one.
+                origins = session.map(workloads.procpool_origin, [0.2] * WORKERS, 1)
+            finally:
+                session.close()
+            for origin in origins:
+                check_origin(origin, f"a {method} worker")
+            seen.append(f"{method} ({len({o['pid'] for o in origins})} workers)")
+        return "workers checked under " + ", ".join(seen)
 
 
 # --------------------------------------------------------------------------- dask hook
@@ -595,6 +690,7 @@ CONTENDERS: dict[str, Contender] = {
         Mpire(),
         Joblib(),
         Procpool(),
+        ProcpoolBase(),
         DaskPool(),
     )
 }

@@ -24,19 +24,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import workloads
-from contenders import CONTENDERS, Contender, Session
+from contenders import CONTENDERS, Contender, ProcpoolBase, Session
 
 Result = dict[str, Any]
 
 
-def _warm(session: Session) -> None:
-    """One trivial task, so every worker process exists before the clock starts."""
-    session.call(workloads.noop, 0)
-
-
 def _open_warm(contender: Contender, spec: dict[str, Any]) -> Session:
+    """Start the pool and run one trivial task, so every worker exists before the clock starts."""
     session = contender.open(spec.get("method"))
-    _warm(session)
+    contender.warm(session)
     return session
 
 
@@ -257,8 +253,12 @@ class _PeakRss:
 
 
 def b7_imap(contender: Contender, spec: dict[str, Any]) -> Result:
-    """B7: imap over a generator; read-ahead, parent peak RSS growth, time."""
-    n, chunksize, buffersize = int(spec["n"]), int(spec["chunksize"]), int(spec["buffersize"])
+    """B7: imap over a generator; read-ahead, parent peak RSS growth, time.
+
+    B7d is the same with ``buffersize`` None: each library's default read-ahead.
+    """
+    n, chunksize = int(spec["n"]), int(spec["chunksize"])
+    buffersize = None if spec.get("buffersize") is None else int(spec["buffersize"])
     produced = 0
 
     def gen() -> Iterator[int]:
@@ -310,6 +310,7 @@ WORKLOADS: dict[str, Callable[[Contender, dict[str, Any]], Result]] = {
     "B5": b5_payload,
     "B6": b6_imbalanced,
     "B7": b7_imap,
+    "B7d": b7_imap,
     "B8": b8_state,
 }
 
@@ -331,9 +332,11 @@ def probe(key: str) -> Result:
     contender = CONTENDERS[key]
     try:
         contender.import_check()
+        # procpool_base: prove once per run that its workers run the other tree.
+        checked = contender.check_workers() if isinstance(contender, ProcpoolBase) else ""
     except Exception as exc:
         return {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
-    return {"ok": True, "version": contender.version()}
+    return {"ok": True, "version": contender.version(), "checked": checked}
 
 
 def main(argv: list[str]) -> int:

@@ -2,9 +2,14 @@
 
 Measures procpool side by side with serial code, ``multiprocessing.Pool``,
 ``concurrent.futures.ProcessPoolExecutor`` (default and tuned chunksize), loky,
-pebble, mpire and joblib on workloads B1-B8, prints one table of figures and
-ratios with the status of each of procpool's targets, and writes a Markdown
-report (machine, method, table, plot).
+pebble, mpire and joblib on workloads B1-B8 (and B7d: B7 with the default
+buffersize), and writes a Markdown report that opens with a summary in plain
+words (one line per workload: procpool against the standard library and the best
+other library, and its target), then one table of figures and ratios with the
+status of each of procpool's targets, the plot, the machine and the method.
+With ``--procpool-base PATH`` it also measures the procpool found in PATH (e.g. a
+worktree of the commit before a change) as one more contender, interleaved with
+this tree's, and adds a table of the two against each other (``compare.py``).
 
 Method, and why:
 
@@ -35,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from contenders import CONTENDERS, WORKERS  # noqa: E402
+from contenders import BASE_ENV, CONTENDERS, WORKERS  # noqa: E402
 
 COMPARISON_METHOD = "fork"
 """Start method of the comparison table (the issue's reference figures are fork)."""
@@ -117,7 +122,9 @@ FULL = Sizes(
 QUICK = Sizes(
     reps=2,
     timeout=30,
-    deadline=90,
+    # Every library and workload takes ~1 min on 2 idle cores; twice that when
+    # other work shares them, and quick mode is there to run every workload once.
+    deadline=180,
     b1_n=2_000,
     b1_slow_n=500,
     b2_tasks=4,
@@ -162,7 +169,12 @@ class Runner:
     """Runs measurement processes with a timeout and an overall deadline."""
 
     def __init__(
-        self, sizes: Sizes, verbose: bool = True, quiet_gate: float = 0.0, nice: int = 0
+        self,
+        sizes: Sizes,
+        verbose: bool = True,
+        quiet_gate: float = 0.0,
+        nice: int = 0,
+        base_src: Path | None = None,
     ) -> None:
         self.sizes = sizes
         self.verbose = verbose
@@ -184,6 +196,13 @@ class Runner:
         # 3.12+) would drown the progress lines; failures still show stderr.
         self.env.setdefault("PYTHONWARNINGS", "ignore")
         self.env["PROCPOOL_BENCH_NICE"] = str(nice)
+        #: procpool_base's processes: the other procpool first on the path, ahead of
+        #: this tree's editable install, for the measuring process and (through the
+        #: environment) the workers of every start method.
+        self.base_env = dict(self.env)
+        if base_src is not None:
+            self.base_env[BASE_ENV] = str(base_src)
+            self.base_env["PYTHONPATH"] = os.pathsep.join([str(base_src), self.env["PYTHONPATH"]])
 
     def wait_for_quiet(self) -> None:
         """Wait (at most ``quiet_gate`` s) until other work leaves the CPUs alone.
@@ -220,12 +239,13 @@ class Runner:
     def measure(self, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Run ``measure.py`` on ``spec``; return its result or raise MeasurementError."""
         timeout = self.sizes.timeout if timeout is None else timeout
+        key = spec.get("contender", spec.get("probe"))
         proc = subprocess.Popen(
             [sys.executable, str(HERE / "measure.py"), json.dumps(spec)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=self.env,
+            env=self.base_env if key == "procpool_base" else self.env,
             cwd=ROOT,
             # Own process group: on timeout the pool's workers die with it.
             start_new_session=True,
@@ -280,8 +300,9 @@ class Runner:
                     if exc.timed_out or failed[key] >= 2:
                         gave_up.add(key)
                     continue
+                result["rep"] = rep  # pairs the figures of one repetition (base comparison)
                 job.results.setdefault(key, []).append(result)
-                shown = {k: v for k, v in result.items() if k != "pid"}
+                shown = {k: v for k, v in result.items() if k not in ("pid", "rep")}
                 self.log(
                     f"  {job.name:<14} rep {rep + 1} {key:<10} "
                     f"{_brief(shown)} [{time.monotonic() - t0:.1f} s]"
@@ -333,6 +354,12 @@ def median_of(job: Job, key: str, metric: str) -> float | None:
 
 # --------------------------------------------------------------------------- table model
 
+STDLIB = ("mp", "ppe", "ppe_tuned")
+"""The standard library's pools: the summary compares procpool with the best of them."""
+
+OURS = ("procpool", "procpool_base", "dask")
+"""procpool itself (this tree, another tree, the Dask backend): never a "peer"."""
+
 
 @dataclass
 class Cell:
@@ -341,6 +368,8 @@ class Cell:
     value: float | None
     marks: str = ""
     why: str = ""  # reason there is no value
+    #: the figure of each successful repetition, by repetition number
+    runs: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -359,6 +388,13 @@ class Row:
     target_value: float | None = None
     #: whether the plot shows the serial bar (meaningless for latency, state, memory)
     plot_serial: bool = True
+    # For the summary at the top of the report, in words a user reads:
+    group: str = ""  # the job it comes from ("B1", "B4", "B7d"); one summary line each
+    metric: str = ""  # what the figure is ("time", "items read ahead")
+    goal: str = ""  # the target in words ("at most 0.8x multiprocessing.Pool's time")
+    headline: bool = False  # the row compared with the other libraries in the summary
+    ref: str = ""  # the library the target is relative to, if one
+    miss: float | None = None  # how far past its target, as a fraction (MISSED only)
 
 
 def fmt(v: float | None) -> str:
@@ -379,8 +415,28 @@ def fmt(v: float | None) -> str:
     return f"{v:.3g}"
 
 
-def _status(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "MISSED")
+def _judge(row: Row, value: float | None, limit: float, *, strict: bool = False) -> None:
+    """Set ``row.status`` from ``value`` against ``limit`` in the row's direction.
+
+    ``value`` is what the target is about: the figure itself or a ratio to
+    another library; ``strict``: the target is "under", not "at most".
+    """
+    if value is None:
+        row.status = "n/a"
+        return
+    if row.better == "lower":
+        ok = value < limit if strict else value <= limit
+        miss = value / limit - 1
+    else:
+        ok = value >= limit
+        miss = 1 - value / limit
+    row.status = "met" if ok else "MISSED"
+    row.miss = None if ok else miss
+
+
+def _runs(job: Job, key: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(repetition, result)`` of each successful run (older JSON has no "rep")."""
+    return [(int(r.get("rep", i)), r) for i, r in enumerate(job.results.get(key, []))]
 
 
 def _cells(job: Job, metric: str, keys: list[str]) -> dict[str, Cell]:
@@ -388,8 +444,9 @@ def _cells(job: Job, metric: str, keys: list[str]) -> dict[str, Cell]:
     for key in keys:
         if key not in job.contenders:
             continue
-        value = median_of(job, key, metric)
-        cell = Cell(value, why=job.failures.get(key, ""))
+        runs = {rep: float(r[metric]) for rep, r in _runs(job, key)}
+        value = statistics.median(runs.values()) if runs else None
+        cell = Cell(value, why=job.failures.get(key, ""), runs=runs)
         if value is not None and key in job.failures:
             cell.marks = "§"  # fewer successful runs than asked
         cells[key] = cell
@@ -408,24 +465,30 @@ def _paired_cells(
             continue
         if key not in job.contenders:
             continue
-        runs = job.results.get(key, [])
-        values = [ratio(float(r["serial"]), float(r["time"])) for r in runs if r["time"] > 0]
-        cell = Cell(statistics.median(values) if values else None, why=job.failures.get(key, ""))
-        if values and key in job.failures:
+        runs = {
+            rep: ratio(float(r["serial"]), float(r["time"]))
+            for rep, r in _runs(job, key)
+            if r["time"] > 0
+        }
+        value = statistics.median(runs.values()) if runs else None
+        cell = Cell(value, why=job.failures.get(key, ""), runs=runs)
+        if runs and key in job.failures:
             cell.marks = "§"
         cells[key] = cell
     return cells
 
 
-def _best_peer(cells: dict[str, Cell], better: str) -> tuple[str, float] | None:
-    peers = [
-        (k, c.value)
-        for k, c in cells.items()
-        if c.value is not None and k not in ("serial", "procpool", "dask")
-    ]
-    if not peers:
+def _best_of(cells: dict[str, Cell], better: str, keys: Iterable[str]) -> tuple[str, float] | None:
+    """The contender of ``keys`` with the best figure, and that figure."""
+    found = [(k, c.value) for k, c in cells.items() if c.value is not None and k in keys]
+    if not found:
         return None
-    return (min if better == "lower" else max)(peers, key=lambda kv: kv[1])
+    return (min if better == "lower" else max)(found, key=lambda kv: kv[1])
+
+
+def _best_peer(cells: dict[str, Cell], better: str) -> tuple[str, float] | None:
+    """The best library that is not procpool (standard library included)."""
+    return _best_of(cells, better, [k for k in cells if k != "serial" and k not in OURS])
 
 
 def _ratio_to(cells: dict[str, Cell], ref: str) -> float | None:
@@ -433,6 +496,10 @@ def _ratio_to(cells: dict[str, Cell], ref: str) -> float | None:
     if pp is None or other is None or pp.value is None or other.value is None:
         return None
     return pp.value / other.value if other.value else None
+
+
+def _value(cells: dict[str, Cell], key: str = "procpool") -> float | None:
+    return cells.get(key, Cell(None)).value
 
 
 # --------------------------------------------------------------------------- workloads
@@ -448,10 +515,16 @@ def b6_durations(sizes: Sizes) -> list[float]:
     return durations
 
 
+def procpool_default_buffersize(chunksize: int) -> int:
+    """procpool's ``imap`` read-ahead when none is given (its docstring:
+    ``4 * workers * chunksize``): the B7d target."""
+    return 4 * WORKERS * chunksize
+
+
 def build_jobs(
     sizes: Sizes, contenders: list[str], have_numpy: bool, iters_per_s: int
 ) -> tuple[list[Job], list[str]]:
-    """The measurement jobs of B1-B8 for these contenders; plus skip notes."""
+    """The measurement jobs of B1-B8 (and B7d) for these contenders; plus skip notes."""
     notes: list[str] = []
     # The Dask backend only runs B2 and B3 (issue 6); everything else is local pools.
     dask = ["dask"] if "dask" in contenders else []
@@ -502,20 +575,21 @@ def build_jobs(
         notes.append("B5 skipped: numpy is not installed in this venv (make bench installs it).")
     iters = [int(d * iters_per_s) for d in b6_durations(sizes)]
     jobs.append(Job("B6", "B6", peers, {"workload": "B6", **fork, "iters": iters}))
-    jobs.append(
-        Job(
-            "B7",
-            "B7",
-            contenders,
-            {
-                "workload": "B7",
-                **fork,
-                "n": sizes.b7_n,
-                "chunksize": sizes.b7_chunksize,
-                "buffersize": sizes.b7_buffersize,
-            },
-        )
-    )
+    b7_spec = {
+        "workload": "B7",
+        **fork,
+        "n": sizes.b7_n,
+        "chunksize": sizes.b7_chunksize,
+        "buffersize": sizes.b7_buffersize,
+    }
+    jobs.append(Job("B7", "B7", contenders, b7_spec))
+    # B7d: what a caller who passes no buffersize gets.  Only a library whose imap
+    # takes one behaves differently from B7; mp.Pool runs again as the reference
+    # of the time target, in the same repetitions.
+    b7d = [k for k in contenders if k == "mp" or CONTENDERS[k].imap_buffersize]
+    if any(CONTENDERS[k].imap_buffersize for k in b7d):
+        spec = {**b7_spec, "workload": "B7d", "buffersize": None}
+        jobs.append(Job("B7d", "B7d", b7d, spec))
     jobs.append(
         Job(
             "B8",
@@ -531,191 +605,253 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
     """Turn medians into table rows and evaluate procpool's targets."""
     rows: list[Row] = []
     cols = list(dict.fromkeys([*keys, "dask"]))
+    mp_name = CONTENDERS["mp"].long_label
 
     if "B1" in jobs:
         job = jobs["B1"]
         cells = _cells(job, "time", cols)
         for key, over in job.overrides.items():
-            if key in cells and cells[key].value is not None:
-                cells[key].value = cells[key].value * sizes.b1_n / over["n"]  # type: ignore[operator]
-                cells[key].marks += "†"
+            cell = cells.get(key)
+            if cell is not None and cell.value is not None:
+                scale = sizes.b1_n / over["n"]
+                cell.value *= scale
+                cell.runs = {rep: v * scale for rep, v in cell.runs.items()}
+                cell.marks += "†"
         r = _ratio_to(cells, "mp")
-        rows.append(
-            Row(
-                "B1 tiny tasks: map time",
-                "s",
-                "lower",
-                cells,
-                target="≤ 0.8x mp.Pool",
-                measured=f"{fmt(r)}x mp.Pool" if r is not None else "—",
-                status=_status(None if r is None else r <= 0.8),
-            )
+        row = Row(
+            "B1 tiny tasks: map time",
+            "s",
+            "lower",
+            cells,
+            target="≤ 0.8x mp.Pool",
+            measured=f"{fmt(r)}x mp.Pool" if r is not None else "—",
+            group="B1",
+            metric="time",
+            goal=f"at most 0.8x {mp_name}'s time (1.25x faster)",
+            headline=True,
+            ref="mp",
         )
+        _judge(row, r, 0.8)
+        rows.append(row)
 
     if "B2" in jobs:
-        job = jobs["B2"]
-        cells = _paired_cells(job, cols, lambda serial, t: serial / t)
-        sp = cells.get("procpool", Cell(None)).value
-        rows.append(
-            Row(
-                "B2 CPU-bound: speed-up over serial",
-                "x",
-                "higher",
-                cells,
-                target="≥ 1.9",
-                measured=fmt(sp),
-                status=_status(None if sp is None else sp >= 1.9),
-                target_value=1.9,
-            )
+        cells = _paired_cells(jobs["B2"], cols, lambda serial, t: serial / t)
+        sp = _value(cells)
+        row = Row(
+            "B2 CPU-bound: speed-up over serial",
+            "x",
+            "higher",
+            cells,
+            target="≥ 1.9",
+            measured=fmt(sp),
+            target_value=1.9,
+            group="B2",
+            metric="speed-up over serial code",
+            goal=f"at least 1.9x on {WORKERS} workers",
+            headline=True,
         )
+        _judge(row, sp, 1.9)
+        rows.append(row)
 
     if "B3" in jobs:
         job = jobs["B3"]
         cells = _cells(job, "latency_us", cols)
         floor = Cell(median_of(job, "pipe", "latency_us"), why=job.failures.get("pipe", ""))
         r = _ratio_to(cells, "mp")
-        pp = cells.get("procpool", Cell(None)).value
+        pp = _value(cells)
         vs_pipe = pp / floor.value if pp and floor.value else None
-        rows.append(
-            Row(
-                "B3 latency: submit→result",
-                "µs",
-                "lower",
-                cells,
-                plot_serial=False,
-                floor=floor,
-                target="≤ 0.65x mp.Pool",
-                measured=(f"{fmt(r)}x mp.Pool, {fmt(vs_pipe)}x Pipe" if r is not None else "—"),
-                status=_status(None if r is None else r <= 0.65),
-            )
+        row = Row(
+            "B3 latency: submit→result",
+            "µs",
+            "lower",
+            cells,
+            plot_serial=False,
+            floor=floor,
+            target="≤ 0.65x mp.Pool",
+            measured=(f"{fmt(r)}x mp.Pool, {fmt(vs_pipe)}x Pipe" if r is not None else "—"),
+            group="B3",
+            metric="round-trip time",
+            goal=f"at most 0.65x {mp_name}'s (1.54x faster)",
+            headline=True,
+            ref="mp",
         )
+        _judge(row, r, 0.65)
+        rows.append(row)
 
     for method in ("fork", "spawn", "forkserver", "default"):
         b4 = jobs.get(f"B4 {method}")
         if b4 is None:
             continue
         cells = _cells(b4, "time", cols)
-        row = Row(f"B4 start-up: {method}", "s", "lower", cells)
-        pp = cells.get("procpool", Cell(None)).value
+        row = Row(f"B4 start-up: {method}", "s", "lower", cells, group="B4")
+        pp = _value(cells)
         if method == "fork":
             r = _ratio_to(cells, "mp")
-            row.target, row.status = "≤ 1.0x mp.Pool", _status(None if r is None else r <= 1.0)
+            row.target = "≤ 1.0x mp.Pool"
             row.measured = f"{fmt(r)}x mp.Pool" if r is not None else "—"
+            row.metric, row.goal = "time with fork", f"no slower than {mp_name}"
+            row.headline, row.ref = True, "mp"
+            _judge(row, r, 1.0)
         elif method == "default":
-            row.target, row.status = "< 0.1 s", _status(None if pp is None else pp < 0.1)
+            row.target = "< 0.1 s"
             row.measured = f"{fmt(pp)} s" if pp is not None else "—"
             row.target_value = 0.1
+            row.metric, row.goal = "time with each library's default start method", "under 0.1 s"
+            _judge(row, pp, 0.1, strict=True)
         rows.append(row)
 
     if "B5" in jobs:
         job = jobs["B5"]
-        for metric, label in (("identity_mbs", "identity"), ("sum_mbs", "sum")):
+        for metric, label, words in (
+            ("identity_mbs", "identity", "throughput, arrays sent back"),
+            ("sum_mbs", "sum", "throughput, only their sums sent back"),
+        ):
             cells = _cells(job, metric, cols)
             floor = Cell(median_of(job, "copyto", metric), why=job.failures.get("copyto", ""))
             best = _best_peer(cells, "higher")
-            pp = cells.get("procpool", Cell(None)).value
+            pp = _value(cells)
             r = pp / best[1] if pp is not None and best else None
-            rows.append(
-                Row(
-                    f"B5 {sizes.b5_mb} MB arrays: {label}",
-                    "MB/s",
-                    "higher",
-                    cells,
-                    floor=floor,
-                    target="≥ 2x best peer",
-                    measured=f"{fmt(r)}x {CONTENDERS[best[0]].label}" if r and best else "—",
-                    status=_status(None if r is None else r >= 2.0),
-                )
+            row = Row(
+                f"B5 {sizes.b5_mb} MB arrays: {label}",
+                "MB/s",
+                "higher",
+                cells,
+                floor=floor,
+                target="≥ 2x best peer",
+                measured=f"{fmt(r)}x {CONTENDERS[best[0]].label}" if r and best else "—",
+                group="B5",
+                metric=words,
+                goal="at least 2x the best other pool's",
+                headline=label == "identity",
             )
+            _judge(row, r, 2.0)
+            rows.append(row)
 
     if "B6" in jobs:
-        job = jobs["B6"]
-        cells = _paired_cells(job, cols, lambda serial, t: t / (serial / WORKERS))
-        pp = cells.get("procpool", Cell(None)).value
-        rows.append(
-            Row(
-                "B6 imbalanced: makespan / ideal",
-                "x",
-                "lower",
-                cells,
-                target="≤ 1.05",
-                measured=fmt(pp),
-                status=_status(None if pp is None else pp <= 1.05),
-                target_value=1.05,
-            )
+        cells = _paired_cells(jobs["B6"], cols, lambda serial, t: t / (serial / WORKERS))
+        pp = _value(cells)
+        row = Row(
+            "B6 imbalanced: makespan / ideal",
+            "x",
+            "lower",
+            cells,
+            target="≤ 1.05",
+            measured=fmt(pp),
+            target_value=1.05,
+            group="B6",
+            metric="time against the ideal (serial time / workers)",
+            goal="at most 1.05x",
+            headline=True,
         )
+        _judge(row, pp, 1.05)
+        rows.append(row)
 
-    if "B7" in jobs:
-        job = jobs["B7"]
-        ahead = _cells(job, "read_ahead", cols)
-        pp = ahead.get("procpool", Cell(None)).value
-        rows.append(
-            Row(
-                "B7 imap: items read ahead",
-                "items",
-                "lower",
-                ahead,
-                plot_serial=False,
-                target=f"≤ buffersize ({sizes.b7_buffersize:,})",
-                measured=fmt(pp),
-                status=_status(None if pp is None else pp <= sizes.b7_buffersize),
-            )
-        )
-        rss = _cells(job, "rss_mb", cols)
-        pp = rss.get("procpool", Cell(None)).value
-        rows.append(
-            Row(
-                "B7 imap: parent peak RSS growth",
-                "MB",
-                "lower",
-                rss,
-                plot_serial=False,
-                target="< 5 MB",
-                measured=f"{fmt(pp)} MB" if pp is not None else "—",
-                status=_status(None if pp is None else pp < 5),
-                target_value=5,
-            )
-        )
-        t = _cells(job, "time", cols)
-        r = _ratio_to(t, "mp")
-        rows.append(
-            Row(
-                "B7 imap: total time",
-                "s",
-                "lower",
-                t,
-                target="≤ 1.0x mp.Pool.imap",
-                measured=f"{fmt(r)}x mp.Pool" if r is not None else "—",
-                status=_status(None if r is None else r <= 1.0),
-            )
-        )
+    for name, buffersize, words in (
+        ("B7", sizes.b7_buffersize, "the buffersize"),
+        ("B7d", procpool_default_buffersize(sizes.b7_chunksize), "procpool's default buffersize"),
+    ):
+        if name in jobs:
+            rows += _b7_rows(jobs[name], cols, buffersize, words)
 
     if "B8" in jobs:
-        job = jobs["B8"]
-        cells = _cells(job, "time", cols)
+        cells = _cells(jobs["B8"], "time", cols)
         best = _best_peer(cells, "lower")
-        pp = cells.get("procpool", Cell(None)).value
+        pp = _value(cells)
         r = pp / best[1] if pp is not None and best else None
-        rows.append(
-            Row(
-                f"B8 {sizes.b8_mb} MB worker state: total time",
-                "s",
-                "lower",
-                cells,
-                plot_serial=False,
-                target="≤ best peer",
-                measured=f"{fmt(r)}x {CONTENDERS[best[0]].label}" if r and best else "—",
-                status=_status(None if r is None else r <= 1.0),
-            )
+        row = Row(
+            f"B8 {sizes.b8_mb} MB worker state: total time",
+            "s",
+            "lower",
+            cells,
+            plot_serial=False,
+            target="≤ best peer",
+            measured=f"{fmt(r)}x {CONTENDERS[best[0]].label}" if r and best else "—",
+            group="B8",
+            metric="time",
+            goal="no slower than the best other pool",
+            headline=True,
         )
+        _judge(row, r, 1.0)
+        rows.append(row)
+    return rows
+
+
+def _b7_rows(job: Job, cols: list[str], buffersize: int, words: str) -> list[Row]:
+    """B7 or B7d: read-ahead, memory and time of ``imap`` over a generator."""
+    title = "B7 imap" if job.name == "B7" else "B7d imap, default buffersize"
+    ahead = _cells(job, "read_ahead", cols)
+    pp = _value(ahead)
+    rows = [
+        Row(
+            f"{title}: items read ahead",
+            "items",
+            "lower",
+            ahead,
+            plot_serial=False,
+            target=f"≤ {'buffersize' if job.name == 'B7' else 'default'} ({buffersize:,})",
+            measured=fmt(pp),
+            group=job.name,
+            metric="items read ahead of the consumer",
+            goal=f"at most {words} ({buffersize:,})",
+        )
+    ]
+    _judge(rows[-1], pp, buffersize)
+    rss = _cells(job, "rss_mb", cols)
+    pp = _value(rss)
+    rows.append(
+        Row(
+            f"{title}: parent peak RSS growth",
+            "MB",
+            "lower",
+            rss,
+            plot_serial=False,
+            target="< 5 MB",
+            measured=f"{fmt(pp)} MB" if pp is not None else "—",
+            target_value=5,
+            group=job.name,
+            metric="growth of the parent's memory",
+            goal="under 5 MB",
+        )
+    )
+    _judge(rows[-1], pp, 5, strict=True)
+    t = _cells(job, "time", cols)
+    r = _ratio_to(t, "mp")
+    rows.append(
+        Row(
+            f"{title}: total time",
+            "s",
+            "lower",
+            t,
+            target="≤ 1.0x mp.Pool.imap",
+            measured=f"{fmt(r)}x mp.Pool" if r is not None else "—",
+            group=job.name,
+            metric="total time",
+            goal=f"no slower than {CONTENDERS['mp'].long_label}.imap",
+            headline=True,
+            ref="mp",
+        )
+    )
+    _judge(rows[-1], r, 1.0)
     return rows
 
 
 # --------------------------------------------------------------------------- output
 
 
+def _markdown_table(header: list[str], lines: list[list[str]]) -> str:
+    """A Markdown table, padded so that it also reads well in a terminal."""
+    widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(header)]
+
+    def fmt_line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
+
+    out = [fmt_line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [fmt_line(x) for x in lines]
+    return "\n".join(out)
+
+
 def render_table(rows: list[Row], keys: list[str]) -> str:
-    """The one table: a Markdown table that also reads well in a terminal."""
+    """The full table: every figure of every library, with procpool's targets."""
     used = [k for k in dict.fromkeys([*keys, "dask"]) if any(k in r.cells for r in rows)]
     has_floor = any(r.floor is not None for r in rows)
     header = ["workload", "unit"] + [CONTENDERS[k].label for k in used]
@@ -735,27 +871,199 @@ def render_table(rows: list[Row], keys: list[str]) -> str:
             line.append(fmt(r.floor.value) if r.floor is not None else "")
         line += [r.target or "", r.measured or "", r.status or ""]
         lines.append(line)
-    widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(header)]
+    return _markdown_table(header, lines)
 
-    def fmt_line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
 
-    out = [fmt_line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [fmt_line(x) for x in lines]
-    return "\n".join(out)
+def _topics(sizes: Sizes) -> dict[str, str]:
+    """What each workload measures, in a user's words (the summary's line titles)."""
+    lo, hi = (s * 1000 for s in sizes.b6_short_s)
+    return {
+        "B1": f"Many tiny tasks: `map` of `x*x` over {sizes.b1_n:,} ints",
+        "B2": f"CPU-bound tasks: {sizes.b2_tasks} tasks of {sizes.b2_seconds * 1000:.0f} ms",
+        "B3": "Latency: one `submit(f, 1).result()` round trip to an idle pool",
+        "B4": "Start-up: start a pool, run one trivial task, shut it down",
+        "B5": f"Large arrays: {sizes.b5_count} numpy arrays of {sizes.b5_mb} MB through `map`",
+        "B6": (
+            f"Uneven tasks: {sizes.b6_long} of {sizes.b6_long_s * 1000:.0f} ms among "
+            f"{sizes.b6_short} of {lo:.0f}-{hi:.0f} ms, in a shuffled order"
+        ),
+        "B7": (
+            f"Streaming: `imap` over a generator of {sizes.b7_n:,} ints, chunks of "
+            f"{sizes.b7_chunksize:,}, buffersize {sizes.b7_buffersize:,}"
+        ),
+        "B7d": (
+            "Streaming with the default read-ahead: the same `imap` without a buffersize "
+            f"(procpool's default: {procpool_default_buffersize(sizes.b7_chunksize):,} items)"
+        ),
+        "B8": (
+            f"Worker state: start a pool whose workers each get a {sizes.b8_mb} MB object, "
+            f"run {sizes.b8_tasks:,} lookups in it, stop"
+        ),
+    }
+
+
+def _runs_text(sizes: Sizes) -> str:
+    return f"{sizes.reps} run{'s' if sizes.reps != 1 else ''}"
+
+
+def _quantity(v: float, unit: str) -> str:
+    """A figure with its unit, times under a second in ms."""
+    if unit == "s" and abs(v) < 1:
+        return f"{fmt(v * 1000)} ms"
+    if unit == "x":
+        return f"{fmt(v)}x"
+    return f"{fmt(v)} {unit}"
+
+
+def _versus(row: Row, key: str) -> str:
+    """procpool against library ``key`` on ``row``, in words."""
+    pp, other = _value(row.cells), _value(row.cells, key)
+    name = CONTENDERS[key].long_label
+    if pp is None or other is None:
+        return ""
+    if row.unit == "x" or not pp or not other:  # already a ratio: just show theirs
+        return f"{name} {_quantity(other, row.unit)}"
+    times = other / pp if row.better == "lower" else pp / other  # > 1: procpool is better
+    if fmt(times) == "1.00":
+        phrase = f"as fast as {name}"
+    elif times > 1:
+        phrase = f"{fmt(times)}x faster than {name}"
+    else:
+        phrase = f"{fmt(1 / times)}x slower than {name}"
+    return f"{phrase} ({_quantity(other, row.unit)})"
+
+
+def _and(names: list[str]) -> str:
+    """``a, b and c``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
+def _verdict(row: Row) -> str:
+    if row.status == "MISSED" and row.miss is not None:
+        return f"missed by {max(1, round(row.miss * 100))} %"
+    return "met" if row.status == "met" else "not judged"
+
+
+def render_summary(rows: list[Row], sizes: Sizes, keys: list[str], quick: bool) -> str:
+    """The top of the report: one line per workload, procpool against the others."""
+    others = [k for k in keys if k not in (*STDLIB, *OURS, "serial")]
+    stdlib = list(
+        dict.fromkeys(
+            "multiprocessing.Pool" if k == "mp" else "concurrent.futures.ProcessPoolExecutor"
+            for k in keys
+            if k in STDLIB
+        )
+    )
+    parts = [f"{_and(stdlib)} from the standard library"] if stdlib else []
+    parts += [_and([CONTENDERS[k].label for k in others])] if others else []
+    intro = (
+        ("How procpool compares with " + ", and with ".join(parts) if parts else "procpool alone")
+        + f": every pool has {WORKERS} worker processes and uses the {COMPARISON_METHOD} "
+        f"start method where the library allows it. Each figure is the median of "
+        f"{_runs_text(sizes)} on the machine described below; the full table under *All "
+        "figures* has every figure of every library. On this shared machine a figure moves "
+        "by 5-20 % from one run to the next: a target missed by less than that is a tie."
+    )
+    if quick:
+        intro += " **Quick mode: tiny sizes, the figures mean nothing.**"
+    topics = _topics(sizes)
+    lines = []
+    for group in dict.fromkeys(r.group for r in rows):
+        members = [r for r in rows if r.group == group and r.goal]
+        if not members:
+            continue
+        head = next((r for r in members if r.headline), members[0])
+        clauses = [f"**{topics.get(group, group)}.**"]
+        if all(_value(r.cells) is None for r in members):
+            members = [head]  # one "not measured" for the workload, not one per row
+        for r in [head, *(m for m in members if m is not head)]:
+            pp = _value(r.cells)
+            metric = r.metric[:1].upper() + r.metric[1:]
+            if pp is None:
+                why = r.cells["procpool"].why if "procpool" in r.cells else ""
+                clauses.append(f"{metric}: procpool not measured ({why or 'not in this run'}).")
+                continue
+            figure = f"procpool {_quantity(pp, r.unit)}"
+            if r is not head:
+                clauses.append(f"{metric}: {figure}, target {r.goal} — {_verdict(r)}.")
+                continue
+            std = r.ref if _value(r.cells, r.ref) is not None else None
+            std = std or (_best_of(r.cells, r.better, STDLIB) or ("", 0.0))[0]
+            best = _best_of(r.cells, r.better, others)
+            compared = [_versus(r, std)] if std else []
+            if best:
+                compared.append(_versus(r, best[0]) + ", the best of the other libraries")
+            clauses.append(
+                f"{metric}: {'; '.join([figure, *compared])}. Target: {r.goal} — {_verdict(r)}."
+            )
+        lines.append("- " + " ".join(clauses))
+    return intro + "\n\n" + "\n".join(lines)
+
+
+def _ratio_range(a: Cell | None, b: Cell | None) -> str:
+    """``a / b`` of the medians, and in brackets its range over single repetitions."""
+    if a is None or b is None or a.value is None or not b.value:
+        return "—"
+    text = f"{fmt(a.value / b.value)}x"
+    per_rep = [a.runs[k] / b.runs[k] for k in sorted(a.runs.keys() & b.runs.keys()) if b.runs[k]]
+    if len(per_rep) > 1:
+        text += f" ({fmt(min(per_rep))}-{fmt(max(per_rep))})"
+    return text
+
+
+def render_base_comparison(rows: list[Row], base: dict[str, str]) -> str | None:
+    """procpool against procpool base, row by row (``--procpool-base``), or None."""
+    lines = []
+    for r in rows:
+        new, old = r.cells.get("procpool"), r.cells.get("procpool_base")
+        if new is None or old is None or new.value is None or old.value is None:
+            continue
+        mp = r.cells.get("mp")
+        lines.append(
+            [
+                f"{r.label} ({r.unit}, {r.better} is better)",
+                _ratio_range(new, mp),
+                _ratio_range(old, mp),
+                _ratio_range(new, old),
+            ]
+        )
+    if not lines:
+        return None
+    intro = (
+        f"procpool is this tree (commit {base.get('this') or 'unknown'}); procpool base is "
+        f"{base.get('describe', 'another tree')}. "
+        "Both ran in the same run, interleaved: each repetition measures every library once, "
+        "in a rotating order. Each ratio is of the medians; in brackets, the lowest and "
+        "highest ratio between the two figures of one repetition. For times below 1 is "
+        "better, for speed-ups and MB/s above 1. On this shared machine single figures move "
+        "by 5-20 % from run to run: a ratio within that of 1 is a tie."
+    )
+    header = ["row", "procpool ÷ mp.Pool", "procpool base ÷ mp.Pool", "procpool ÷ procpool base"]
+    return intro + "\n\n" + _markdown_table(header, lines)
 
 
 def footnotes(
-    jobs: dict[str, Job], sizes: Sizes, keys: list[str], rss_methods: set[str]
+    jobs: dict[str, Job],
+    sizes: Sizes,
+    keys: list[str],
+    rss_methods: set[str],
+    base: dict[str, str] | None = None,
 ) -> list[str]:
     """Explanations of marks, substitutions and every failure, for below the table."""
     notes = [
-        f"Each figure: median of {sizes.reps} interleaved runs, each in a fresh process; "
+        f"Each figure: median of {sizes.reps} interleaved run{'s' if sizes.reps != 1 else ''}, "
+        "each in a fresh process; "
         f"{WORKERS} workers; start method {COMPARISON_METHOD} except in the B4 rows "
         "and where a library cannot fork.",
         "PPE = concurrent.futures.ProcessPoolExecutor (chunksize 1, its default); "
         "PPE tuned = chunksize ⌈n / (4 x workers)⌉, multiprocessing.Pool's own rule.",
     ]
+    if base and "procpool_base" in keys:
+        notes.append(
+            f"procpool base: procpool from {base.get('describe', '?')}, measured like "
+            f"procpool in the same run; {base.get('checked') or 'workers not checked'} "
+            "to run that code (and a worker at every warm-up)."
+        )
     for k in keys:
         if CONTENDERS[k].fallback_note:
             notes.append(f"{CONTENDERS[k].label}: {CONTENDERS[k].fallback_note}.")
@@ -798,6 +1106,15 @@ def footnotes(
             + ") above its RSS after pool start. Executor.map (PPE, loky) and pebble read all "
             "input up front by design."
         )
+    if "B7d" in jobs:
+        labels = ", ".join(CONTENDERS[k].label for k in jobs["B7d"].contenders if k != "mp")
+        notes.append(
+            f"B7d: the same imap with no buffersize given, as a caller who passes nothing "
+            f"gets: procpool's default read-ahead is 4 x workers x chunksize = "
+            f"{procpool_default_buffersize(sizes.b7_chunksize):,} items. Measured for the "
+            f"libraries whose imap takes a buffersize ({labels}) and for mp.Pool, the "
+            "reference of the time target; every other library would repeat its B7 figures."
+        )
     if "B8" in jobs:
         notes.append(
             f"B8: pool start + {sizes.b8_tasks:,} lookups in a {sizes.b8_mb} MB object + shutdown. "
@@ -810,6 +1127,22 @@ def footnotes(
             label = FLOOR_LABELS.get(k) or CONTENDERS[k].label
             notes.append(f"{job.name} / {label}: {why}")
     return notes
+
+
+def commit_of(src: Path) -> str:
+    """Short commit of the git tree holding ``src``, and whether ``src`` has changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=src, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        commit = git("rev-parse", "--short", "HEAD")
+        if commit and git("status", "--porcelain", "--", "."):
+            commit += f" + uncommitted changes in {src.name}/"
+    return commit
 
 
 def machine_description(versions: dict[str, str]) -> list[str]:
@@ -829,25 +1162,7 @@ def machine_description(versions: dict[str, str]) -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import multiprocessing as mp
 
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        if dirty and commit:
-            commit += " + uncommitted changes in src/"
+    commit = commit_of(ROOT / "src")
     lines = [
         f"CPU: {model}",
         f"Cores: {os.cpu_count()} logical, {usable} usable by this process",
@@ -860,6 +1175,10 @@ def machine_description(versions: dict[str, str]) -> list[str]:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
     ]
     return lines
+
+
+PLOT_COLORS = {"procpool": "#d62728", "dask": "#d62728", "procpool_base": "#ff7f0e"}
+PLOT_COLORS["serial"] = "#7f7f7f"
 
 
 def plot(rows: list[Row], keys: list[str], path: Path) -> str | None:
@@ -887,10 +1206,7 @@ def plot(rows: list[Row], keys: list[str], path: Path) -> str | None:
         ]
         labels = [CONTENDERS[k].label + ("*" if row.cells[k].marks else "") for k, _ in items]
         values = [v for _, v in items]
-        colors = [
-            "#d62728" if k in ("procpool", "dask") else ("#7f7f7f" if k == "serial" else "#1f77b4")
-            for k, _ in items
-        ]
+        colors = [PLOT_COLORS.get(k, "#1f77b4") for k, _ in items]
         ax.barh(range(len(values)), values, color=colors)
         ax.set_yticks(range(len(values)), labels, fontsize=8)
         ax.invert_yaxis()
@@ -924,7 +1240,11 @@ def plot(rows: list[Row], keys: list[str], path: Path) -> str | None:
         ax.set_title(f"{row.label}{status}", fontsize=9)
         ax.set_xlabel(f"{row.unit} ({better})", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle("procpool vs peers (2 workers; red = procpool, dashed = target)", fontsize=11)
+    base = ", orange = procpool base" if "procpool_base" in keys else ""
+    fig.suptitle(
+        f"procpool vs peers ({WORKERS} workers; red = procpool{base}, dashed = target)",
+        fontsize=11,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -934,29 +1254,37 @@ def plot(rows: list[Row], keys: list[str], path: Path) -> str | None:
 
 def write_report(
     path: Path,
+    summary: str,
+    comparison: str | None,
     table: str,
     notes: list[str],
     machine: list[str],
     png: Path | None,
-    quick: bool,
     elapsed: float,
 ) -> None:
-    """docs/benchmarks.md: machine, method, table, plot, and the hand-written analysis."""
+    """docs/benchmarks.md: summary, (base comparison), full table, plot, machine, analysis."""
     parts = [
         "# Benchmarks\n",
-        "Generated by `make bench` (`benchmarks/run.py`"
-        + (" --quick: tiny sizes, figures meaningless" if quick else "")
-        + f") in {elapsed / 60:.1f} min. Do not edit by hand: edit `benchmarks/notes.md`, "
-        "which is copied in below, and re-run.\n",
-        "## Machine\n",
-        "\n".join(f"- {m}" for m in machine) + "\n",
-        "## Results\n",
+        "<!-- Generated by `make bench` (benchmarks/run.py). Do not edit by hand: edit "
+        "benchmarks/notes.md, which is copied in at the end, and re-run (or re-render a "
+        "saved run with `run.py --from-json`). -->\n",
+        summary + "\n",
+    ]
+    if comparison:
+        parts += ["## procpool against procpool base\n", comparison + "\n"]
+    parts += [
+        "## All figures\n",
         table + "\n",
         "\n".join(f"- {n}" for n in notes) + "\n",
     ]
     if png is not None:
         rel = os.path.relpath(png, path.parent)
         parts.append(f"![procpool benchmarks]({rel})\n")
+    parts += [
+        "## Machine\n",
+        f"Measured by `make bench` (`benchmarks/run.py`) in {elapsed / 60:.1f} min on:\n",
+        "\n".join(f"- {m}" for m in machine) + "\n",
+    ]
     notes_md = HERE / "notes.md"
     if notes_md.exists():
         parts.append(notes_md.read_text())
@@ -974,13 +1302,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--contenders",
         help="comma-separated subset of: " + ", ".join(CONTENDERS) + " (default: all)",
     )
-    p.add_argument("--workloads", help="comma-separated subset of B1..B8 (default: all)")
+    p.add_argument(
+        "--workloads",
+        help="comma-separated subset of B1..B8 and B7d (B7 with the default buffersize); "
+        "default: all",
+    )
     p.add_argument("--reps", type=int, help="runs per figure (default 5; quick 2)")
     p.add_argument("--timeout", type=float, help="seconds per single measurement")
     p.add_argument("--deadline", type=float, help="seconds for the whole run")
-    p.add_argument("--output", type=Path, help="Markdown report (default docs/benchmarks.md)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="Markdown report (default docs/benchmarks.md; quick or --procpool-base: "
+        "benchmarks/results/quick.md or compare.md)",
+    )
     p.add_argument("--plot", type=Path, help="PNG (default docs/_static/benchmarks.png)")
     p.add_argument("--json", type=Path, help="raw results (default benchmarks/results/*.json)")
+    p.add_argument(
+        "--procpool-base",
+        type=Path,
+        metavar="PATH",
+        help="also measure the procpool found in PATH (a src folder, e.g. of a git worktree "
+        "of an older commit) as contender procpool_base, interleaved with this tree's",
+    )
     p.add_argument(
         "--quiet-gate",
         type=float,
@@ -1003,6 +1347,16 @@ def _loadavg() -> str:
         return "unknown"
 
 
+def base_source(path: Path) -> Path | None:
+    """The folder holding the ``procpool`` package for ``--procpool-base``: ``path``
+    itself or its ``src`` (a repository root works too); None if neither has it."""
+    path = path.resolve()
+    for candidate in (path, path / "src"):
+        if (candidate / "procpool" / "__init__.py").is_file():
+            return candidate
+    return None
+
+
 def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
     """Probe, calibrate and measure; everything the report needs, JSON-ready."""
     # Off by default: on this machine other sessions keep the CPUs busy for hours,
@@ -1011,11 +1365,20 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
     nice = args.nice if args.nice is not None else (0 if args.quick else -10)
     if nice < 0 and os.geteuid() != 0:
         nice = 0  # only root may raise priority
-    runner = Runner(sizes, verbose=not args.quiet, quiet_gate=gate, nice=nice)
+    base_src = None
+    if args.procpool_base is not None:
+        base_src = base_source(args.procpool_base)
+        if base_src is None:
+            print(f"--procpool-base: no procpool package in {args.procpool_base}", file=sys.stderr)
+            return None
+    runner = Runner(sizes, verbose=not args.quiet, quiet_gate=gate, nice=nice, base_src=base_src)
     started = time.monotonic()
     load_before = _loadavg()
 
     wanted = args.contenders.split(",") if args.contenders else list(DEFAULT_CONTENDERS)
+    if base_src is not None and "procpool_base" not in wanted:
+        at = wanted.index("procpool") + 1 if "procpool" in wanted else len(wanted)
+        wanted.insert(at, "procpool_base")
     unknown = [k for k in wanted if k not in CONTENDERS]
     if unknown:
         print(f"unknown contender(s): {', '.join(unknown)}", file=sys.stderr)
@@ -1023,14 +1386,27 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
     skip_notes: list[str] = []
     versions: dict[str, str] = {}
     keys: list[str] = []
+    base: dict[str, str] = {}
     for k in wanted:
-        res = runner.measure({"probe": k}, timeout=60)
+        # procpool_base's probe starts pools under three start methods: more time.
+        res = runner.measure({"probe": k}, timeout=60 if k != "procpool_base" else 180)
         if res["ok"]:
             keys.append(k)
             if res.get("version"):
                 versions[CONTENDERS[k].label] = res["version"]
+            if res.get("checked"):
+                runner.log(f"{CONTENDERS[k].label}: {res['checked']}")
         else:
             skip_notes.append(f"{CONTENDERS[k].label} skipped: {res['reason']}")
+        if k == "procpool_base" and base_src is not None:
+            commit = commit_of(base_src)
+            base = {
+                "path": str(base_src),
+                "commit": commit,
+                "describe": f"commit {commit} ({base_src})" if commit else str(base_src),
+                "this": commit_of(ROOT / "src"),
+                "checked": str(res.get("checked", "")),
+            }
     np_probe = runner.measure({"probe": "numpy"}, timeout=60)
     if np_probe["ok"]:
         versions["numpy"] = np_probe["version"]
@@ -1049,6 +1425,8 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
         runner.run(job)
 
     machine = machine_description(versions)
+    if base:
+        machine.append(f"procpool base commit: {base['commit'] or 'unknown'} ({base['path']})")
     machine.append(
         f"Load average (1, 5, 15 min): {load_before} before the run, {_loadavg()} after "
         "(anything above 0 is other work sharing the 2 cores)"
@@ -1074,20 +1452,24 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
         "notes": notes,
         "machine": machine,
         "elapsed": time.monotonic() - started,
+        "base": base,
         "jobs": [asdict(j) for j in jobs],
     }
 
 
 def report(data: dict[str, Any], output: Path, png: Path) -> None:
-    """Print the table and notes; write the Markdown report and the plot."""
+    """Print the summary, table and notes; write the Markdown report and the plot."""
     fields: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in data["sizes"].items()
     }
     sizes = Sizes(**fields)
     jobs = [Job(**j) for j in data["jobs"]]
     keys: list[str] = data["keys"]
+    base: dict[str, str] = data.get("base") or {}
     by_name = {j.name: j for j in jobs}
     rows = build_rows(by_name, sizes, keys)
+    summary = render_summary(rows, sizes, keys, bool(data["quick"]))
+    comparison = render_base_comparison(rows, base)
     table = render_table(rows, keys)
     rss_methods = {
         str(r.get("rss_method"))
@@ -1096,22 +1478,24 @@ def report(data: dict[str, Any], output: Path, png: Path) -> None:
         for r in rs
         if "rss_method" in r
     }
-    notes = data["skip_notes"] + data["notes"] + footnotes(by_name, sizes, keys, rss_methods)
+    notes = data["skip_notes"] + data["notes"] + footnotes(by_name, sizes, keys, rss_methods, base)
     why_no_plot = plot(rows, keys, png)
     if why_no_plot:
         notes.append(why_no_plot)
 
-    print(table)
-    print()
+    for part in (summary, comparison, table):
+        if part:
+            print(part, end="\n\n")
     for n in notes:
         print(f"- {n}")
     write_report(
         output,
+        summary,
+        comparison,
         table,
         notes,
         data["machine"],
         None if why_no_plot else png,
-        data["quick"],
         data["elapsed"],
     )
     print(f"\nwrote {output} ({'no plot' if why_no_plot else png}) in {data['elapsed']:.0f} s")
@@ -1129,12 +1513,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = replace(sizes, **overrides)
     saved = json.loads(args.from_json.read_text()) if args.from_json else None
     quick = bool(saved["quick"]) if saved else args.quick
-    # Quick figures are meaningless: by default they never overwrite the docs.
+    compare = bool(saved.get("base")) if saved else args.procpool_base is not None
+    # Quick figures are meaningless, and a comparison with another tree is not the
+    # project's figures: by default neither overwrites the docs.
+    name = "quick" if quick else ("compare" if compare else "")
     output = args.output or (
-        HERE / "results" / "quick.md" if quick else ROOT / "docs" / "benchmarks.md"
+        HERE / "results" / f"{name}.md" if name else ROOT / "docs" / "benchmarks.md"
     )
     png = args.plot or (
-        output.with_suffix(".png") if quick else ROOT / "docs" / "_static" / "benchmarks.png"
+        output.with_suffix(".png") if name else ROOT / "docs" / "_static" / "benchmarks.png"
     )
     if saved is not None:
         # Re-render a finished run (presentation changes need no 15-minute re-run).
@@ -1143,7 +1530,7 @@ def main(argv: list[str] | None = None) -> int:
     data = collect(args, sizes)
     if data is None:
         return 2
-    raw = args.json or HERE / "results" / ("quick.json" if args.quick else "full.json")
+    raw = args.json or HERE / "results" / f"{name or 'full'}.json"
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(data, indent=1, default=str))
     report(data, output, png)

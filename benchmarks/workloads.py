@@ -28,6 +28,25 @@ def noop(x: int = 0) -> int:
     return x
 
 
+def procpool_origin(delay: float = 0.0) -> dict[str, Any]:
+    """This process's pid and the files of the procpool modules it has loaded.
+
+    The warm-up task of ``procpool_base`` (contenders.ProcpoolBase): proves that
+    a worker runs the other source tree's procpool, not this one's.  ``delay``
+    keeps a worker busy so that a second task goes to the other worker.
+    """
+    import sys
+    import time
+
+    time.sleep(delay)
+    files = [
+        str(m.__file__)
+        for name, m in list(sys.modules.items())
+        if (name == "procpool" or name.startswith("procpool.")) and getattr(m, "__file__", None)
+    ]
+    return {"pid": os.getpid(), "files": sorted(files)}
+
+
 # --------------------------------------------------------------------------- B2 / B6
 
 

@@ -1,9 +1,11 @@
 """The benchmark harness (benchmarks/run.py) works: quick mode, tiny sizes.
 
 These are not timed tests: no figure is asserted, only that the harness runs to
-the end, prints its one table with a status per target, writes the report where
-it is told to (never over docs/benchmarks.md), and says why it skips what it
-cannot run here (the development venv has neither numpy nor the peer libraries).
+the end, prints its summary and its table with a status per target, writes the
+report where it is told to (never over docs/benchmarks.md), says why it skips what
+it cannot run here (the development venv has neither numpy nor the peer
+libraries), and measures a second copy of procpool (``--procpool-base``) whose
+workers are checked to run that copy.
 """
 
 from __future__ import annotations
@@ -92,17 +94,58 @@ def test_quick_run_says_what_it_skipped(
         assert "B5 skipped: numpy is not installed" in proc.stdout
     else:
         assert any(line.startswith("| B5") for line in proc.stdout.splitlines())
-    try:
-        import procpool
-
-        ready = hasattr(procpool, "Pool")
-    except ImportError:
-        ready = False
-    if ready:
+    if _procpool_ready():
         header = next(line for line in proc.stdout.splitlines() if line.startswith("| workload"))
         assert "procpool" in header
     else:
         assert "procpool skipped:" in proc.stdout
+
+
+def _procpool_ready() -> bool:
+    try:
+        import procpool
+    except ImportError:
+        return False
+    return hasattr(procpool, "Pool")
+
+
+@pytest.mark.timeout(120)
+def test_quick_run_measures_b7_with_the_default_buffersize(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    proc, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if not _procpool_ready():
+        pytest.skip("procpool.Pool is not importable here")
+    lines = proc.stdout.splitlines()
+    for metric in ("items read ahead", "parent peak RSS growth", "total time"):
+        row = next(
+            line for line in lines if line.startswith(f"| B7d imap, default buffersize: {metric}")
+        )
+        assert any(s in row for s in ("| met", "| MISSED"))
+    # procpool's default read-ahead, 4 x 2 workers x chunksize 100 in quick mode.
+    assert "≤ default (800)" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_quick_report_opens_with_a_summary_in_plain_words(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    proc, report = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = report.read_text()
+    top, _, rest = text.partition("## All figures")
+    assert "| workload" in rest  # the full table is below its own heading
+    assert "| workload" not in top
+    assert "issue 4" not in top
+    summary = [line for line in top.splitlines() if line.startswith("- **")]
+    assert any("Many tiny tasks" in line for line in summary)
+    if _procpool_ready():
+        b1 = next(line for line in summary if "Many tiny tasks" in line)
+        assert "procpool " in b1
+        assert "multiprocessing.Pool" in b1
+        assert "Target: at most 0.8x multiprocessing.Pool's time" in b1
+    assert text.index("## All figures") < text.index("## Machine")
 
 
 @pytest.mark.timeout(120)
@@ -135,3 +178,74 @@ def test_b6_durations_are_fixed_and_skewed(run_module: ModuleType) -> None:
     assert len(first) == 64
     assert max(first) >= 5 * (sum(first) / len(first))  # a few long, many short
     assert max(first) < sum(first) / 2  # two workers can still reach the ideal
+
+
+@pytest.mark.timeout(150)
+def test_procpool_base_runs_a_second_copy_side_by_side(tmp_path: Path) -> None:
+    """--procpool-base: this tree's src/ stands in for an older commit's (no worktree)."""
+    if not _procpool_ready():
+        pytest.skip("procpool.Pool is not importable here")
+    report = tmp_path / "compare.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--quick",
+            "--reps",
+            "1",
+            "--procpool-base",
+            str(ROOT / "src"),
+            "--contenders",
+            "mp,procpool,procpool_base",
+            "--workloads",
+            "B1,B7d",
+            "--output",
+            str(report),
+            "--plot",
+            str(tmp_path / "compare.png"),
+            "--json",
+            str(tmp_path / "compare.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=140,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The probe started pools under every start method and checked their workers.
+    assert "workers checked under fork (2 workers), spawn" in proc.stderr
+    text = report.read_text()
+    assert "## procpool against procpool base" in text
+    assert "procpool ÷ procpool base" in text
+    header = next(line for line in text.splitlines() if line.startswith("| workload"))
+    assert "| procpool " in header
+    assert "| procpool base " in header
+    rows = [line for line in text.splitlines() if line.startswith("| B7d imap")]
+    assert len(rows) == 6  # three rows in the comparison, three in the full table
+    assert "FAILED" not in proc.stderr
+
+
+def test_procpool_base_must_hold_procpool(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--procpool-base", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "no procpool package" in proc.stderr
+
+
+def test_judge_says_how_far_a_target_was_missed(run_module: ModuleType) -> None:
+    row = run_module.Row("B1", "s", "lower")
+    run_module._judge(row, 0.84, 0.8)
+    assert (row.status, round(row.miss, 3)) == ("MISSED", 0.05)
+    assert run_module._verdict(row) == "missed by 5 %"
+    row = run_module.Row("B2", "x", "higher")
+    run_module._judge(row, 1.95, 1.9)
+    assert (row.status, row.miss) == ("met", None)
+    run_module._judge(row, None, 1.9)
+    assert row.status == "n/a"
