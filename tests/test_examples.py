@@ -96,7 +96,8 @@ EXPECTED: dict[str, list[str]] = {
         rf"map sum: {sum(x * x for x in range(50))}",
         re.escape("map progress ends at: (50, 50)"),
         rf"imap sum: {sum(x * x for x in range(20))}",
-        re.escape("imap progress ends at: (20, None)"),
+        re.escape("imap progress ends at: (20, 20)"),
+        re.escape("imap of a generator ends at: (20, None)"),
     ],
     "dask_scale_out.py": [
         r"local: submit: 144",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import procpool
@@ -39,8 +40,22 @@ def test_every_public_name_is_in_the_api_docs() -> None:
 
 def test_public_names_present_themselves_as_procpool() -> None:
     for name in procpool.__all__:
-        if name != "__version__":
-            assert getattr(procpool, name).__module__ == "procpool", name
+        value = getattr(procpool, name)
+        if isinstance(value, (type, types.FunctionType)):
+            assert value.__module__ == "procpool", name
+
+
+def test_classes_met_before_they_are_named_say_procpool() -> None:
+    """A WorkerLostError raised by a pool says procpool.WorkerLostError in its traceback,
+    though the program never named it (``__module__`` is set in one place, __init__)."""
+    code = (
+        "import os, procpool\n"
+        "with procpool.Pool(1, context='fork') as pool:\n"
+        "    error = pool.submit(os._exit, 3).exception(timeout=30)\n"
+        "print(type(error).__module__, type(error).__name__, type(pool.stats()).__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["procpool", "WorkerLostError", "procpool"], out.stderr
 
 
 def test_errors_form_one_hierarchy() -> None:

@@ -45,6 +45,18 @@ def test_progress_callback_on_imap_does_not_need_a_length() -> None:
     assert seen[-1] == (10, None)
 
 
+def test_imap_progress_shows_the_total_of_an_input_with_a_length() -> None:
+    """``operator.length_hint``: a list or range tells its length without being read."""
+    seen: list[tuple[int, int | None]] = []
+    with procpool.Pool(2) as pool:
+        out = list(
+            pool.imap(helpers.square, list(range(30)), progress=lambda d, t: seen.append((d, t)))
+        )
+    assert out == [x * x for x in range(30)]
+    assert {total for _, total in seen} == {30}
+    assert seen[-1] == (30, 30)
+
+
 def test_progress_bar_with_tqdm(capsys: pytest.CaptureFixture[str]) -> None:
     with procpool.Pool(2) as pool:
         assert list(pool.imap_unordered(helpers.square, range(20), progress=True)) is not None

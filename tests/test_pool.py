@@ -384,7 +384,7 @@ def test_futures_cancelled_before_a_worker_had_them_never_run(
     """A cancel storm against freeing workers: what no worker had when cancelled never runs.
 
     Each cancel aims at the head of the queue, the future a freeing worker is about
-    to take, with the GIL handed between threads every microsecond. ``_cancel_pending``
+    to take, with the GIL handed between threads every microsecond. ``cancel_if_pending``
     cancels only a future no worker has been handed (what ``shutdown(cancel_futures=True)``
     uses). Before the fix, ~100 of ~500 such futures ran under each start method.
     """
@@ -398,7 +398,7 @@ def test_futures_cancelled_before_a_worker_had_them_never_run(
                 before = futures[i - 1]
                 while not (before.running() or before.done()):
                     pass
-                if futures[i]._cancel_pending():
+                if futures[i].cancel_if_pending():
                     cancelled.add(i)
     finally:
         sys.setswitchinterval(interval)

@@ -28,10 +28,15 @@ def main() -> None:
         print(f"map progress ends at: {report.calls[-1]}")
 
         report = Reporter()
-        total = sum(pool.imap(square, iter(range(20)), progress=report))
+        total = sum(pool.imap(square, range(20), progress=report))
         print(f"imap sum: {total}")
-        # imap does not consume its input to learn its length: total is None here.
+        # A range tells its length without being read: the total is known.
         print(f"imap progress ends at: {report.calls[-1]}")
+
+        report = Reporter()
+        total = sum(pool.imap(square, (x for x in range(20)), progress=report))
+        # A generator does not, and imap never reads ahead to count: no total.
+        print(f"imap of a generator ends at: {report.calls[-1]}")
 
 
 if __name__ == "__main__":

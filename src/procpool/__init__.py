@@ -14,23 +14,28 @@ cleans up. See https://procpool.readthedocs.io.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from ._context import StartMethod as StartMethod
     from ._dask import DaskPool as DaskPool
     from ._errors import PoolClosedError as PoolClosedError
     from ._errors import ProcpoolError as ProcpoolError
+    from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import SerializationError as SerializationError
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import WorkerLostError as WorkerLostError
     from ._future import Future as Future
     from ._future import MapFuture as MapFuture
     from ._pool import Pool as Pool
-    from ._pool import PoolStats as PoolStats
     from ._process import ProcessHandle as ProcessHandle
     from ._process import spawn as spawn
+    from ._progress import Progress as Progress
+    from ._stats import PoolStats as PoolStats
     from ._task import ProcessTask as ProcessTask
 
 __all__ = (
@@ -43,7 +48,10 @@ __all__ = (
     "ProcessHandle",
     "ProcessTask",
     "ProcpoolError",
+    "Progress",
+    "RemoteTraceback",
     "SerializationError",
+    "StartMethod",
     "TaskTimeoutError",
     "WorkerLostError",
     "__version__",
@@ -58,24 +66,45 @@ _WHERE = {
     "MapFuture": "._future",
     "Pool": "._pool",
     "PoolClosedError": "._errors",
-    "PoolStats": "._pool",
+    "PoolStats": "._stats",
     "ProcessHandle": "._process",
     "ProcessTask": "._task",
     "ProcpoolError": "._errors",
+    "Progress": "._progress",
+    "RemoteTraceback": "._errors",
     "SerializationError": "._errors",
+    "StartMethod": "._context",
     "TaskTimeoutError": "._errors",
     "WorkerLostError": "._errors",
     "spawn": "._process",
 }
 
 
+def _publish() -> None:
+    """Say ``procpool.X`` for every public class and function whose module is loaded.
+
+    The one place where ``__module__`` is set, so that reprs, tracebacks, pickles
+    and the docs name ``procpool.Pool``, not ``procpool._pool.Pool``. Run at each
+    first use of a name: importing one module (``_pool``) loads others (``_errors``,
+    ``_future``) whose classes the program meets without naming them first.
+    """
+    for name, where in _WHERE.items():
+        module = sys.modules.get(__name__ + where)
+        if module is None:
+            continue
+        value: object = getattr(module, name)
+        if isinstance(value, (type, types.FunctionType)):  # not the aliases (Progress)
+            value.__module__ = __name__
+        globals()[name] = value
+
+
 def __getattr__(name: str) -> object:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'procpool' has no attribute {name!r}")
-    value: object = getattr(importlib.import_module(where, __name__), name)
-    globals()[name] = value
-    return value
+    importlib.import_module(where, __name__)
+    _publish()
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

@@ -1,5 +1,3 @@
-# pyright: reportPrivateUsage=false
-# (The executor side of futures and jobs is package-internal, shared across modules.)
 """The dispatcher: the one thread that owns a pool's scheduling state.
 
 Data flow of one task::
@@ -36,7 +34,6 @@ blamed and everything it had not started is handed to another worker.
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import itertools
 import logging
@@ -76,8 +73,10 @@ from ._errors import (
     WorkerLostError,
     describe_exitcode,
 )
+from ._executor import Lifecycle
 from ._future import MapFuture
 from ._jobs import Call, Job, MapJob, SingleJob
+from ._stats import Counters
 from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup, widen_pipe
 
 LOGGER = logging.getLogger("procpool")
@@ -130,15 +129,6 @@ def _frame_header(size: int) -> bytes:
 STOP_GRACE = 5.0
 #: Consecutive workers that die before answering anything before the pool gives up.
 MAX_STARTUP_FAILURES = 3
-
-
-class PoolState(enum.Enum):
-    """Lifecycle of a pool."""
-
-    RUNNING = "running"
-    CLOSED = "closed"
-    TERMINATING = "terminating"
-    BROKEN = "broken"
 
 
 class _Worker:
@@ -222,21 +212,6 @@ class _Worker:
         return self.result_conn.poll(0)
 
 
-class Stats:
-    """Counters kept by the dispatcher (read by ``Pool.stats()``)."""
-
-    def __init__(self, workers: int) -> None:
-        self.submitted = 0
-        self.completed = 0
-        self.failed = 0
-        self.cancelled = 0
-        self.timed_out = 0
-        self.retried = 0
-        self.workers_started = 0
-        self.workers_replaced = 0
-        self.busy = [0.0] * workers
-
-
 class Dispatcher:
     """Owns the workers and the queue of one pool; see the module docstring."""
 
@@ -264,11 +239,12 @@ class Dispatcher:
         # call straight to an idle worker (re-entrant: callbacks queued from the
         # dispatcher thread take it again).
         self.lock = threading.RLock()
-        self.state = PoolState.RUNNING
+        self.state = Lifecycle.RUNNING
         self.broken: BaseException | None = None
         self.queue: OrderedDict[int, Job] = OrderedDict()
         self.commands: deque[Callable[[], None]] = deque()
-        self.stats = Stats(workers)
+        #: Changed under ``lock`` (it is the counters' lock too).
+        self.stats = Counters(workers, self.lock)
 
         self._wakeup = Wakeup()
         self._wake_closed = False
@@ -323,11 +299,11 @@ class Dispatcher:
 
     def accepting(self) -> bool:
         """Whether new work may be queued from the calling thread."""
-        if self.state is PoolState.RUNNING:
+        if self.state is Lifecycle.RUNNING:
             return True
         # A callback of this pool may chain more work while the pool is closing:
         # close() + join() still waits for it, so nothing is lost.
-        return self.state is PoolState.CLOSED and self.callbacks.is_mine() and not self._exiting
+        return self.state is Lifecycle.CLOSED and self.callbacks.is_mine() and not self._exiting
 
     def check_open(self) -> None:
         """Raise if the pool takes no new work (thread-safe)."""
@@ -344,8 +320,8 @@ class Dispatcher:
     def add(self, job: Job, count: int = 1) -> None:
         """Queue a job (thread-safe)."""
         fut = job.future
-        fut._callback_runner = self.callbacks
-        fut._cancel_hook = lambda was_running: self.command(lambda: self._cancel_job(job))
+        fut.set_callback_runner(self.callbacks)
+        fut.set_cancel_hook(lambda was_running: self.command(lambda: self._cancel_job(job)))
         with self.lock:
             self.check_open()
             self.stats.submitted += count
@@ -366,7 +342,7 @@ class Dispatcher:
             not isinstance(job, SingleJob)
             or job.timeout is not None
             or self.queue
-            or self.state is not PoolState.RUNNING
+            or self.state is not Lifecycle.RUNNING
             or self._exiting
         ):
             return False
@@ -385,7 +361,7 @@ class Dispatcher:
                 if not self._send(worker, call):
                     return False
                 if _CLAIMS:
-                    job.future._wait_hook = functools.partial(self._read_here, worker, call)
+                    job.future.set_wait_hook(functools.partial(self._read_here, worker, call))
                 return True
         return False
 
@@ -399,7 +375,7 @@ class Dispatcher:
         """
         with self.lock:
             if not (
-                self.state is PoolState.RUNNING
+                self.state is Lifecycle.RUNNING
                 and not self._exiting
                 and self.workers.get(worker.slot) is worker
                 and not worker.dying
@@ -458,7 +434,7 @@ class Dispatcher:
             self.queue
             or self.commands
             or self.max_tasks is not None
-            or self.state is not PoolState.RUNNING
+            or self.state is not Lifecycle.RUNNING
         ):
             # The worker is free (or due to retire), or the pool may be done.
             self.wake()
@@ -472,15 +448,15 @@ class Dispatcher:
     def close(self) -> None:
         """Take no new work; finish what is queued, then stop the workers."""
         with self.lock:
-            if self.state is PoolState.RUNNING:
-                self.state = PoolState.CLOSED
+            if self.state is Lifecycle.RUNNING:
+                self.state = Lifecycle.CLOSED
         self.wake()
 
     def terminate(self) -> None:
         """Stop now: kill the workers, end every unfinished future."""
         with self.lock:
-            if self.state in (PoolState.RUNNING, PoolState.CLOSED):
-                self.state = PoolState.TERMINATING
+            if self.state in (Lifecycle.RUNNING, Lifecycle.CLOSED):
+                self.state = Lifecycle.TERMINATED
         self.wake()
 
     def join(self, timeout: float | None = None) -> bool:
@@ -516,15 +492,7 @@ class Dispatcher:
             jobs = list(self.queue.values())
         for job in jobs:
             # A map some of whose chunks run is one running future: it goes on.
-            job.future._cancel_pending()
-
-    def snapshot(self) -> Stats:
-        """A consistent copy of the counters (thread-safe)."""
-        with self.lock:
-            copy = Stats(self.size)
-            copy.__dict__.update(self.stats.__dict__)
-            copy.busy = list(self.stats.busy)
-            return copy
+            job.future.cancel_if_pending()
 
     # ------------------------------------------------------------------------------
     # workers
@@ -660,7 +628,7 @@ class Dispatcher:
         dropped here: a cancelled task never starts) or finds the future running
         (its hook then stops this worker, which we hold the lock to record below).
         """
-        if not call.job.future._try_start():
+        if not call.job.future.try_start():
             self._drop(call)
             return True
         # Listed before it is written: a reply is checked against this list, maybe
@@ -692,7 +660,7 @@ class Dispatcher:
 
     def _fill(self) -> None:
         """Hand queued calls to workers that have room."""
-        if self.state is PoolState.TERMINATING or self.state is PoolState.BROKEN:
+        if self.state is Lifecycle.TERMINATED or self.state is Lifecycle.BROKEN:
             return
         # Idle workers first, then one call of read-ahead for busy map workers.
         for depth in (0, 1):
@@ -773,7 +741,7 @@ class Dispatcher:
             error.__cause__ = exc
             with self.lock:
                 self.broken = error
-                self.state = PoolState.BROKEN
+                self.state = Lifecycle.BROKEN
                 self._fail_everything(error, cancel=False)
         finally:
             try:
@@ -802,14 +770,14 @@ class Dispatcher:
                 for action in commands:
                     action()
                 del commands
-                if state is PoolState.TERMINATING:
+                if state is Lifecycle.TERMINATED:
                     self._fail_everything(None, cancel=True)
                     return
-                if state is PoolState.BROKEN:
+                if state is Lifecycle.BROKEN:
                     return
                 if self.queue:
                     self._fill()
-                if state is PoolState.CLOSED and self._idle():
+                if state is Lifecycle.CLOSED and self._idle():
                     self._exiting = True
                     return
                 timeout = self._next_deadline() if self._timed else None
@@ -973,7 +941,7 @@ class Dispatcher:
             )
             call.worker_done = offset + len(values)
             # Counted only if stored: a cancelled map's items count as cancelled.
-            if job.map_future._set_batch(call.start + offset, values, failures):
+            if job.map_future.set_items(call.start + offset, values, failures):
                 self.stats.completed += len(values) - (len(failures) if failures else 0)
                 self.stats.failed += len(failures) if failures else 0
             if final:
@@ -1017,7 +985,12 @@ class Dispatcher:
     ) -> None:
         job.release()
         # Counted only if it took: a future cancelled meanwhile counts as cancelled.
-        if job.future._finish(result, exception):
+        future = job.future
+        if (
+            future.try_set_result(result)
+            if exception is None
+            else future.try_set_exception(exception)
+        ):
             if exception is None:
                 self.stats.completed += 1
             else:
@@ -1033,7 +1006,7 @@ class Dispatcher:
         """Fail a whole call: a single job's future, or every unreported item of a chunk."""
         if isinstance(job, MapJob):
             for index in range(first, call.stop):
-                self.stats.failed += job.map_future._set_error(index, error)
+                self.stats.failed += job.map_future.set_item_exception(index, error)
             if job.map_future.done():
                 job.release()
         else:
@@ -1064,7 +1037,7 @@ class Dispatcher:
         error.__cause__ = exc
         self.broken = error
         with self.lock:
-            self.state = PoolState.BROKEN
+            self.state = Lifecycle.BROKEN
         self._fail_everything(error, cancel=False)
 
     # ------------------------------------------------------------------------------
@@ -1102,7 +1075,7 @@ class Dispatcher:
             )
             self.broken = error
             with self.lock:
-                self.state = PoolState.BROKEN
+                self.state = Lifecycle.BROKEN
             self._fail_everything(error, cancel=False)
             return
         self._replace(worker.slot)
@@ -1133,11 +1106,11 @@ class Dispatcher:
             worker.process.close()
 
     def _replace(self, slot: int) -> None:
-        if self.state not in (PoolState.RUNNING, PoolState.CLOSED):
+        if self.state not in (Lifecycle.RUNNING, Lifecycle.CLOSED):
             return
         if slot in self.workers:
             return
-        if self.state is PoolState.CLOSED and self._idle():
+        if self.state is Lifecycle.CLOSED and self._idle():
             return
         self._start_worker(slot)
         self.stats.workers_replaced += 1
@@ -1258,7 +1231,7 @@ class Dispatcher:
                 pid=pid,
             )
         if isinstance(job, MapJob):
-            self.stats.failed += job.map_future._set_error(index, error)
+            self.stats.failed += job.map_future.set_item_exception(index, error)
         else:
             self._resolve(job, exception=error)
 
@@ -1273,7 +1246,7 @@ class Dispatcher:
     ) -> None:
         """Fail map items with a ``WorkerLostError`` saying which item and ``why``."""
         for index in indices:
-            self.stats.failed += job.map_future._set_error(
+            self.stats.failed += job.map_future.set_item_exception(
                 index,
                 WorkerLostError(f"{job.describe(call, index)}{why}", exitcode=exitcode, pid=pid),
             )
@@ -1346,19 +1319,19 @@ class Dispatcher:
                 continue
             if cancel or error is None:
                 self.stats.cancelled += _items_left(job)
-                fut._abandon()
+                fut.abandon()
             else:
                 self.stats.failed += _items_left(job)
                 if isinstance(fut, MapFuture):
-                    fut._fail_remaining(error)
+                    fut.fail_unfinished(error)
                 else:
-                    fut._finish(exception=error)
+                    fut.try_set_exception(error)
             job.release()
 
     def _stop_workers(self) -> None:
         """Stop and reap every worker: STOP if they are idle, else kill."""
         workers = list(self.workers.values())
-        graceful = self.state is PoolState.CLOSED
+        graceful = self.state is Lifecycle.CLOSED
         for worker in workers:
             if graceful and not worker.dying and not worker.retiring:
                 with contextlib.suppress(OSError):
@@ -1379,4 +1352,4 @@ class Dispatcher:
 def _items_left(job: Job) -> int:
     """What a job still counts for in the stats: its items without an outcome, or 1."""
     fut = job.future
-    return fut._unfinished() if isinstance(fut, MapFuture) else 1
+    return fut.unfinished() if isinstance(fut, MapFuture) else 1

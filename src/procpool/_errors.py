@@ -130,14 +130,3 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
-
-
-# Public names say procpool.X in reprs, tracebacks, pickles and docs.
-for _public in (
-    PoolClosedError,
-    ProcpoolError,
-    SerializationError,
-    TaskTimeoutError,
-    WorkerLostError,
-):
-    _public.__module__ = "procpool"

@@ -1,18 +1,20 @@
-# pyright: reportPrivateUsage=false
-# (The executor side of futures is package-internal, shared across modules.)
 """The typed surface that :class:`~procpool.Pool` and :class:`~procpool.DaskPool` share.
 
-``options()``, the overloads of ``map``, ``imap``/``imap_unordered``, the argument
-checks and the with-block are declared once here, so the two pools cannot drift
-apart; each pool supplies the scheduling behind them (:meth:`TypedExecutor._map`
-and :meth:`TypedExecutor._start_imap`).
+``options()``, the overloads of ``map``, ``imap``/``imap_unordered`` (and the one
+imap engine behind them, :mod:`._imap`), ``shutdown``/``join``, the argument
+checks, the lifecycle and the with-block are written once here, so the two pools
+cannot drift apart. Each pool supplies what differs, in the abstract methods at
+the end of :class:`TypedExecutor`: how to start a map and one imap chunk, how to
+stop, and how to wait.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
+import enum
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -21,8 +23,10 @@ from typing import Any, TypeVar, overload
 
 from typing_extensions import Self
 
+from ._callbacks import before_blocking
 from ._future import MapFuture
-from ._progress import Progress
+from ._imap import IMapFeed, Launch
+from ._progress import Progress, make_reporter
 
 R = TypeVar("R")
 T1 = TypeVar("T1")
@@ -67,6 +71,18 @@ def check_workers(workers: int | None) -> None:
 def finite(timeout: float | None) -> float | None:
     """``math.inf`` means no limit: then no deadline needs watching."""
     return None if timeout is None or math.isinf(timeout) else timeout
+
+
+class Lifecycle(enum.Enum):
+    """Where a pool is in its life; it only moves down this list."""
+
+    RUNNING = "running"
+    #: close(): no new work; what was submitted still runs.
+    CLOSED = "closed"
+    #: terminate(): no new work; what was submitted is stopped.
+    TERMINATED = "terminated"
+    #: Its initializer failed, or its workers kept dying at start-up.
+    BROKEN = "broken"
 
 
 @dataclass(frozen=True)
@@ -308,7 +324,22 @@ class TypedExecutor(Executor, abc.ABC):
             raise TypeError(f"imap() needs a callable, not {fn!r}")
         check_count("chunksize", chunksize, 1)
         check_count("buffersize", buffersize, 1)
-        return self._start_imap(fn, iterable, chunksize, buffersize, progress, ordered=ordered)
+        self._check_open()
+        if buffersize is None:
+            buffersize = 4 * self._parallelism() * chunksize
+        # A total only if the input tells it without being read (a list, a range).
+        total = operator.length_hint(iterable, 0) or None if progress else None
+        reporter = make_reporter(progress, total, getattr(fn, "__name__", "imap"))
+        # A buffer smaller than a chunk bounds the chunk, not the other way round.
+        feed = IMapFeed(
+            self._imap_launcher(fn),
+            iter(iterable),
+            min(chunksize, buffersize),
+            buffersize,
+            ordered,
+            reporter,
+        )
+        return feed.stream()
 
     # -- what each pool supplies ------------------------------------------------------
 
@@ -325,17 +356,31 @@ class TypedExecutor(Executor, abc.ABC):
         """Start a map whose arguments are checked."""
 
     @abc.abstractmethod
-    def _start_imap(
-        self,
-        fn: Callable[[T1], R],
-        iterable: Iterable[T1],
-        chunksize: int,
-        buffersize: int | None,
-        progress: Progress,
-        *,
-        ordered: bool,
-    ) -> Iterator[R]:
-        """Start an imap whose arguments are checked (``buffersize`` None: default)."""
+    def _imap_launcher(self, fn: Callable[[Any], R]) -> Launch[R]:
+        """The launch hook of one ``imap`` of ``fn`` (see :class:`._imap.IMapFeed`)."""
+
+    @abc.abstractmethod
+    def _parallelism(self) -> int:
+        """How many items run at once (imap's default read-ahead is four times that)."""
+
+    @abc.abstractmethod
+    def _lifecycle(self) -> Lifecycle:
+        """Where the pool is in its life."""
+
+    @abc.abstractmethod
+    def _check_open(self) -> None:
+        """Raise ``PoolClosedError`` (or why the pool is broken) if it takes no new work."""
+
+    @abc.abstractmethod
+    def _cancel_unstarted(self) -> None:
+        """Cancel the work that has not started (``shutdown(cancel_futures=True)``)."""
+
+    @abc.abstractmethod
+    def _wait_for_end(self, timeout: float | None) -> bool:
+        """Wait (after close or terminate) until everything has ended; False on timeout."""
+
+    def _end_in_background(self) -> None:
+        """After ``shutdown(wait=False)``: let the pool finish without a caller waiting."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -345,12 +390,46 @@ class TypedExecutor(Executor, abc.ABC):
     def terminate(self) -> None:
         """Stop now; every unfinished future ends. Does not wait."""
 
-    @abc.abstractmethod
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the end of the work, after :meth:`close` or :meth:`terminate`.
+    # -- shutdown and join --------------------------------------------------------------
 
-        Returns True if everything has ended, False if ``timeout`` passed first.
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every task has ended, after :meth:`close` or :meth:`terminate`.
+
+        Then the callbacks of those futures have run too. A callback may call
+        ``join()`` (or ``shutdown(wait=True)``) on its own pool: it waits for
+        everything but itself.
+
+        Args:
+            timeout: seconds to wait at most; None or ``math.inf``: no limit.
+
+        Returns:
+            True if everything has ended, False if ``timeout`` passed first.
+
+        Raises:
+            ValueError: if the pool is still running (call close() first).
         """
+        check_timeout("timeout", timeout)
+        if self._lifecycle() is Lifecycle.RUNNING:
+            raise ValueError("join() needs close() or terminate() first: the pool is running")
+        before_blocking()  # on a callback thread: let another take the queue
+        return self._wait_for_end(finite(timeout))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As :meth:`concurrent.futures.Executor.shutdown`: close, optionally wait.
+
+        Args:
+            wait: wait until every task has finished (see :meth:`join`).
+            cancel_futures: first cancel the work that has not started. A ``map``
+                is one future: once any of its items has started, all of it runs
+                (``cancel()`` its future to stop it).
+        """
+        self.close()
+        if cancel_futures:
+            self._cancel_unstarted()
+        if wait:
+            self.join()
+        else:
+            self._end_in_background()
 
     # -- the with-block ---------------------------------------------------------------
 

@@ -1,5 +1,3 @@
-# pyright: reportPrivateUsage=false
-# (The executor side of futures and jobs is package-internal, shared across modules.)
 """Futures: ``Future[T]`` with ``then``/``catch``/``await``, and ``MapFuture[R]``.
 
 Both subclass :class:`concurrent.futures.Future`, so ``concurrent.futures.wait``,
@@ -11,10 +9,15 @@ Two things differ from the standard class, both on purpose:
 
 * ``cancel()`` also works on a *running* future when its executor knows how to
   stop the work (it installs a cancel hook): the worker is killed and replaced.
-* An executor resolves a future with ``_finish``, which wakes waiters at once but
-  hands the callbacks to a runner of the executor's choosing. The pool runs them
-  on its own callback thread, so a callback that blocks, or waits for another
-  future of the same pool, can never stall the dispatcher.
+* An executor resolves a future with ``try_set_result``/``try_set_exception``,
+  which wake waiters at once but hand the callbacks to a runner of the
+  executor's choosing. The pool runs them on its own callback thread, so a
+  callback that blocks, or waits for another future of the same pool, can never
+  stall the dispatcher.
+
+The methods under "for executors" are public, as ``set_result`` is on the
+standard class, and are meant for the code that runs the work (``Pool``,
+``DaskPool``, ``ProcessHandle``), not for the code that waits for it.
 """
 
 from __future__ import annotations
@@ -141,10 +144,28 @@ class Future(concurrent.futures.Future[T]):
         self._callback_runner = None
         self._wait_hook = None
 
-    # -- executor side -----------------------------------------------------------
+    # -- for executors ------------------------------------------------------------
 
-    def _try_start(self) -> bool:
-        """Mark the future running before its work goes to a worker; False if it is done.
+    def set_callback_runner(self, runner: CallbackRunner | None) -> None:
+        """For executors: run this future's callbacks with ``runner`` (None: inline)."""
+        self._callback_runner = runner
+
+    def set_cancel_hook(self, hook: CancelHook | None) -> None:
+        """For executors: call ``hook(was_running)`` when ``cancel()`` succeeds.
+
+        With a hook, ``cancel()`` succeeds on a running future too: the hook
+        must then stop the work.
+        """
+        self._cancel_hook = hook
+
+    def set_wait_hook(self, hook: WaitHook | None) -> None:
+        """For executors: offer the first blocking wait to ``hook(timeout)`` (see ``WaitHook``)."""
+        self._wait_hook = hook
+
+    def try_start(self) -> bool:
+        """For executors: mark the future running before its work goes to a worker.
+
+        Returns False if the future is done (cancelled): its work must not be sent.
 
         ``cancel()`` decides under the same lock, so a future is either cancelled
         before this (and its work must not be sent: a cancelled task never starts)
@@ -155,11 +176,19 @@ class Future(concurrent.futures.Future[T]):
                 self._state = RUNNING
             return self._state == RUNNING
 
-    def _finish(self, result: object = None, exception: BaseException | None = None) -> bool:
-        """Resolve the future; False (and no change) if it was already done or cancelled.
+    def try_set_result(self, result: T) -> bool:
+        """For executors: resolve with ``result``; False (no change) if already done.
 
-        Waiters wake at once; callbacks go to the callback runner, if one is set.
+        Unlike ``set_result`` this never raises: an executor may lose the race
+        with ``cancel()``. Waiters wake at once; callbacks go to the callback runner.
         """
+        return self._finish(result, None)
+
+    def try_set_exception(self, exception: BaseException) -> bool:
+        """For executors: fail with ``exception``; False (no change) if already done."""
+        return self._finish(None, exception)
+
+    def _finish(self, result: object, exception: BaseException | None) -> bool:
         # Whatever the hook holds on to (the call, its worker) is of no use now.
         self._wait_hook = None
         with self._condition:
@@ -199,10 +228,13 @@ class Future(concurrent.futures.Future[T]):
         hook(timeout)
         return max(0.0, deadline - time.monotonic())
 
-    def _abandon(self) -> None:
-        """Cancel, running or not, without calling back into the executor."""
+    def abandon(self) -> bool:
+        """For executors: cancel, running or not, without calling the cancel hook.
+
+        For an executor that is itself stopping the work (``terminate()``).
+        """
         self._cancel_hook = _ignore_cancel
-        self.cancel()
+        return self.cancel()
 
     # -- public API ----------------------------------------------------------------
 
@@ -238,8 +270,11 @@ class Future(concurrent.futures.Future[T]):
         """
         return self._cancel(only_pending=False)
 
-    def _cancel_pending(self) -> bool:
-        """Cancel only if no worker has been handed the work yet (``cancel_futures``)."""
+    def cancel_if_pending(self) -> bool:
+        """For executors: cancel only if no worker has been handed the work yet.
+
+        What ``Executor.shutdown(cancel_futures=True)`` does to each future.
+        """
         return self._cancel(only_pending=True)
 
     def _cancel(self, *, only_pending: bool) -> bool:
@@ -300,7 +335,7 @@ class Future(concurrent.futures.Future[T]):
             total = pool.submit(load, path).then(lambda data: pool.submit(parse, data))
         """
         chained: Future[Any] = Future()
-        chained._callback_runner = self._callback_runner
+        chained.set_callback_runner(self._callback_runner)
 
         def on_done(source: Future[T]) -> None:
             if source.cancelled():
@@ -308,12 +343,12 @@ class Future(concurrent.futures.Future[T]):
                 return
             exc = source.exception()
             if exc is not None:
-                chained._finish(exception=exc)
+                chained.try_set_exception(exc)
                 return
             try:
                 value = fn(source.result())
             except BaseException as error:
-                chained._finish(exception=error)
+                chained.try_set_exception(error)
                 return
             _settle(chained, value)
 
@@ -329,7 +364,7 @@ class Future(concurrent.futures.Future[T]):
             value = pool.submit(risky).catch(lambda exc: -1).result()
         """
         chained: Future[T | S] = Future()
-        chained._callback_runner = self._callback_runner
+        chained.set_callback_runner(self._callback_runner)
 
         def on_done(source: Future[T]) -> None:
             if source.cancelled():
@@ -337,12 +372,12 @@ class Future(concurrent.futures.Future[T]):
                 return
             exc = source.exception()
             if exc is None:
-                chained._finish(source.result())
+                chained.try_set_result(source.result())
                 return
             try:
                 value = fn(exc)
             except BaseException as error:
-                chained._finish(exception=error)
+                chained.try_set_exception(error)
                 return
             _settle(chained, value)
 
@@ -367,16 +402,16 @@ def _settle(target: Future[Any], value: object) -> None:
                 return
             exc = done.exception()
             if exc is not None:
-                target._finish(exception=exc)
+                target.try_set_exception(exc)
             else:
-                target._finish(done.result())
+                target.try_set_result(done.result())
 
         if isinstance(inner, Future):
             inner.add_done_callback(follow)
         else:
             concurrent.futures.Future.add_done_callback(inner, follow)  # pyright: ignore[reportUnknownMemberType]
         return
-    target._finish(value)
+    target.try_set_result(value)
 
 
 _MISSING: Any = object()
@@ -423,12 +458,16 @@ class MapFuture(Future[list[R]], Iterator[R]):
         if size == 0:
             self._state = FINISHED
 
-    # -- executor side -----------------------------------------------------------
+    # -- for executors ------------------------------------------------------------
 
-    def _set_batch(
+    def set_progress(self, report: Callable[[int], object] | None) -> None:
+        """For executors: call ``report(count)`` as each batch of items arrives."""
+        self._on_progress = report
+
+    def set_items(
         self, start: int, values: list[Any], errors: dict[int, BaseException] | None
     ) -> bool:
-        """Store a batch of results; ``errors`` maps batch-relative indices to failures.
+        """For executors: results of items ``start`` on; ``errors`` maps batch indices to failures.
 
         Returns False, storing nothing, if the map is done already (cancelled).
         """
@@ -459,13 +498,13 @@ class MapFuture(Future[list[R]], Iterator[R]):
             except Exception:
                 LOGGER.exception("progress callback failed")
 
-    def _unfinished(self) -> int:
-        """How many items have no outcome yet (for the pool's counters)."""
+    def unfinished(self) -> int:
+        """For executors: how many items have no outcome yet (for the pool's counters)."""
         with self._condition:
             return self._size - self._received
 
-    def _fail_remaining(self, exc: BaseException) -> None:
-        """Fail every item that has no result yet with ``exc``."""
+    def fail_unfinished(self, exc: BaseException) -> None:
+        """For executors: fail every item that has no outcome yet with ``exc``."""
         with self._condition:
             if self._state in _DONE_STATES:
                 return
@@ -476,8 +515,8 @@ class MapFuture(Future[list[R]], Iterator[R]):
                     self._received += 1
         self._complete()
 
-    def _set_error(self, index: int, exc: BaseException) -> bool:
-        """Record that item ``index`` failed with ``exc``; False if the map is done already."""
+    def set_item_exception(self, index: int, exc: BaseException) -> bool:
+        """For executors: item ``index`` failed with ``exc``; False if the map is done already."""
         with self._condition:
             if self._state in _DONE_STATES:
                 return False
@@ -569,8 +608,12 @@ class MapFuture(Future[list[R]], Iterator[R]):
         with self._condition:
             self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
 
-    def _take_all(self) -> tuple[list[R], dict[int, BaseException]]:
-        """Wait for every item; hand over the values and the failures, keep nothing."""
+    def take_all(self) -> tuple[list[R], dict[int, BaseException]]:
+        """For executors: wait for every item; hand over values and failures, keep nothing.
+
+        For an iterator that yields the items itself (``imap``); the future then
+        keeps no list, as after iteration.
+        """
         self._wait_done(None)
         with self._condition:
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
@@ -632,8 +675,3 @@ class MapFuture(Future[list[R]], Iterator[R]):
         if error is not None:
             raise error
         return cast("R", value)
-
-
-# Public names say procpool.X in reprs, tracebacks, pickles and docs.
-for _public in (Future, MapFuture):
-    _public.__module__ = "procpool"

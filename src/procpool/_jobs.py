@@ -1,5 +1,3 @@
-# pyright: reportPrivateUsage=false
-# (The executor side of futures and jobs is package-internal, shared across modules.)
 """Work items as the dispatcher sees them: jobs, and the calls they are cut into.
 
 A *job* is what a user asked for: one ``submit`` (:class:`SingleJob`) or one
@@ -310,7 +308,7 @@ class MapJob(Job):
                     self.pending.extendleft(reversed([(i, i + 1) for i in range(start, stop)]))
                 else:
                     error = _item_serialization_error(self, start, chunk[0], exc)
-                    self.failed_here += self.map_future._set_error(start, error)
+                    self.failed_here += self.map_future.set_item_exception(start, error)
                 continue
             self.in_flight += 1
             self.encoded_items += stop - start

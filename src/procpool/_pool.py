@@ -1,5 +1,3 @@
-# pyright: reportPrivateUsage=false
-# (The executor side of futures and jobs is package-internal, shared across modules.)
 """The public ``Pool``: argument checks, lifecycle, submit/map/imap, the with-block.
 
 Scheduling lives in :mod:`procpool._dispatcher`; this module turns calls into
@@ -8,29 +6,35 @@ jobs and hands them over. See the dispatcher's docstring for the data flow.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import itertools
 import os
 import threading
 import weakref
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import wait as _wait_futures
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from multiprocessing.context import BaseContext
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
 from ._child import messages as m
 from ._context import StartMethod, resolve_context
-from ._dispatcher import Dispatcher, PoolState
-from ._errors import PoolClosedError, SerializationError
-from ._executor import Options, TypedExecutor, check_count, check_timeout, check_workers, finite
+from ._dispatcher import Dispatcher
+from ._errors import SerializationError
+from ._executor import (
+    Lifecycle,
+    Options,
+    TypedExecutor,
+    check_count,
+    check_timeout,
+    check_workers,
+    finite,
+)
 from ._future import Future, MapFuture
+from ._imap import Launch
 from ._jobs import MapJob, SingleJob, Timing, encode_call, new_call_id
-from ._progress import Progress, Reporter, make_reporter
+from ._progress import Progress, make_reporter
+from ._stats import PoolStats
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -90,33 +94,6 @@ def _install_exit_hook() -> None:
 
             atexit.register(_python_exit)
         _exit_hook_installed = True
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A snapshot of a pool's counters, from :meth:`Pool.stats`.
-
-    Items of a ``map`` or ``imap`` count one each. Every task or item the pool
-    accepted (``submitted``) ends in exactly one of ``completed`` (a result),
-    ``failed`` (an exception: its own, a lost worker, a time limit, an input or
-    result that does not pickle, a pool broken by its initializer) or
-    ``cancelled``; once all work has ended, the three add up to ``submitted``.
-    ``timed_out`` counts the tasks and items that passed their time limit (with
-    ``retry_timeouts``, a :class:`Pool` counts each attempt); ``retried`` counts
-    attempts run again.
-    ``busy_seconds`` has one entry per worker slot: time spent running tasks,
-    summed over the workers that held the slot.
-    """
-
-    submitted: int
-    completed: int
-    failed: int
-    cancelled: int
-    timed_out: int
-    retried: int
-    workers_started: int
-    workers_replaced: int
-    busy_seconds: tuple[float, ...]
 
 
 class _Handle:
@@ -241,7 +218,7 @@ class Pool(TypedExecutor):
                 new_call_id(), m.CALL, fn, (args, kwargs), self._cloud, dispatcher.segments
             )
         except SerializationError as exc:
-            future._finish(exception=exc)
+            future.try_set_exception(exc)
             return future
         opts = self._options
         job = SingleJob(
@@ -275,7 +252,7 @@ class Pool(TypedExecutor):
         future: MapFuture[R] = MapFuture(len(items), timeout=timeout)
         reporter = make_reporter(progress, len(items), getattr(fn, "__name__", "map"))
         if reporter is not None:
-            future._on_progress = reporter.advance
+            future.set_progress(reporter.advance)
         if not items:
             return future
         opts = self._options
@@ -294,25 +271,55 @@ class Pool(TypedExecutor):
         dispatcher.add(job, len(items))
         return future
 
-    def _start_imap(
-        self,
-        fn: Callable[[T1], R],
-        iterable: Iterable[T1],
-        chunksize: int,
-        buffersize: int | None,
-        progress: Progress,
-        *,
-        ordered: bool,
-    ) -> Iterator[R]:
-        self._dispatcher.check_open()
-        if buffersize is None:
-            buffersize = 4 * self._workers * chunksize
-        reporter = make_reporter(progress, None, getattr(fn, "__name__", "imap"))
-        # A buffer smaller than a chunk bounds the chunk, not the other way round.
-        feed = _IMapFeed(
-            self, fn, iter(iterable), min(chunksize, buffersize), buffersize, ordered, reporter
+    def _imap_launcher(self, fn: Callable[[Any], R]) -> Launch[R]:
+        dispatcher, opts, cloud, workers = (
+            self._dispatcher,
+            self._options,
+            self._cloud,
+            self._workers,
         )
-        return feed.stream()
+        # One group: a busy worker may get the next chunk of the same imap ahead
+        # of time. One timing: the second chunk knows what the first measured.
+        group, timing = object(), Timing()
+
+        def launch(items: list[Any], base_index: int) -> MapFuture[R]:
+            future: MapFuture[R] = MapFuture(len(items))
+            job = MapJob(
+                future,
+                fn,
+                items,
+                star=False,
+                chunksize=len(items),
+                timeout=opts.timeout,
+                retries=opts.retries,
+                retry_timeouts=opts.retry_timeouts,
+                cloud=cloud,
+                segments=dispatcher.segments,
+                base_index=base_index,
+                group=group,
+                timing=timing,
+            )
+            # Pickled here, in the consumer's thread, not on the dispatcher's.
+            job.prepare(workers)
+            dispatcher.add(job, len(items))
+            return future
+
+        return launch
+
+    def _parallelism(self) -> int:
+        return self._workers
+
+    def _lifecycle(self) -> Lifecycle:
+        return self._dispatcher.state
+
+    def _check_open(self) -> None:
+        self._dispatcher.check_open()
+
+    def _cancel_unstarted(self) -> None:
+        self._dispatcher.cancel_queued()
+
+    def _wait_for_end(self, timeout: float | None) -> bool:
+        return self._dispatcher.join(timeout)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -324,265 +331,6 @@ class Pool(TypedExecutor):
         """Stop now: kill the workers; every unfinished future is cancelled. Does not wait."""
         self._dispatcher.terminate()
 
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until the workers have exited, after :meth:`close` or :meth:`terminate`.
-
-        Then every task has ended and the callbacks of its future have run. A
-        callback may call ``join()`` (or ``shutdown(wait=True)``) on its own pool:
-        it waits for everything but itself.
-
-        Args:
-            timeout: seconds to wait at most; None or ``math.inf``: no limit.
-
-        Returns:
-            True if the pool has finished, False if ``timeout`` passed first.
-
-        Raises:
-            ValueError: if the pool is still running (call close() first).
-        """
-        check_timeout("timeout", timeout)
-        if self._dispatcher.state is PoolState.RUNNING:
-            raise ValueError("join() needs close() or terminate() first: the pool is running")
-        return self._dispatcher.join(finite(timeout))
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """As :meth:`concurrent.futures.Executor.shutdown`: close, optionally wait.
-
-        Args:
-            wait: wait until every queued task has finished and the workers exited.
-            cancel_futures: first cancel the work that no worker has started. A
-                ``map`` is one future: once a worker has started any of its items,
-                all of it runs (``cancel()`` its future to stop it).
-        """
-        dispatcher = self._dispatcher
-        dispatcher.close()
-        if cancel_futures:
-            dispatcher.cancel_queued()
-        if wait:
-            dispatcher.join()
-
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters, all read at one moment."""
-        s = self._dispatcher.snapshot()
-        return PoolStats(
-            submitted=s.submitted,
-            completed=s.completed,
-            failed=s.failed,
-            cancelled=s.cancelled,
-            timed_out=s.timed_out,
-            retried=s.retried,
-            workers_started=s.workers_started,
-            workers_replaced=s.workers_replaced,
-            busy_seconds=tuple(s.busy),
-        )
-
-
-class _IMapStream(itertools.chain[R]):
-    """What ``Pool.imap`` returns: the items of finished chunks, chunk after chunk.
-
-    A :class:`itertools.chain` over the results of each chunk that :class:`_IMapFeed`
-    hands out, so the items of a chunk without failures reach the consumer through
-    C code alone (about 35 ns per item, against 60-90 ns for a ``__next__`` written
-    in Python). Each chunk's list is popped from its end, reversed first, so that
-    an item yielded is no longer held here (iteration keeps nothing, bpo-14406).
-    A chunk with failures, or with a progress bar to advance, is an :class:`_Items`
-    iterator instead: it raises at a failed item, and since ``chain`` keeps its
-    current iterator after an exception, ``next()`` goes on after it.
-    """
-
-    __slots__ = ("_feed",)
-    _feed: _IMapFeed[R]
-
-    def close(self) -> None:
-        """Stop: cancel the chunks no worker has started; read no more input."""
-        self._feed.close()
-
-
-class _Items(Iterator[R]):
-    """The items of one chunk, one by one: raises at failed items, advances progress."""
-
-    __slots__ = ("_errors", "_pos", "_reporter", "_values")
-
-    def __init__(
-        self, values: list[R], errors: dict[int, BaseException], reporter: Reporter | None
-    ) -> None:
-        self._values = values
-        self._errors = errors
-        self._reporter = reporter
-        self._pos = 0
-
-    def __iter__(self) -> _Items[R]:
-        return self
-
-    def __next__(self) -> R:
-        pos = self._pos
-        if pos >= len(self._values):
-            raise StopIteration
-        self._pos = pos + 1
-        if self._reporter is not None:
-            self._reporter.advance(1)
-        if pos in self._errors:
-            raise self._errors.pop(pos)
-        value = self._values[pos]
-        self._values[pos] = cast("R", None)  # yielded: not ours to keep
-        return value
-
-    def stop(self) -> None:
-        self._values = []
-
-
-class _Popper(Generic[R]):
-    """The items of one chunk without failures, yielded and released by C code."""
-
-    __slots__ = ("_tickets", "_values", "items")
-
-    def __init__(self, values: list[R]) -> None:
-        values.reverse()
-        self._values = values
-        # One empty argument tuple per item: starmap calls values.pop() for each.
-        self._tickets = itertools.repeat((), len(values))
-        self.items: Iterator[R] = itertools.starmap(values.pop, self._tickets)
-
-    def stop(self) -> None:
-        # Use up the tickets: the starmap ends before it pops the emptied list.
-        deque(self._tickets, maxlen=0)
-        self._values.clear()
-
-
-class _IMapFeed(Generic[R]):
-    """Reads the input ahead (at most ``buffersize`` items), submits it in chunks,
-    and hands the chunks' results to an :class:`_IMapStream` in order (or as they
-    finish)."""
-
-    def __init__(
-        self,
-        pool: Pool,
-        fn: Callable[[Any], R],
-        source: Iterator[Any],
-        chunksize: int,
-        buffersize: int,
-        ordered: bool,
-        reporter: Reporter | None,
-    ) -> None:
-        self._pool = pool
-        self._fn = fn
-        self._source: Iterator[Any] | None = source
-        self._chunksize = chunksize
-        self._buffersize = buffersize
-        self._ordered = ordered
-        self._reporter = reporter
-        self._ahead = 0  # items read from the source and not yet used up
-        self._read = 0
-        self._chunks: deque[MapFuture[R]] = deque()
-        #: The results being yielded, stopped by close() so that iteration stops.
-        self._current: _Popper[R] | _Items[R] | None = None
-        self._group = object()
-        self._timing = Timing()
-        self._source_error: BaseException | None = None
-
-    def stream(self) -> _IMapStream[R]:
-        # The first chunks go out now, as Executor.map and DaskPool.imap send theirs:
-        # the workers start while the caller is still setting up its loop.
-        self._top_up()
-        stream = cast("_IMapStream[R]", _IMapStream.from_iterable(self._results()))
-        stream._feed = self
-        return stream
-
-    def _top_up(self) -> None:
-        source = self._source
-        while source is not None and self._ahead + self._chunksize <= self._buffersize:
-            try:
-                chunk = list(itertools.islice(source, self._chunksize))
-            except BaseException as exc:
-                # Raised when the consumer gets there, after the items read before it,
-                # as a serial loop would.
-                self._source_error = exc
-                self._source = None
-                return
-            if not chunk:
-                self._source = source = None
-                break
-            future: MapFuture[R] = MapFuture(len(chunk))
-            opts = self._pool._options
-            job = MapJob(
-                future,
-                self._fn,
-                chunk,
-                star=False,
-                chunksize=len(chunk),
-                timeout=opts.timeout,
-                retries=opts.retries,
-                retry_timeouts=opts.retry_timeouts,
-                cloud=self._pool._cloud,
-                segments=self._pool._dispatcher.segments,
-                base_index=self._read,
-                group=self._group,
-                timing=self._timing,
-            )
-            job.prepare(self._pool._workers)
-            try:
-                self._pool._dispatcher.add(job, len(chunk))
-            except PoolClosedError as exc:
-                # Closed meanwhile: what went out before is still yielded, then this.
-                self._source_error = exc
-                self._source = None
-                return
-            self._read += len(chunk)
-            self._ahead += len(chunk)
-            self._chunks.append(future)
-
-    def _results(self) -> Generator[Iterator[R], None, None]:
-        """The chain's source: one iterable of results per chunk.
-
-        Resumed when the consumer has used up the previous chunk: only then do its
-        items stop counting as read ahead, so the input is read further (before
-        waiting on the next chunk, which keeps the workers fed).
-        """
-        try:
-            used = 0
-            while True:
-                self._ahead -= used
-                self._top_up()
-                if not self._chunks:
-                    source_error, self._source_error = self._source_error, None
-                    if source_error is not None:
-                        raise source_error
-                    return
-                if self._ordered:
-                    chunk = self._chunks.popleft()
-                else:
-                    _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
-                    chunk = next(c for c in self._chunks if c.done())
-                    self._chunks.remove(chunk)
-                # A whole chunk at once: its items are then yielded without a lock each.
-                values, errors = chunk._take_all()
-                used = len(values)
-                if not errors and self._reporter is None:
-                    popper = self._current = _Popper(values)
-                    del values
-                    yield popper.items
-                else:
-                    items = self._current = _Items(values, errors, self._reporter)
-                    del values
-                    yield items
-        finally:
-            # Exhausted, or the stream was dropped (a break out of the loop).
-            with contextlib.suppress(Exception):
-                self.close()
-
-    def close(self) -> None:
-        """Stop: cancel the chunks no worker has started; read no more input."""
-        self._source = None
-        for future in self._chunks:
-            if not future.running():
-                future.cancel()
-        self._chunks.clear()
-        if self._current is not None:
-            self._current.stop()
-        if self._reporter is not None:
-            self._reporter.close()
-
-
-# Public names say procpool.X in reprs, tracebacks, pickles and docs.
-for _public in (Pool, PoolStats):
-    _public.__module__ = "procpool"
+        return self._dispatcher.stats.snapshot()

@@ -62,7 +62,7 @@ class ProcessHandle(Future[R]):
         self._fn_name = describe_callable(fn)
         self._exitcode: int | None = None
         self._reaped = threading.Event()
-        self._cancel_hook = self._on_cancel
+        self.set_cancel_hook(self._on_cancel)
         self._started = False
         # Under the lock from the pipe to the fork, as a pool does (see PARENT_FDS).
         with PARENT_FDS.lock:
@@ -89,13 +89,13 @@ class ProcessHandle(Future[R]):
                     f"{diagnose_call(fn, args, kwargs)}"
                 )
                 error.__cause__ = exc
-                self._finish(exception=error)
+                self.try_set_exception(error)
                 return
             finally:
                 writer.close()
             PARENT_FDS.add(process.sentinel)
         self._started = True
-        self._try_start()
+        self.try_start()
         self._pid: int | None = self._process.pid
         self._watcher = threading.Thread(
             target=self._watch, name=f"procpool-watch-{self._pid}", daemon=True
@@ -121,8 +121,8 @@ class ProcessHandle(Future[R]):
                 process.close()
             self._reaped.set()
         if data is None:
-            self._finish(
-                exception=WorkerLostError(
+            self.try_set_exception(
+                WorkerLostError(
                     f"the process running {self._fn_name} (pid {self._pid}) "
                     f"{describe_exitcode(self._exitcode)} before it returned",
                     exitcode=self._exitcode,
@@ -134,15 +134,15 @@ class ProcessHandle(Future[R]):
         try:
             body = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
         except Exception as exc:
-            self._finish(
-                exception=SerializationError(
+            self.try_set_exception(
+                SerializationError(
                     f"the result of {self._fn_name} could not be unpickled "
                     f"({type(exc).__name__}: {exc})"
                 )
             )
             return
         if status == m.OK:
-            self._finish(body)
+            self.try_set_result(body)
         elif status == m.ERROR:
             error, tb = body
             if error is None:
@@ -152,9 +152,9 @@ class ProcessHandle(Future[R]):
                 )
             else:
                 error.__cause__ = RemoteTraceback(tb)
-            self._finish(exception=error)
+            self.try_set_exception(error)
         else:
-            self._finish(exception=SerializationError(body))
+            self.try_set_exception(SerializationError(body))
 
     def _on_cancel(self, was_running: bool) -> None:
         self.kill()
@@ -247,8 +247,3 @@ def spawn(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> ProcessHa
     if not callable(fn):
         raise TypeError(f"spawn() needs a callable, not {fn!r}")
     return ProcessHandle(fn, args, kwargs)
-
-
-# Public names say procpool.X in reprs, tracebacks, pickles and docs.
-for _public in (ProcessHandle, spawn):
-    _public.__module__ = "procpool"

@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 
 #: ``progress=`` accepts True (a tqdm bar), False, or a callback ``(done, total)``;
 #: ``total`` is None when the length of an ``imap`` input is unknown.
-Progress: TypeAlias = "bool | Callable[[int, int | None], object]"
+Progress: TypeAlias = bool | Callable[[int, int | None], object]
 
 
 class Reporter:

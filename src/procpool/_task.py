@@ -153,8 +153,3 @@ class ProcessTask(abc.ABC, Generic[R]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name} pid={self.pid} exitcode={self.exitcode}>"
-
-
-# Public names say procpool.X in reprs, tracebacks, pickles and docs.
-for _public in (ProcessTask,):
-    _public.__module__ = "procpool"
