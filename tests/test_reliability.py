@@ -214,7 +214,7 @@ def _chaos(method: str, tasks: int, *, retries: int) -> tuple[int, int]:
                         for w in list(dispatcher.workers.values())
                         if w.outstanding
                         and not w.dying
-                        and dispatcher._marker(w)[0] == w.outstanding[0].id
+                        and dispatcher.workers.marker(w)[0] == w.outstanding[0].id
                     ]
                 if busy:
                     pid = rng.choice(busy)

@@ -134,7 +134,7 @@ def test_a_forged_reply_cannot_remove_or_open_a_segment_it_names() -> None:
             header = _shm._header(victim, b"\0\0")  # the victim's name, no buffers
             for call_id in (12345, m.NO_CALL):  # a call never sent; none at all
                 data = m.REPLY_HEADER.pack(call_id, m.OK | m.SHARED_REPLY, 0.0) + header
-                reply = dispatcher._decode(worker, data)  # type: ignore[arg-type]
+                reply = dispatcher.workers.decode(worker, data)  # type: ignore[arg-type]
                 assert reply.body is None
             assert os.path.exists("/dev/shm" + victim)
     finally:
@@ -148,7 +148,7 @@ def test_a_reply_to_a_call_never_sent_is_not_unpickled(tmp_path: Path) -> None:
         dispatcher, worker = pool._dispatcher, _live_worker(pool)
         for call_id, status in ((98765, m.OK), (98765, m.ERROR), (7, m.LOG)):
             data = m.REPLY_HEADER.pack(call_id, status, 0.0) + body
-            dispatcher._decode(worker, data)  # type: ignore[arg-type]
+            dispatcher.workers.decode(worker, data)  # type: ignore[arg-type]
         assert pool.submit(helpers.square, 4).result(timeout=30) == 16
     assert not trap.exists()
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import WorkerLostError as WorkerLostError
     from ._future import Future as Future
-    from ._future import MapFuture as MapFuture
+    from ._mapfuture import MapFuture as MapFuture
     from ._pool import Pool as Pool
     from ._process import ProcessHandle as ProcessHandle
     from ._process import spawn as spawn
@@ -63,7 +63,7 @@ __all__ = (
 _WHERE = {
     "DaskPool": "._dask",
     "Future": "._future",
-    "MapFuture": "._future",
+    "MapFuture": "._mapfuture",
     "Pool": "._pool",
     "PoolClosedError": "._errors",
     "PoolStats": "._stats",

@@ -37,8 +37,9 @@ from ._dask_core import (
 )
 from ._errors import PoolClosedError, TaskTimeoutError
 from ._executor import Lifecycle, Options, TypedExecutor, check_count, check_timeout, finite
-from ._future import Future, MapFuture
+from ._future import Future
 from ._imap import Launch
+from ._mapfuture import MapFuture
 from ._progress import Progress, make_reporter
 from ._stats import PoolStats
 

@@ -57,7 +57,8 @@ from ._errors import (
     WorkerLostError,
 )
 from ._executor import Lifecycle, Options
-from ._future import Future, MapFuture
+from ._future import Future
+from ._mapfuture import MapFuture
 from ._stats import Counters
 
 LOGGER = logging.getLogger("procpool")

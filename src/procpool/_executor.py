@@ -24,8 +24,8 @@ from typing import Any, TypeVar, overload
 from typing_extensions import Self
 
 from ._callbacks import before_blocking
-from ._future import MapFuture
 from ._imap import IMapFeed, Launch
+from ._mapfuture import MapFuture
 from ._progress import Progress, make_reporter
 
 R = TypeVar("R")

@@ -1,4 +1,4 @@
-"""Futures: ``Future[T]`` with ``then``/``catch``/``await``, and ``MapFuture[R]``.
+"""``Future[T]``: a ``concurrent.futures.Future`` with ``then``/``catch``/``await``.
 
 Both subclass :class:`concurrent.futures.Future`, so ``concurrent.futures.wait``,
 ``as_completed`` and ``asyncio.wrap_future`` accept them. They reuse its state
@@ -27,8 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import CancelledError, InvalidStateError
+from collections.abc import Callable, Generator
 from concurrent.futures._base import (
     CANCELLED,
     CANCELLED_AND_NOTIFIED,
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from ._callbacks import before_blocking, run_inline
 
-__all__ = ["Future", "MapFuture"]
+__all__ = ["Future"]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -48,7 +47,7 @@ R = TypeVar("R")
 
 LOGGER = logging.getLogger("procpool")
 
-_DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 
 #: Called (outside any lock) when ``cancel()`` succeeds; the argument says
 #: whether the work had already started, in which case it must be stopped.
@@ -77,7 +76,7 @@ def wait_seconds(timeout: float | None) -> float | None:
     return None if math.isinf(timeout) and timeout > 0 else timeout
 
 
-def _will_block(timeout: float | None) -> bool:
+def will_block(timeout: float | None) -> bool:
     return timeout is None or timeout > 0
 
 
@@ -192,7 +191,7 @@ class Future(concurrent.futures.Future[T]):
         # Whatever the hook holds on to (the call, its worker) is of no use now.
         self._wait_hook = None
         with self._condition:
-            if self._state in _DONE_STATES:
+            if self._state in DONE_STATES:
                 return False
             if exception is not None:
                 self._exception = exception
@@ -219,7 +218,7 @@ class Future(concurrent.futures.Future[T]):
     def _offer_wait(self, timeout: float | None) -> float | None:
         """Let the wait hook, if any, wait first; return what is left of ``timeout``."""
         hook, self._wait_hook = self._wait_hook, None
-        if hook is None or self._state in _DONE_STATES:
+        if hook is None or self._state in DONE_STATES:
             return timeout
         if timeout is None:
             hook(None)
@@ -248,7 +247,7 @@ class Future(concurrent.futures.Future[T]):
         timeout = wait_seconds(timeout)
         if self._wait_hook is not None:
             timeout = self._offer_wait(timeout)
-        if self._state not in _DONE_STATES and _will_block(timeout):
+        if self._state not in DONE_STATES and will_block(timeout):
             before_blocking()
         return super().result(timeout)
 
@@ -257,7 +256,7 @@ class Future(concurrent.futures.Future[T]):
         timeout = wait_seconds(timeout)
         if self._wait_hook is not None:
             timeout = self._offer_wait(timeout)
-        if self._state not in _DONE_STATES and _will_block(timeout):
+        if self._state not in DONE_STATES and will_block(timeout):
             before_blocking()
         return super().exception(timeout)
 
@@ -412,266 +411,3 @@ def _settle(target: Future[Any], value: object) -> None:
             concurrent.futures.Future.add_done_callback(inner, follow)  # pyright: ignore[reportUnknownMemberType]
         return
     target.try_set_result(value)
-
-
-_MISSING: Any = object()
-_RELEASED: Any = object()
-
-
-class MapFuture(Future[list[R]], Iterator[R]):
-    """The results of ``Pool.map``: a ``Future[list[R]]`` that is also an ``Iterator[R]``.
-
-    Iterate it to stream the results in input order as they arrive (the first
-    failed item's exception is raised when reached), or call :meth:`result` for the
-    whole list. ``.then(sum)`` chains on the list; ``await`` gives the list.
-
-    Iterating keeps no result alive after yielding it. The list is kept only when
-    it is asked for (``result()``, ``then``, ``catch``, ``await``,
-    ``add_done_callback``); asking for it after iteration has already released
-    items raises :class:`concurrent.futures.InvalidStateError`.
-
-    Example::
-
-        for square in pool.map(pow, range(10), repeat(2)):
-            print(square)
-        total = pool.map(abs, [-1, 2]).then(sum).result()   # 3
-    """
-
-    def __init__(self, size: int, *, timeout: float | None = None) -> None:
-        super().__init__()
-        self._size = size
-        self._values: list[Any] = [_MISSING] * size
-        self._errors: dict[int, BaseException] = {}
-        self._received = 0
-        self._next = 0
-        #: Threads waiting in ``__next__`` for an item (not for the whole map).
-        self._item_waiters = 0
-        self._keep = False
-        self._released = False
-        # Executor.map semantics: the deadline counts from the call, for every item.
-        self._deadline: float | None = None
-        #: Told how many more items arrived (progress reporting).
-        self._on_progress: Callable[[int], object] | None = None
-        timeout = wait_seconds(timeout)
-        if timeout is not None:
-            self._deadline = time.monotonic() + timeout
-        if size == 0:
-            self._state = FINISHED
-
-    # -- for executors ------------------------------------------------------------
-
-    def set_progress(self, report: Callable[[int], object] | None) -> None:
-        """For executors: call ``report(count)`` as each batch of items arrives."""
-        self._on_progress = report
-
-    def set_items(
-        self, start: int, values: list[Any], errors: dict[int, BaseException] | None
-    ) -> bool:
-        """For executors: results of items ``start`` on; ``errors`` maps batch indices to failures.
-
-        Returns False, storing nothing, if the map is done already (cancelled).
-        """
-        with self._condition:
-            if self._state in _DONE_STATES:
-                return False
-            stop = start + len(values)
-            self._values[start:stop] = values
-            if errors:
-                for index, exc in errors.items():
-                    self._errors[start + index] = exc
-            self._received += len(values)
-            complete = self._received >= self._size
-            # Only iterators care about single items; a thread in result() waking
-            # for every batch would take the GIL from the dispatcher each time.
-            if not complete and self._item_waiters:
-                self._condition.notify_all()
-        self._progressed(len(values))
-        if complete:
-            self._complete()
-        return True
-
-    def _progressed(self, count: int) -> None:
-        report = self._on_progress
-        if report is not None:
-            try:
-                report(count)
-            except Exception:
-                LOGGER.exception("progress callback failed")
-
-    def unfinished(self) -> int:
-        """For executors: how many items have no outcome yet (for the pool's counters)."""
-        with self._condition:
-            return self._size - self._received
-
-    def fail_unfinished(self, exc: BaseException) -> None:
-        """For executors: fail every item that has no outcome yet with ``exc``."""
-        with self._condition:
-            if self._state in _DONE_STATES:
-                return
-            for index, value in enumerate(self._values):
-                if value is _MISSING and index not in self._errors:
-                    self._errors[index] = exc
-                    self._values[index] = None
-                    self._received += 1
-        self._complete()
-
-    def set_item_exception(self, index: int, exc: BaseException) -> bool:
-        """For executors: item ``index`` failed with ``exc``; False if the map is done already."""
-        with self._condition:
-            if self._state in _DONE_STATES:
-                return False
-            self._errors[index] = exc
-            self._values[index] = None
-            self._received += 1
-            complete = self._received >= self._size
-            if not complete and self._item_waiters:
-                self._condition.notify_all()
-        self._progressed(1)
-        if complete:
-            self._complete()
-        return True
-
-    def _complete(self) -> None:
-        with self._condition:
-            if self._state in _DONE_STATES:
-                return
-            first_error = self._first_error()
-            if first_error is not None:
-                self._exception = first_error
-                for waiter in self._waiters:
-                    waiter.add_exception(self)
-            else:
-                for waiter in self._waiters:
-                    waiter.add_result(self)
-            self._state = FINISHED
-            self._condition.notify_all()
-        self._run_callbacks()
-
-    def _first_error(self) -> BaseException | None:
-        if not self._errors:
-            return None
-        return self._errors[min(self._errors)]
-
-    # -- the list --------------------------------------------------------------------
-
-    def _keep_list(self) -> None:
-        with self._condition:
-            if self._released:
-                raise InvalidStateError(
-                    "the MapFuture's list is gone: iterating it released the results "
-                    "already yielded; call result() (or then/catch/await) before iterating "
-                    "if you need both"
-                )
-            self._keep = True
-
-    def result(self, timeout: float | None = None) -> list[R]:
-        """Wait for every item and return the results as a list, in input order.
-
-        As with any ``Future``, every call returns the same list (not a copy), and
-        callbacks chained with ``then`` receive it too: copy it before changing it
-        if anything else will read it.
-
-        Raises:
-            The first failed item's exception (in input order); ``CancelledError``;
-            ``TimeoutError`` if not done within ``timeout`` seconds;
-            ``InvalidStateError`` if iteration has already released results.
-        """
-        self._keep_list()
-        self._wait_done(timeout)
-        with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                raise CancelledError()
-            if self._state != FINISHED:
-                raise concurrent.futures.TimeoutError()
-            if self._exception is not None:
-                raise self._exception
-            # Finished and kept: nothing here writes to the list any more. No copy:
-            # on a first map in a fresh process its pages alone cost ~1 ms/200,000.
-            return self._values
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """Wait for every item; return the first failed item's exception, or None."""
-        self._wait_done(timeout)
-        with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                raise CancelledError()
-            if self._state != FINISHED:
-                raise concurrent.futures.TimeoutError()
-            return self._exception
-
-    def _wait_done(self, timeout: float | None) -> None:
-        timeout = wait_seconds(timeout)
-        if self._state in _DONE_STATES:
-            return
-        if _will_block(timeout):
-            before_blocking()
-        with self._condition:
-            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
-
-    def take_all(self) -> tuple[list[R], dict[int, BaseException]]:
-        """For executors: wait for every item; hand over values and failures, keep nothing.
-
-        For an iterator that yields the items itself (``imap``); the future then
-        keeps no list, as after iteration.
-        """
-        self._wait_done(None)
-        with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                raise CancelledError()
-            values, self._values = self._values, []
-            errors, self._errors = self._errors, {}
-            self._released = True
-        return values, errors
-
-    def add_done_callback(self, fn: Callable[[Future[list[R]]], object]) -> None:
-        """As :meth:`Future.add_done_callback`; keeps the list for the callback."""
-        self._keep_list()
-        super().add_done_callback(fn)
-
-    # -- iteration -------------------------------------------------------------------
-
-    def __iter__(self) -> MapFuture[R]:
-        return self
-
-    def __next__(self) -> R:
-        with self._condition:
-            index = self._next
-            if index >= self._size:
-                raise StopIteration
-            while True:
-                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                    raise CancelledError()
-                value = self._values[index]
-                if value is not _MISSING:
-                    break
-                if index in self._errors:
-                    break
-                if self._deadline is None:
-                    remaining = None
-                else:
-                    remaining = self._deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                before_blocking()
-                self._item_waiters += 1
-                try:
-                    self._condition.wait(remaining)
-                finally:
-                    self._item_waiters -= 1
-            error: BaseException | None = None
-            if value is _MISSING and index not in self._errors:
-                timed_out = True
-            else:
-                timed_out = False
-                self._next = index + 1
-                error = self._errors.get(index)
-                if not self._keep:
-                    self._values[index] = _RELEASED
-                    self._released = True
-        if timed_out:
-            # As Executor.map: a result that is not ready in time cancels the rest.
-            self.cancel()
-            raise concurrent.futures.TimeoutError()
-        if error is not None:
-            raise error
-        return cast("R", value)

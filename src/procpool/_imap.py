@@ -18,7 +18,7 @@ from concurrent.futures import wait as _wait_futures
 from typing import Any, Generic, TypeVar, cast
 
 from ._errors import PoolClosedError
-from ._future import MapFuture
+from ._mapfuture import MapFuture
 from ._progress import Reporter
 
 R = TypeVar("R")

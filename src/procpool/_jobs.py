@@ -22,7 +22,8 @@ from ._child import codec
 from ._child import messages as m
 from ._child.codec import describe_callable, diagnose_call
 from ._errors import SerializationError
-from ._future import Future, MapFuture
+from ._future import Future
+from ._mapfuture import MapFuture
 
 if TYPE_CHECKING:
     from ._child.shm import Lease, SegmentPool

@@ -30,9 +30,10 @@ from ._executor import (
     check_workers,
     finite,
 )
-from ._future import Future, MapFuture
+from ._future import Future
 from ._imap import Launch
 from ._jobs import MapJob, SingleJob, Timing, encode_call, new_call_id
+from ._mapfuture import MapFuture
 from ._progress import Progress, make_reporter
 from ._stats import PoolStats
 

@@ -1,0 +1,407 @@
+"""The settler: what replies and deaths mean for the futures, the queue and the counters.
+
+A reply resolves a task, or delivers a batch of a map's items. A dead, killed or
+timed-out worker fails exactly the item it was running (the shared marker says
+which; a block of tiny items is failed as a whole), loses the results it had not
+sent, and gives every call it had not started back to the queue, or runs an
+item again when retries are on. ``terminate()`` and a broken pool end every
+unfinished future at once. Every outcome is counted once, and only if it
+reached its future.
+
+The settler owns no state of its own: it changes futures, the dispatcher's queue
+and counters, and the calls of the worker at hand, always on a thread that holds
+the dispatcher's lock. It may call the dispatcher (``requeue``, the queue, the
+counters, the lifecycle) and the worker set (the marker); it never writes to a
+worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+from typing import TYPE_CHECKING, Any
+
+from ._child import messages as m
+from ._errors import (
+    ProcpoolError,
+    RemoteTraceback,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+    describe_exitcode,
+)
+from ._executor import Lifecycle
+from ._jobs import Call, Job, MapJob, SingleJob
+from ._mapfuture import MapFuture
+from ._workers import UNEXPECTED, Reply, Worker
+
+if TYPE_CHECKING:
+    from ._dispatcher import Dispatcher
+
+LOGGER = logging.getLogger("procpool")
+
+#: Consecutive workers that die before answering anything before the pool gives up.
+MAX_STARTUP_FAILURES = 3
+
+
+class Settler:
+    """Turns what workers send, and their deaths, into outcomes (see the module docstring)."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.d = dispatcher
+
+    def on_reply(self, worker: Worker, reply: Reply) -> None:
+        """Apply one reply. Takes its body out: a result yielded by an iterated map
+        must not stay alive in a reply the dispatcher still holds (bpo-14406)."""
+        call_id, status, elapsed = reply.call_id, reply.status, reply.elapsed
+        if status == UNEXPECTED:
+            return
+        worker.replied = True
+        self.d.startup_failures = 0
+        if status in (m.RELEASED, m.KEPT):
+            lease = worker.leases.pop(call_id, None)
+            if lease is not None:
+                lease.end(status == m.RELEASED)
+            return
+        if status == m.LOG:
+            self._replay_log(reply.data)
+            return
+        if status == m.INIT_ERROR:
+            self.on_init_error(worker, reply.data)
+            return
+        if worker.dying or not worker.outstanding or worker.outstanding[0].id != call_id:
+            return  # a reply to a call we already gave up on
+        call = worker.outstanding[0]
+        job = call.job
+        worker.busy += elapsed
+        self.d.stats.busy[worker.slot] += elapsed
+        body: Any = reply.body
+        reply.body = None
+        if reply.error is not None:
+            exc = reply.error
+            status = m.BAD_PICKLE
+            body = (
+                f"the result of {job.describe(call, call.start + call.worker_done)} could not "
+                f"be unpickled in the parent ({type(exc).__name__}: {exc})"
+            )
+        del reply
+        if status == m.ITEMS:
+            offset, values, errors, final = body
+            assert isinstance(job, MapJob)
+            job.record_timing(len(values), elapsed)
+            failures = (
+                {
+                    index - offset: self._remote_error(job, call, call.start + index, e)
+                    for index, e in errors.items()
+                }
+                if errors
+                else None
+            )
+            call.worker_done = offset + len(values)
+            # Counted only if stored: a cancelled map's items count as cancelled.
+            if job.map_future.set_items(call.start + offset, values, failures):
+                self.d.stats.completed += len(values) - (len(failures) if failures else 0)
+                self.d.stats.failed += len(failures) if failures else 0
+            if final:
+                self.call_done(worker, call)
+            return
+        self.call_done(worker, call)
+        if status == m.OK:
+            self.resolve(job, result=body)
+        elif status == m.ERROR:
+            self.resolve(job, exception=self._remote_error(job, call, call.start, body))
+        else:  # BAD_PICKLE
+            self.fail_call(job, call, call.start + call.worker_done, SerializationError(body))
+
+    def _remote_error(
+        self, job: Job, call: Call, index: int, body: tuple[BaseException | None, str]
+    ) -> BaseException:
+        exc, tb = body
+        if exc is None:
+            return SerializationError(
+                f"{job.describe(call, index)} raised an exception that could not be sent "
+                f"back (it does not pickle); its traceback:\n{tb}"
+            )
+        exc.__cause__ = RemoteTraceback(tb)
+        return exc
+
+    def call_done(self, worker: Worker, call: Call) -> None:
+        worker.outstanding.popleft()
+        if call.lease is not None:
+            # Reusable once the worker says nothing of the call holds on to it.
+            worker.leases[call.id], call.lease = call.lease, None
+        if call.timeout is not None:
+            self.d.timed -= 1
+        job = call.job
+        if isinstance(job, MapJob):
+            job.in_flight -= 1
+            if job.map_future.done():
+                job.release()
+
+    def resolve(
+        self, job: Job, *, result: object = None, exception: BaseException | None = None
+    ) -> None:
+        job.release()
+        # Counted only if it took: a future cancelled meanwhile counts as cancelled.
+        future = job.future
+        if (
+            future.try_set_result(result)
+            if exception is None
+            else future.try_set_exception(exception)
+        ):
+            if exception is None:
+                self.d.stats.completed += 1
+            else:
+                self.d.stats.failed += 1
+
+    def count_failed_here(self, job: Job) -> None:
+        """Count the items a map failed in the parent (unpicklable) while cutting calls."""
+        if isinstance(job, MapJob) and job.failed_here:
+            self.d.stats.failed += job.failed_here
+            job.failed_here = 0
+
+    def fail_call(self, job: Job, call: Call, first: int, error: BaseException) -> None:
+        """Fail a whole call: a single job's future, or every unreported item of a chunk."""
+        if isinstance(job, MapJob):
+            for index in range(first, call.stop):
+                self.d.stats.failed += job.map_future.set_item_exception(index, error)
+            if job.map_future.done():
+                job.release()
+        else:
+            self.resolve(job, exception=error)
+
+    def _replay_log(self, data: bytes) -> None:
+        try:
+            fields = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
+            record = logging.makeLogRecord(fields)
+            logging.getLogger(record.name).handle(record)
+        except BaseException:
+            LOGGER.exception("could not replay a log record from a worker")
+
+    def on_init_error(self, worker: Worker, data: bytes) -> None:
+        try:
+            exc, tb = pickle.loads(memoryview(data)[m.REPLY_HEADER.size :])
+        except BaseException as unpickle_error:
+            exc, tb = unpickle_error, ""
+        if exc is None:
+            exc = ProcpoolError(f"the initializer raised an exception that does not pickle:\n{tb}")
+        elif tb:
+            exc.__cause__ = RemoteTraceback(tb)
+        name = getattr(self.d.initializer, "__qualname__", repr(self.d.initializer))
+        error = ProcpoolError(
+            f"{self.d.name}: the initializer {name} raised {type(exc).__name__}: {exc}; "
+            "the pool is broken and starts no more workers (fix the initializer)"
+        )
+        error.__cause__ = exc
+        self.d.broken = error
+        with self.d.lock:
+            self.d.state = Lifecycle.BROKEN
+        self.fail_everything(error, cancel=False)
+
+    def on_exit(self, worker: Worker) -> None:
+        """A worker's sentinel fired: account for its calls, reap it, replace it."""
+        self.d.workers.drain(worker, self.on_reply)
+        worker.process.join()
+        exitcode = worker.process.exitcode
+        if not worker.dying:
+            # Calls are written to a worker as soon as it starts, so a worker that
+            # dies while starting up has calls too; only the marker (reset when the
+            # worker was started) says whether it began one.
+            began = bool(worker.outstanding) and (
+                self.d.workers.marker(worker)[0] == worker.outstanding[0].id
+            )
+            self.give_up_calls(worker, "died", exitcode)
+            if worker.retiring and exitcode == 0:
+                pass
+            elif not worker.replied and not began:
+                self.d.startup_failures += 1
+        self.d.workers.discard(worker)
+        if self.d.startup_failures >= MAX_STARTUP_FAILURES:
+            error = ProcpoolError(
+                f"{self.d.name}: {self.d.startup_failures} workers in a row died before doing any "
+                f"work (last one {describe_exitcode(exitcode)}). Under spawn or forkserver the "
+                "main module must be importable and guard its code with "
+                "`if __name__ == '__main__':`; and an initializer must not end the process"
+            )
+            self.d.broken = error
+            with self.d.lock:
+                self.d.state = Lifecycle.BROKEN
+            self.fail_everything(error, cancel=False)
+            return
+        self.d.replace(worker.slot)
+
+    def kill(self, worker: Worker, reason: str) -> None:
+        """Kill a worker now and settle its calls; the sentinel reaps it later."""
+        if worker.dying:
+            return
+        self.d.workers.drain(worker, self.on_reply)
+        worker.dying = True
+        with contextlib.suppress(Exception):
+            worker.process.kill()
+        self.give_up_calls(worker, reason, None)
+
+    def give_up_calls(self, worker: Worker, reason: str, exitcode: int | None) -> None:
+        """Settle the calls of a worker that is gone: blame one item, hand back the rest."""
+        calls = list(worker.outstanding)
+        worker.outstanding.clear()
+        self.d.timed -= sum(call.timeout is not None for call in calls)
+        if not calls:
+            return
+        mark_call, mark_item, _ = self.d.workers.marker(worker)
+        head = calls[0]
+        for call in calls[1:]:
+            self.d.feeder.requeue(call)
+        job = head.job
+        if job.future.done():
+            if isinstance(job, MapJob):
+                job.in_flight -= 1
+            return
+        if mark_call != head.id:
+            self.d.feeder.requeue(head)  # it never started
+            return
+        pid = worker.process.pid
+        if isinstance(job, MapJob):
+            job.in_flight -= 1
+            running = head.start + max(mark_item, head.worker_done)
+            # A block of tiny items is marked as a whole (see _worker._run_chunk):
+            # any of it may have been the one running. A bound at or below the
+            # next item is an earlier block's, left behind by per-item marking.
+            mark_stop = self.d.workers.block_stop(worker)
+            block_stop = max(head.start + mark_stop, running + 1)
+            self._lose(
+                job,
+                head,
+                range(head.start + head.worker_done, running),
+                f" finished, but its worker (pid {pid}) was stopped ({reason}) before it "
+                "sent the result",
+                exitcode,
+                pid,
+            )
+            job.hand_back(block_stop, head.stop)
+            if block_stop == running + 1:
+                self._blame(job, head, running, reason, exitcode, pid)
+            else:
+                # Never a retry or a time limit: such chunks are marked item by item.
+                block = (
+                    f"items {job.base_index + running} to {job.base_index + block_stop - 1} "
+                    f"of map({job.name}, ...)"
+                )
+                self._lose(
+                    job,
+                    head,
+                    range(running, block_stop),
+                    f": its worker (pid {pid}) {describe_exitcode(exitcode)}; it was running "
+                    f"{block}, fast items it runs as one block, so this item or another of "
+                    "them is at fault (chunksize=1 blames the exact item)",
+                    exitcode,
+                    pid,
+                )
+            if job.map_future.done():
+                job.release()
+            elif not job.exhausted:
+                self.d.queue[id(job)] = job
+                self.d.queue.move_to_end(id(job), last=False)
+        else:
+            self._blame(job, head, head.start, reason, exitcode, pid)
+
+    def _blame(
+        self, job: Job, call: Call, index: int, reason: str, exitcode: int | None, pid: int | None
+    ) -> None:
+        """Fail (or retry) the one item that was running when its worker was stopped."""
+        if reason == "cancelled":
+            return
+        timed_out = reason == "timeout"
+        if timed_out:
+            self.d.stats.timed_out += 1
+        if isinstance(job, SingleJob):
+            attempts = job.attempts
+        else:
+            assert isinstance(job, MapJob)
+            attempts = job.attempts.get(index, 0)
+        if attempts < job.retries and (not timed_out or job.retry_timeouts):
+            self.d.stats.retried += 1
+            if isinstance(job, SingleJob):
+                job.attempts += 1
+                job.requeue(call)
+            else:
+                assert isinstance(job, MapJob)
+                job.attempts[index] = attempts + 1
+                job.hand_back(index, index + 1)
+            self.d.queue[id(job)] = job
+            self.d.queue.move_to_end(id(job), last=False)
+            return
+        error: BaseException
+        if timed_out:
+            error = TaskTimeoutError(
+                f"{job.describe(call, index)} ran longer than its time limit of "
+                f"{call.timeout:g} s; its worker (pid {pid}) was killed and replaced",
+                timeout=call.timeout,
+            )
+        else:
+            tries = f" (after {attempts + 1} attempts)" if attempts else ""
+            error = WorkerLostError(
+                f"{job.describe(call, index)}{tries}: its worker (pid {pid}) "
+                f"{describe_exitcode(exitcode)}",
+                exitcode=exitcode,
+                pid=pid,
+            )
+        if isinstance(job, MapJob):
+            self.d.stats.failed += job.map_future.set_item_exception(index, error)
+        else:
+            self.resolve(job, exception=error)
+
+    def _lose(
+        self,
+        job: MapJob,
+        call: Call,
+        indices: range,
+        why: str,
+        exitcode: int | None,
+        pid: int | None,
+    ) -> None:
+        """Fail map items with a ``WorkerLostError`` saying which item and ``why``."""
+        for index in indices:
+            self.d.stats.failed += job.map_future.set_item_exception(
+                index,
+                WorkerLostError(f"{job.describe(call, index)}{why}", exitcode=exitcode, pid=pid),
+            )
+
+    def fail_everything(self, error: BaseException | None, *, cancel: bool) -> None:
+        """End every unfinished future: cancel it, or fail it with ``error``."""
+        jobs: dict[int, Job] = {}
+        with self.d.lock:
+            for job in self.d.queue.values():
+                jobs[id(job)] = job
+            self.d.queue.clear()
+        for worker in self.d.workers.values():
+            for call in worker.outstanding:
+                jobs[id(call.job)] = call.job
+                if call.lease is not None:
+                    # Its segment goes now, not when the call object is collected
+                    # (a future's wait hook may hold it for as long as the future).
+                    call.lease.end(False)
+                    call.lease = None
+            worker.outstanding.clear()
+            worker.dying = True
+        self.d.timed = 0
+        for job in jobs.values():
+            fut = job.future
+            if fut.done():
+                continue
+            if cancel or error is None:
+                self.d.stats.cancelled += items_left(job)
+                fut.abandon()
+            else:
+                self.d.stats.failed += items_left(job)
+                if isinstance(fut, MapFuture):
+                    fut.fail_unfinished(error)
+                else:
+                    fut.try_set_exception(error)
+            job.release()
+
+
+def items_left(job: Job) -> int:
+    """What a job still counts for in the stats: its items without an outcome, or 1."""
+    fut = job.future
+    return fut.unfinished() if isinstance(fut, MapFuture) else 1
