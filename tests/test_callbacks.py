@@ -92,8 +92,10 @@ def test_then_and_catch_functions_can_shut_down_the_pool(start_method: str) -> N
         pool.shutdown(wait=True)
         return type(exc).__name__
 
-    chained = pool.submit(helpers.square, 3).then(stop_then)
-    caught = pool.submit(helpers.raise_value_error, "x").catch(stop_catch)
+    # Both submitted before either function is attached: the first to run closes the pool.
+    first, second = pool.submit(helpers.square, 3), pool.submit(helpers.raise_value_error, "x")
+    chained = first.then(stop_then)
+    caught = second.catch(stop_catch)
     assert chained.result(timeout=PATIENCE) == 10
     assert caught.result(timeout=PATIENCE) == "ValueError"
     assert pool.join(timeout=PATIENCE)

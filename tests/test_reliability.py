@@ -146,24 +146,9 @@ def test_workers_and_spawned_processes_exit_when_the_parent_is_killed(start_meth
 
 
 def _lifecycles(method: str, pools: int, spawns: int) -> dict[str, object]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-W",
-            "error",
-            str(SCRIPTS / "lifecycles.py"),
-            method,
-            str(pools),
-            str(spawns),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
+    result = helpers.run_script_cleanly(
+        SCRIPTS / "lifecycles.py", method, pools, spawns, timeout=1500
     )
-    assert result.returncode == 0, result.stderr
-    # No ResourceWarning, no resource_tracker complaint, nothing at all on stderr.
-    assert result.stderr == ""
     report: dict[str, object] = json.loads(result.stdout)
     return report
 
@@ -171,6 +156,7 @@ def _lifecycles(method: str, pools: int, spawns: int) -> dict[str, object]:
 def test_pool_lifecycles_and_spawns_leak_nothing(start_method: str) -> None:
     report = _lifecycles(start_method, 30, 30)
     assert report["after"] == report["before"]
+    assert report["new_shm"] == []
 
 
 @pytest.mark.slow
@@ -178,6 +164,7 @@ def test_a_thousand_lifecycles_leak_nothing(start_method: str) -> None:
     report = _lifecycles(start_method, 1000, 1000)
     print(f"\n{start_method}: {report}")
     assert report["after"] == report["before"]
+    assert report["new_shm"] == []
 
 
 # -- chaos ----------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -116,7 +115,7 @@ class DaskPool(TypedExecutor):
                 "DaskPool needs a synchronous distributed.Client (asynchronous=False); "
                 "to use it from asyncio, await the procpool futures it returns"
             )
-        self._core = Core(distributed, client, owns)
+        self._core = self._engine = Core(distributed, client, owns)
         self._options = Options(finite(task_timeout), retries, retry_timeouts)
         # A pool dropped without close(): once the pool, its options() views and its
         # tasks in flight (which hold the core) are gone, stop its threads and close
@@ -136,7 +135,7 @@ class DaskPool(TypedExecutor):
     @property
     def workers(self) -> int:
         """The number of worker threads on the cluster right now (at least 1)."""
-        return self._core.worker_threads()
+        return self._core.parallelism()
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on the cluster; return its future::
@@ -188,7 +187,7 @@ class DaskPool(TypedExecutor):
         if chunksize is None:
             # As multiprocessing.Pool.map: about four chunks per worker thread, so tiny
             # items do not each pay a scheduler round trip, and the load still balances.
-            chunksize = max(1, math.ceil(len(items) / (4 * core.worker_threads())))
+            chunksize = max(1, math.ceil(len(items) / (4 * core.parallelism())))
         keys: list[str] = []
         launched = 0
         try:
@@ -282,39 +281,6 @@ class DaskPool(TypedExecutor):
             return chunk
 
         return launch
-
-    def _parallelism(self) -> int:
-        return self._core.worker_threads()
-
-    def _lifecycle(self) -> Lifecycle:
-        return self._core.state
-
-    def _check_open(self) -> None:
-        self._core.check_open()
-
-    def _cancel_unstarted(self) -> None:
-        # Dask does not tell the client which tasks have started: running ones are
-        # cancelled too (their threads run on; the results are discarded).
-        self._core.cancel_all()
-
-    def _wait_for_end(self, timeout: float | None) -> bool:
-        core = self._core
-        deadline = None if timeout is None else time.monotonic() + timeout
-        core.callbacks.leave_pending()
-        with core.lock:
-            while core.jobs:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                core.idle.wait(remaining)
-        core.fetchers.close()
-        core.callbacks.close()
-        done = core.callbacks.join(
-            None if deadline is None else max(0.0, deadline - time.monotonic())
-        )
-        if done:
-            core.release_client()
-        return done
 
     def _end_in_background(self) -> None:
         # Close a client we made once the work is done, without making the caller wait.

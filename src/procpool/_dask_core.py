@@ -40,6 +40,7 @@ import importlib
 import logging
 import queue
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -145,10 +146,7 @@ class _Threads:
         thunk()
 
     def _loop(self) -> None:
-        while True:
-            thunk = self._queue.get()
-            if thunk is None:
-                return
+        for thunk in iter(self._queue.get, None):
             try:
                 thunk()
             except Exception:  # the thunks handle their errors; this is a last resort
@@ -217,8 +215,36 @@ class Core:
             if self.state is not Lifecycle.RUNNING:
                 raise self.closed_error()
 
-    def worker_threads(self) -> int:
+    def parallelism(self) -> int:
+        """The worker threads on the cluster right now (at least 1)."""
         return max(1, int(sum(self.client.nthreads().values())))
+
+    def cancel_unstarted(self) -> None:
+        """``shutdown(cancel_futures=True)``: cancel every unfinished task.
+
+        Dask does not tell the client which tasks have started: running ones are
+        cancelled too (their threads run on; the results are discarded).
+        """
+        self.cancel_all()
+
+    def wait_for_end(self, timeout: float | None) -> bool:
+        """Wait until no task is in flight and the callbacks have run; then let the client go."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.callbacks.leave_pending()
+        with self.lock:
+            while self.jobs:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.idle.wait(remaining)
+        self.fetchers.close()
+        self.callbacks.close()
+        done = self.callbacks.join(
+            None if deadline is None else max(0.0, deadline - time.monotonic())
+        )
+        if done:
+            self.release_client()
+        return done
 
     # -- submitting -----------------------------------------------------------------------
 

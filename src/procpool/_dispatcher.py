@@ -51,7 +51,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
-from typing import Any
 
 from ._callbacks import CallbackRunner, before_blocking
 from ._child.shm import ENABLED as SHARED_MEMORY
@@ -63,7 +62,7 @@ from ._feeding import Feeder
 from ._jobs import Job
 from ._settle import Settler, items_left
 from ._stats import Counters
-from ._workers import EXITED, RESULT, Reply, Worker, WorkerSet
+from ._workers import EXITED, RESULT, Reply, Worker, WorkerSet, WorkerSpec
 
 LOGGER = logging.getLogger("procpool")
 
@@ -77,23 +76,13 @@ class Dispatcher:
     """
 
     def __init__(
-        self,
-        ctx: BaseContext,
-        workers: int,
-        *,
-        initializer: Callable[..., object] | None,
-        initargs: tuple[Any, ...],
-        max_tasks_per_worker: int | None,
-        forward_logs: bool,
-        name: str,
+        self, ctx: BaseContext, workers: int, spec: WorkerSpec, *, max_tasks_per_worker: int | None
     ) -> None:
         self.ctx = ctx
         self.size = workers
-        self.initializer = initializer
-        self.initargs = initargs
+        self.spec = spec
+        self.name = spec.name
         self.max_tasks = max_tasks_per_worker
-        self.forward_logs = forward_logs
-        self.name = name
 
         # Guards the queue, the commands and every worker's state. The dispatcher
         # holds it whenever it is not waiting, so a submitting thread may hand a
@@ -118,14 +107,7 @@ class Dispatcher:
         self.segments = SegmentPool(workers) if SHARED_MEMORY else None
 
         #: The processes, their pipes and the selector (see ``_workers``).
-        self.workers = WorkerSet(
-            ctx,
-            workers,
-            name=name,
-            initializer=initializer,
-            initargs=initargs,
-            forward_logs=forward_logs,
-        )
+        self.workers = WorkerSet(ctx, workers, spec)
         #: Consecutive workers that died before they answered anything.
         self.startup_failures = 0
         self.settler = Settler(self)
@@ -133,7 +115,7 @@ class Dispatcher:
         self.direct = DirectPath(self)
 
         #: Runs the futures' callbacks; the loop waits for them before a close ends.
-        self.callbacks = CallbackRunner(name, after_each=self.wake)
+        self.callbacks = CallbackRunner(self.name, after_each=self.wake)
 
         try:
             for slot in range(workers):
@@ -145,7 +127,9 @@ class Dispatcher:
             raise
         #: Set when the dispatcher thread has stopped the workers and released everything.
         self._finished = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"{name}-dispatcher", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, name=f"{self.name}-dispatcher", daemon=True
+        )
         self.thread.start()
 
     def wake(self) -> None:
@@ -214,7 +198,11 @@ class Dispatcher:
                 self.state = Lifecycle.TERMINATED
         self.wake()
 
-    def join(self, timeout: float | None = None) -> bool:
+    def parallelism(self) -> int:
+        """How many calls run at once: one per worker."""
+        return self.size
+
+    def wait_for_end(self, timeout: float | None) -> bool:
         """Wait for the dispatcher and the callbacks it queued; True if all ended.
 
         Thread-safe, and safe from a callback: a callback that joins its own pool
@@ -237,7 +225,7 @@ class Dispatcher:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.callbacks.join(remaining)
 
-    def cancel_queued(self) -> None:
+    def cancel_unstarted(self) -> None:
         """Cancel every future whose work no worker has started (thread-safe).
 
         Runs here, in the calling thread: a future's state decides under its own

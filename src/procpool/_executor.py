@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from typing_extensions import Self
 
@@ -85,6 +85,35 @@ class Lifecycle(enum.Enum):
     BROKEN = "broken"
 
 
+class Engine(Protocol):
+    """What runs a pool's work (the local dispatcher, Dask's client core).
+
+    :class:`TypedExecutor` builds ``imap``'s default, ``join()``, ``shutdown()``
+    and the with-block from these.
+    """
+
+    @property
+    def state(self) -> Lifecycle:
+        """Where the pool is in its life."""
+        ...
+
+    def check_open(self) -> None:
+        """Raise ``PoolClosedError`` (or why the pool is broken) if it takes no new work."""
+        ...
+
+    def parallelism(self) -> int:
+        """How many items run at once (imap's default read-ahead is four times that)."""
+        ...
+
+    def cancel_unstarted(self) -> None:
+        """Cancel the work that has not started (``shutdown(cancel_futures=True)``)."""
+        ...
+
+    def wait_for_end(self, timeout: float | None) -> bool:
+        """Wait, after close or terminate, until everything has ended; False on timeout."""
+        ...
+
+
 @dataclass(frozen=True)
 class Options:
     """The defaults a pool (or an ``options()`` view of it) gives new work."""
@@ -98,6 +127,8 @@ class TypedExecutor(Executor, abc.ABC):
     """Base of the pools: the typed API, checked arguments, the with-block."""
 
     _options: Options
+    #: What runs the work; set by each pool's constructor.
+    _engine: Engine
 
     @property
     @abc.abstractmethod
@@ -324,9 +355,9 @@ class TypedExecutor(Executor, abc.ABC):
             raise TypeError(f"imap() needs a callable, not {fn!r}")
         check_count("chunksize", chunksize, 1)
         check_count("buffersize", buffersize, 1)
-        self._check_open()
+        self._engine.check_open()
         if buffersize is None:
-            buffersize = 4 * self._parallelism() * chunksize
+            buffersize = 4 * self._engine.parallelism() * chunksize
         # A total only if the input tells it without being read (a list, a range).
         total = operator.length_hint(iterable, 0) or None if progress else None
         reporter = make_reporter(progress, total, getattr(fn, "__name__", "imap"))
@@ -359,26 +390,6 @@ class TypedExecutor(Executor, abc.ABC):
     def _imap_launcher(self, fn: Callable[[Any], R]) -> Launch[R]:
         """The launch hook of one ``imap`` of ``fn`` (see :class:`._imap.IMapFeed`)."""
 
-    @abc.abstractmethod
-    def _parallelism(self) -> int:
-        """How many items run at once (imap's default read-ahead is four times that)."""
-
-    @abc.abstractmethod
-    def _lifecycle(self) -> Lifecycle:
-        """Where the pool is in its life."""
-
-    @abc.abstractmethod
-    def _check_open(self) -> None:
-        """Raise ``PoolClosedError`` (or why the pool is broken) if it takes no new work."""
-
-    @abc.abstractmethod
-    def _cancel_unstarted(self) -> None:
-        """Cancel the work that has not started (``shutdown(cancel_futures=True)``)."""
-
-    @abc.abstractmethod
-    def _wait_for_end(self, timeout: float | None) -> bool:
-        """Wait (after close or terminate) until everything has ended; False on timeout."""
-
     def _end_in_background(self) -> None:
         """After ``shutdown(wait=False)``: let the pool finish without a caller waiting."""
 
@@ -409,10 +420,10 @@ class TypedExecutor(Executor, abc.ABC):
             ValueError: if the pool is still running (call close() first).
         """
         check_timeout("timeout", timeout)
-        if self._lifecycle() is Lifecycle.RUNNING:
+        if self._engine.state is Lifecycle.RUNNING:
             raise ValueError("join() needs close() or terminate() first: the pool is running")
         before_blocking()  # on a callback thread: let another take the queue
-        return self._wait_for_end(finite(timeout))
+        return self._engine.wait_for_end(finite(timeout))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As :meth:`concurrent.futures.Executor.shutdown`: close, optionally wait.
@@ -425,7 +436,7 @@ class TypedExecutor(Executor, abc.ABC):
         """
         self.close()
         if cancel_futures:
-            self._cancel_unstarted()
+            self._engine.cancel_unstarted()
         if wait:
             self.join()
         else:

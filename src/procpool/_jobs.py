@@ -18,9 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from ._child import codec
 from ._child import messages as m
-from ._child.codec import describe_callable, diagnose_call
+from ._child.codec import Unpicklable, describe_callable, diagnose_call, encode_call
 from ._errors import SerializationError
 from ._future import Future
 from ._mapfuture import MapFuture
@@ -31,19 +30,11 @@ if TYPE_CHECKING:
 _ids = itertools.count(1)
 
 
-def encode_call(
-    call_id: int,
-    kind: int,
-    fn: object,
-    body: tuple[Any, ...],
-    cloud: bool,
-    segments: SegmentPool | None = None,
-) -> tuple[bytes, Lease | None]:
-    """:func:`._child.codec.encode_call`, its failure a :class:`SerializationError`."""
-    try:
-        return codec.encode_call(call_id, kind, fn, body, cloud, segments)
-    except codec.Unpicklable as exc:
-        raise SerializationError(str(exc)) from exc.__cause__
+def not_picklable(exc: Unpicklable) -> SerializationError:
+    """The user's error for a call the codec could not pickle (its message names the culprit)."""
+    error = SerializationError(str(exc))
+    error.__cause__ = exc.__cause__
+    return error
 
 
 def new_call_id() -> int:
@@ -303,7 +294,7 @@ class MapJob(Job):
                 data, lease = encode_call(
                     new_call_id(), kind, self.fn, (chunk,), self.cloud, self.segments
                 )
-            except SerializationError as exc:
+            except Unpicklable as exc:
                 if stop - start > 1:
                     # Find the culprit(s): hand the range out again one item at a time.
                     self.pending.extendleft(reversed([(i, i + 1) for i in range(start, stop)]))
@@ -343,7 +334,7 @@ class MapJob(Job):
 
 
 def _item_serialization_error(
-    job: MapJob, index: int, item: object, cause: SerializationError
+    job: MapJob, index: int, item: object, cause: Unpicklable
 ) -> SerializationError:
     args: tuple[Any, ...] = cast("tuple[Any, ...]", item) if job.star else (item,)
 

@@ -188,10 +188,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
         self._keep_list()
         self._wait_done(timeout)
         with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                raise CancelledError()
-            if self._state != FINISHED:
-                raise concurrent.futures.TimeoutError()
+            self._raise_unless_finished()
             if self._exception is not None:
                 raise self._exception
             # Finished and kept: nothing here writes to the list any more. No copy:
@@ -202,11 +199,15 @@ class MapFuture(Future[list[R]], Iterator[R]):
         """Wait for every item; return the first failed item's exception, or None."""
         self._wait_done(timeout)
         with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                raise CancelledError()
-            if self._state != FINISHED:
-                raise concurrent.futures.TimeoutError()
+            self._raise_unless_finished()
             return self._exception
+
+    def _raise_unless_finished(self) -> None:
+        """Holding the condition, after a wait: raise if cancelled or still running."""
+        if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            raise CancelledError()
+        if self._state != FINISHED:
+            raise concurrent.futures.TimeoutError()
 
     def _wait_done(self, timeout: float | None) -> None:
         timeout = wait_seconds(timeout)

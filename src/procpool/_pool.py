@@ -18,11 +18,10 @@ from typing import Any, TypeVar
 from typing_extensions import ParamSpec
 
 from ._child import messages as m
+from ._child.codec import Unpicklable, encode_call
 from ._context import StartMethod, resolve_context
 from ._dispatcher import Dispatcher
-from ._errors import SerializationError
 from ._executor import (
-    Lifecycle,
     Options,
     TypedExecutor,
     check_count,
@@ -32,10 +31,11 @@ from ._executor import (
 )
 from ._future import Future
 from ._imap import Launch
-from ._jobs import MapJob, SingleJob, Timing, encode_call, new_call_id
+from ._jobs import MapJob, SingleJob, Timing, new_call_id, not_picklable
 from ._mapfuture import MapFuture
 from ._progress import Progress, make_reporter
 from ._stats import PoolStats
+from ._workers import WorkerSpec
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -79,7 +79,7 @@ def _python_exit() -> None:
     for dispatcher in list(_live):
         dispatcher.close()
     for dispatcher in list(_live):
-        dispatcher.join()
+        dispatcher.wait_for_end(None)
 
 
 def _install_exit_hook() -> None:
@@ -175,18 +175,11 @@ class Pool(TypedExecutor):
         self._options = Options(finite(task_timeout), retries, retry_timeouts)
         self._name = f"procpool.Pool-{next(_pool_numbers)}"
         _install_exit_hook()
-        dispatcher = Dispatcher(
-            ctx,
-            self._workers,
-            initializer=initializer,
-            initargs=initargs,
-            max_tasks_per_worker=max_tasks_per_worker,
-            forward_logs=forward_logs,
-            name=self._name,
-        )
+        spec = WorkerSpec(self._name, initializer, initargs, forward_logs)
+        dispatcher = Dispatcher(ctx, self._workers, spec, max_tasks_per_worker=max_tasks_per_worker)
         _live.add(dispatcher)
         self._handle = _Handle(dispatcher)
-        self._dispatcher = dispatcher
+        self._dispatcher = self._engine = dispatcher
 
     def __repr__(self) -> str:
         d = self._dispatcher
@@ -218,8 +211,8 @@ class Pool(TypedExecutor):
             data, lease = encode_call(
                 new_call_id(), m.CALL, fn, (args, kwargs), self._cloud, dispatcher.segments
             )
-        except SerializationError as exc:
-            future.try_set_exception(exc)
+        except Unpicklable as exc:
+            future.try_set_exception(not_picklable(exc))
             return future
         opts = self._options
         job = SingleJob(
@@ -306,21 +299,6 @@ class Pool(TypedExecutor):
             return future
 
         return launch
-
-    def _parallelism(self) -> int:
-        return self._workers
-
-    def _lifecycle(self) -> Lifecycle:
-        return self._dispatcher.state
-
-    def _check_open(self) -> None:
-        self._dispatcher.check_open()
-
-    def _cancel_unstarted(self) -> None:
-        self._dispatcher.cancel_queued()
-
-    def _wait_for_end(self, timeout: float | None) -> bool:
-        return self._dispatcher.join(timeout)
 
     # -- lifecycle --------------------------------------------------------------------
 

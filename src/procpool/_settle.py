@@ -188,7 +188,7 @@ class Settler:
             exc = ProcpoolError(f"the initializer raised an exception that does not pickle:\n{tb}")
         elif tb:
             exc.__cause__ = RemoteTraceback(tb)
-        name = getattr(self.d.initializer, "__qualname__", repr(self.d.initializer))
+        name = getattr(self.d.spec.initializer, "__qualname__", repr(self.d.spec.initializer))
         error = ProcpoolError(
             f"{self.d.name}: the initializer {name} raised {type(exc).__name__}: {exc}; "
             "the pool is broken and starts no more workers (fix the initializer)"

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -180,6 +181,18 @@ class Worker:
         return self.result_conn.poll(0)
 
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker of a pool starts with."""
+
+    #: The pool's name; workers are ``<name>-worker-<slot>``.
+    name: str
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    #: Send the worker's log records to the parent (see ``_child.worker``).
+    forward_logs: bool
+
+
 class WorkerSet:
     """The workers of one pool by slot, the selector over their pipes, the marker.
 
@@ -187,21 +200,9 @@ class WorkerSet:
     :meth:`receive` and :meth:`decode` (see :class:`Worker` for who owns what).
     """
 
-    def __init__(
-        self,
-        ctx: BaseContext,
-        size: int,
-        *,
-        name: str,
-        initializer: Callable[..., object] | None,
-        initargs: tuple[Any, ...],
-        forward_logs: bool,
-    ) -> None:
+    def __init__(self, ctx: BaseContext, size: int, spec: WorkerSpec) -> None:
         self.ctx = ctx
-        self.name = name
-        self.initializer = initializer
-        self.initargs = initargs
-        self.forward_logs = forward_logs
+        self.spec = spec
         self.by_slot: dict[int, Worker] = {}
         #: Shared with the workers: each says in its slot what it runs (see ``_child``).
         self.marks = ctx.RawArray("q", m.MARK_WIDTH * size)
@@ -266,11 +267,11 @@ class WorkerSet:
                     os.getpid(),
                     prefix,
                     PARENT_FDS.for_child(ctx),
-                    self.initializer,
-                    self.initargs,
-                    self.forward_logs,
+                    self.spec.initializer,
+                    self.spec.initargs,
+                    self.spec.forward_logs,
                 ),
-                name=f"{self.name}-worker-{slot}",
+                name=f"{self.spec.name}-worker-{slot}",
                 daemon=False,
             )
             try:
@@ -311,9 +312,10 @@ class WorkerSet:
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             if self.ctx.get_start_method() == "fork":
                 raise  # nothing is pickled under fork: not ours to explain
-            name = describe_callable(self.initializer) if self.initializer else "the pool"
+            spec = self.spec
+            name = describe_callable(spec.initializer) if spec.initializer else "the pool"
             raise SerializationError(
-                f"{self.name}: could not start a worker: the initializer {name} or its "
+                f"{spec.name}: could not start a worker: the initializer {name} or its "
                 f"initargs could not be pickled ({type(exc).__name__}: {exc}); under "
                 f"{self.ctx.get_start_method()} they travel to each worker by pickle: define "
                 "the initializer at module top level and pass picklable initargs"

@@ -16,23 +16,33 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import helpers
 import procpool
+import stress_helpers
+
+
+def shm_entries() -> set[str]:
+    """The /dev/shm entries this process may have made.
+
+    multiprocessing's named semaphores (sem.mp-*) and segments (psm_*) carry no pid:
+    an entry another program maps or holds open (a concurrent test run) is not ours.
+    """
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    mine = (f"pym-{os.getpid()}-", f"procpool-{os.getpid()}-")
+    family = set(stress_helpers.descendants()) | {os.getpid()}
+    return {
+        n
+        for n in os.listdir("/dev/shm")
+        if n.startswith(mine)
+        or (n.startswith(("sem.mp-", "psm_")) and not stress_helpers.mapped_elsewhere(n, family))
+    }
 
 
 def counts() -> dict[str, int]:
     gc.collect()
-    # Named semaphores (sem.*), shared memory (psm_*) and heap arenas (pym-*) of
-    # multiprocessing; other programs' files in /dev/shm are not ours to count.
-    prefixes = ("sem.mp-", "psm_", f"pym-{os.getpid()}-", f"procpool-{os.getpid()}-")
-    shm = (
-        [n for n in os.listdir("/dev/shm") if n.startswith(prefixes)]
-        if os.path.isdir("/dev/shm")
-        else []
-    )
     return {
         "children": helpers.count_children(),
         "threads": threading.active_count(),
         "fds": len(os.listdir("/proc/self/fd")),
-        "shm": len(shm),
     }
 
 
@@ -64,6 +74,7 @@ def main() -> None:
     procpool.spawn(helpers.square, 1).result()
     time.sleep(0.2)
     before = counts()
+    shm_before = shm_entries()
     started = time.perf_counter()
     for i in range(pools):
         one_lifecycle(method, i)
@@ -74,7 +85,9 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     time.sleep(0.3)
     after = counts()
-    print(json.dumps({"before": before, "after": after, "seconds": elapsed}))
+    # Names, not counts: entries of other programs come and go meanwhile.
+    new_shm = sorted(shm_entries() - shm_before)
+    print(json.dumps({"before": before, "after": after, "new_shm": new_shm, "seconds": elapsed}))
 
 
 if __name__ == "__main__":
