@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
+import gc
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import procpool
@@ -205,21 +211,25 @@ def nested_spawn(x: int) -> int:
     return procpool.spawn(square, x).result(timeout=30)
 
 
-def count_children() -> int:
-    """How many child processes this process has right now (Linux /proc)."""
-    pid = os.getpid()
-    count = 0
+def process_table() -> dict[int, tuple[int, str]]:
+    """Every process on the machine as ``pid -> (ppid, state)``, read from /proc."""
+    table: dict[int, tuple[int, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            count += 1
-    return count
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def count_children() -> int:
+    """How many child processes this process has right now (Linux /proc)."""
+    pid = os.getpid()
+    return sum(1 for ppid, _ in process_table().values() if ppid == pid)
 
 
 def burn(ms: float) -> float:
@@ -256,6 +266,34 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(predicate())
+
+
+def run_python(*args: object, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` (this interpreter) with its output captured as text.
+
+    ``kwargs`` go to subprocess.run (``cwd=``, ``env=``); the exit code is the
+    caller's to check.
+    """
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+
+
+def run_script_cleanly(
+    script: object, *args: object, timeout: float, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -W error script *args``; check that it exited 0 and said nothing on
+    stderr. Returns the finished process (its stdout is the script's report)."""
+    proc = run_python("-W", "error", script, *args, timeout=timeout, **kwargs)
+    assert proc.returncode == 0, proc.stderr
+    # No ResourceWarning, no resource_tracker complaint, nothing at all on stderr.
+    assert proc.stderr == ""
+    return proc
 
 
 def poly(x: int) -> int:
@@ -306,6 +344,18 @@ def make_blob(n: int) -> Blob:
     return Blob(n)
 
 
+def kept_alive(results: Iterable[object]) -> list[bool]:
+    """Iterate ``results``, dropping each item as it comes: whether something else
+    (the pool, its iterator) still held it after a garbage collection, item by item."""
+    alive = []
+    for item in results:
+        ref = weakref.ref(item)
+        del item
+        gc.collect()
+        alive.append(ref() is not None)
+    return alive
+
+
 class TouchOnUnpickle:
     """Unpickling it creates the file at ``path``: shows whether a body was unpickled."""
 
@@ -318,8 +368,6 @@ class TouchOnUnpickle:
 
 def interrupt_a_child_process() -> int | None:
     """Start ``sleep 30``, send it SIGINT, return its exit code (None: SIGINT was ignored)."""
-    import subprocess
-
     child = subprocess.Popen(["sleep", "30"])
     time.sleep(0.2)
     child.send_signal(signal.SIGINT)
@@ -354,8 +402,6 @@ class _ExitOnUnpickle:
     """Unpickling it raises SystemExit (CPython's test_exit_during_result_unpickle...)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        import sys
-
         return (sys.exit, (1,))
 
 
@@ -366,3 +412,66 @@ def return_exit_on_unpickle() -> Any:
 
 def exit_quietly() -> None:
     """Do nothing: the target of a plain multiprocessing.Process."""
+
+
+_retained: list[bytearray] = []
+
+
+def retain_mb(megabytes: int) -> tuple[int, int]:
+    """Keep ``megabytes`` MiB alive in this worker for good (a leak); return (pid, RSS bytes)."""
+    _retained.append(bytearray(b"\x01") * (megabytes * 2**20))  # filled: the pages are touched
+    with open("/proc/self/statm") as f:
+        resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return os.getpid(), resident
+
+
+def sleep_with_cleanup(path: str, seconds: float) -> str:
+    """Sleep; write ``path`` in a finally block, as a task cleaning up would."""
+    try:
+        time.sleep(seconds)
+    finally:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+    return "slept"
+
+
+def ignore_the_interrupt(seconds: float) -> str:
+    """Sleep ``seconds``, swallowing TaskTimeoutError and sleeping on."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(procpool.TaskTimeoutError):
+            time.sleep(max(0.0, deadline - time.monotonic()))
+    return "ignored"
+
+
+def catch_the_interrupt_and_return(seconds: float) -> str:
+    """Sleep; on TaskTimeoutError return normally (the future still times out)."""
+    try:
+        time.sleep(seconds)
+    except procpool.TaskTimeoutError:
+        return "caught"
+    return "slept"
+
+
+def sleep_or_pass(x: float) -> tuple[float, int]:
+    """Sleep x seconds; return (x, pid)."""
+    time.sleep(x)
+    return x, os.getpid()
+
+
+def allocate_mb(megabytes: int) -> int:
+    """Allocate and touch ``megabytes`` MiB (past a cgroup's limit: an OOM kill)."""
+    block = bytearray(b"\x01") * (megabytes * 2**20)
+    return len(block)
+
+
+def sleep_in_steps_with_cleanup(path: str, seconds: float) -> str:
+    """Sleep in 10 ms steps (Python code between them); write ``path`` in a finally block."""
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        with open(path, "w") as f:
+            f.write("cleaned up")
+    return "slept"

@@ -92,6 +92,12 @@ EXPECTED: dict[str, list[str]] = {
         r"the pool goes on: 144",
         r"shut down",
     ],
+    "limits.py": [
+        r"8 leaky tasks ran in [2-4] workers",
+        r"workers recycled for memory: [1-3]",
+        re.escape("timed out, killed: False; temporary file left: False"),
+        re.escape("lost: cause=signal exitcode=-9"),
+    ],
     "progress_callback.py": [
         rf"map sum: {sum(x * x for x in range(50))}",
         re.escape("map progress ends at: (50, 50)"),

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import itertools
 import math
 import os
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,13 +105,7 @@ def test_iteration_keeps_no_yielded_result_alive(start_method: str, kind: str) -
             results = pool.imap(helpers.make_blob, range(10), chunksize=3)
         else:
             results = pool.imap_unordered(helpers.make_blob, range(10), chunksize=2)
-        alive = []
-        for blob in results:
-            ref = weakref.ref(blob)
-            del blob
-            gc.collect()
-            alive.append(ref() is not None)
-        assert not any(alive)
+        assert not any(helpers.kept_alive(results))
 
 
 def test_map_iterated_after_result_keeps_the_list(pool: procpool.Pool) -> None:
@@ -289,6 +281,7 @@ def test_imap_breaking_out_spares_the_worker_running_an_earlier_chunk(
 
 
 def test_imap_chunks_share_their_timing_so_read_ahead_starts_after_one_reply() -> None:
+    from procpool._executor import Options
     from procpool._jobs import MapJob, Timing
     from procpool._mapfuture import MapFuture
 
@@ -301,9 +294,7 @@ def test_imap_chunks_share_their_timing_so_read_ahead_starts_after_one_reply() -
             list(range(10)),
             star=False,
             chunksize=10,
-            timeout=None,
-            retries=0,
-            retry_timeouts=False,
+            opts=Options(None, 0, False),
             cloud=False,
             timing=timing,
         )

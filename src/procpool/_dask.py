@@ -62,6 +62,11 @@ class DaskPool(TypedExecutor):
             seconds, counted from the moment a worker starts it. A task over its
             limit fails with :class:`~procpool.TaskTimeoutError`; Dask cannot stop
             it, so its thread on the worker runs on and the result is thrown away.
+        task_grace: default grace period, in seconds: at its time limit
+            ``TaskTimeoutError`` is raised inside the task's thread (its
+            ``finally`` blocks run) and the task waits this long for it to end
+            before it fails. Dask cannot kill a thread: one that runs on after its
+            grace period is left to finish, and its result is thrown away.
         retries: submit a task again, up to this many times, when Dask gives up on
             it because workers died running it (``KilledWorker``). Dask itself
             already re-runs such a task ``distributed.scheduler.allowed-failures``
@@ -91,10 +96,12 @@ class DaskPool(TypedExecutor):
         client_or_address: object = None,
         *,
         task_timeout: float | None = None,
+        task_grace: float | None = None,
         retries: int = 0,
         retry_timeouts: bool = False,
     ) -> None:
         check_timeout("task_timeout", task_timeout)
+        check_timeout("task_grace", task_grace)
         check_count("retries", retries, 0)
         distributed = import_distributed()
         owns = True
@@ -116,7 +123,7 @@ class DaskPool(TypedExecutor):
                 "to use it from asyncio, await the procpool futures it returns"
             )
         self._core = self._engine = Core(distributed, client, owns)
-        self._options = Options(finite(task_timeout), retries, retry_timeouts)
+        self._options = Options(finite(task_timeout), retries, retry_timeouts, grace=task_grace)
         # A pool dropped without close(): once the pool, its options() views and its
         # tasks in flight (which hold the core) are gone, stop its threads and close
         # the client it made.
@@ -159,7 +166,7 @@ class DaskPool(TypedExecutor):
         if opts.timeout is None:
             call: Callable[[], object] = functools.partial(fn, *args, **kwargs)
         else:
-            call = functools.partial(call_limited, fn, args, kwargs, opts.timeout)
+            call = functools.partial(call_limited, fn, args, kwargs, opts.timeout, opts.grace)
         _, fut = self._core.launch(task_name(fn), call, opts, user_facing=True)
         self._core.counters.add(submitted=1)
         fut.add_done_callback(self._count)
@@ -252,13 +259,20 @@ class DaskPool(TypedExecutor):
         else:
             counters.add(completed=1)
 
+    def _check_memory_limit(self) -> None:
+        raise ValueError(
+            "DaskPool cannot replace one worker for its memory: give the Dask workers a "
+            "memory limit instead (LocalCluster(memory_limit=...), `dask worker "
+            "--memory-limit`), which their nanny enforces; see docs/scale-out.md"
+        )
+
     def _launch_chunk(
         self, fn: Callable[..., object], items: list[tuple[Any, ...]], into: MapFuture[Any], at: int
     ) -> str:
         """Send one chunk as one Dask task; its outcomes go to ``into`` from item ``at``."""
         opts = self._options
         timeout_retries = opts.retries if opts.retry_timeouts else 0
-        call = functools.partial(run_chunk, fn, items, opts.timeout, timeout_retries)
+        call = functools.partial(run_chunk, fn, items, opts.timeout, timeout_retries, opts.grace)
         # Timeouts of single items are retried on the worker; the chunk as a whole
         # is submitted again only when its workers died.
         chunk_opts = Options(None, opts.retries, False)

@@ -100,11 +100,26 @@ def private_local_cluster(distributed: Any) -> Any:
 def from_worker(exc: BaseException) -> BaseException:
     """Turn the stand-ins a Dask worker raises (see ``_child.dask_chunk``) into procpool's errors."""
     if isinstance(exc, TimedOut):
+        if exc.stopped:
+            what = (
+                "TaskTimeoutError was raised inside it, and it stopped within its grace "
+                f"period of {exc.grace:g} s"
+            )
+        elif exc.grace is not None:
+            what = (
+                f"TaskTimeoutError was raised inside it, and it had not stopped {exc.grace:g} s "
+                "later; Dask cannot stop a thread: it runs on until the function returns, and "
+                "the result is discarded"
+            )
+        else:
+            what = (
+                "Dask cannot stop a running task: its thread on the worker goes on until the "
+                "function returns, and the result is discarded"
+            )
         return TaskTimeoutError(
-            f"{exc.name} ran longer than its time limit of {exc.timeout:g} s (Dask cannot "
-            "stop a running task: its thread on the worker goes on until the function "
-            "returns, and the result is discarded)",
+            f"{exc.name} ran longer than its time limit of {exc.timeout:g} s ({what})",
             timeout=exc.timeout,
+            killed=False,
         )
     if isinstance(exc, NotSendable):
         return SerializationError(str(exc))

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -354,7 +355,12 @@ class Dispatcher:
 
     def _timed_heads(self) -> Iterator[tuple[Worker, int, float, int, int]]:
         """Each live worker whose current call has a time limit, as (worker, call id,
-        time limit, id of the call it has marked as started, marked start in ns)."""
+        seconds after which it is killed, id of the call it has marked as started,
+        marked start in ns).
+
+        With a grace period the kill comes ``grace`` seconds after the time limit:
+        at the limit the worker interrupts the task itself (see ``_child.alarm``).
+        """
         for worker in list(self.workers.values()):
             if worker.dying or not worker.outstanding:
                 continue
@@ -362,26 +368,23 @@ class Dispatcher:
             if head.timeout is None:
                 continue
             mark_call, _, since = self.workers.marker(worker)
-            yield worker, head.id, head.timeout, mark_call, since
+            yield worker, head.id, head.timeout + (head.grace or 0.0), mark_call, since
 
     def _next_deadline(self) -> float | None:
         nearest: float | None = None
         now = time.monotonic()
-        for _, call_id, timeout, mark_call, since in self._timed_heads():
-            if mark_call == call_id:
-                due = since / 1e9 + timeout
-            else:
-                # Sent but not started (the worker is still starting up): look again soon.
-                due = now + min(timeout, 0.05)
+        for _, call_id, limit, mark_call, since in self._timed_heads():
+            # Sent but not started (the worker is still starting up): look again soon.
+            due = since / 1e9 + limit if mark_call == call_id else now + min(limit, 0.05)
             nearest = due if nearest is None else min(nearest, due)
-        if nearest is None:
+        if nearest is None or math.isinf(nearest):  # grace=inf: an interrupted task may run on
             return None
         return max(0.0, nearest - now)
 
     def _check_deadlines(self) -> None:
         now = time.monotonic_ns()
-        for worker, call_id, timeout, mark_call, since in self._timed_heads():
-            if mark_call == call_id and now - since >= timeout * 1e9:
+        for worker, call_id, limit, mark_call, since in self._timed_heads():
+            if mark_call == call_id and now - since >= limit * 1e9:
                 self.settler.kill(worker, "timeout")
 
     def _cancel_job(self, job: Job) -> None:

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import signal
 from concurrent.futures.process import BrokenProcessPool
+from typing import Literal
+
+from ._child.errors import ProcpoolError, TaskTimeoutError
 
 __all__ = [
+    "LossCause",
     "PoolClosedError",
     "ProcpoolError",
     "RemoteTraceback",
@@ -27,6 +31,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerLostError",
     "describe_exitcode",
+    "loss_cause",
 ]
 
 # Why a process most often dies of a given signal; shown to the user because
@@ -46,8 +51,17 @@ _LIKELY_CAUSE = {
 }
 
 
-def describe_exitcode(exitcode: int | None) -> str:
-    """Say in words how a process ended, from its ``exitcode``."""
+#: Why a worker was lost: ``WorkerLostError.cause``.
+LossCause = Literal["oom", "signal", "exit", "timeout", "cancel", "unknown"]
+
+
+def describe_exitcode(exitcode: int | None, *, oom: bool | None = None) -> str:
+    """Say in words how a process ended, from its ``exitcode``.
+
+    Args:
+        oom: whether the system's out-of-memory killer killed it, where procpool
+            can tell (see ``_oom``): True, False, or None if it cannot.
+    """
     if exitcode is None:
         return "the process ended without an exit code"
     if exitcode < 0:
@@ -55,14 +69,29 @@ def describe_exitcode(exitcode: int | None) -> str:
             sig = signal.Signals(-exitcode)
         except ValueError:
             return f"killed by signal {-exitcode}"
-        cause = _LIKELY_CAUSE.get(sig)
         text = f"killed by {sig.name} (exit code {exitcode})"
+        if oom:
+            return (
+                f"{text}: by the out-of-memory killer (the oom_kill count of its cgroup "
+                "rose while it ran)"
+            )
+        if oom is False and sig.name == "SIGKILL":
+            return (
+                f"{text} from outside; not by the out-of-memory killer (the oom_kill count "
+                "of its cgroup did not change)"
+            )
+        cause = _LIKELY_CAUSE.get(sig)
         return f"{text}: {cause}" if cause else text
     return f"exited with code {exitcode} (os._exit or sys.exit in the task?)"
 
 
-class ProcpoolError(Exception):
-    """Raised for failures of procpool itself; the base of all procpool errors."""
+def loss_cause(exitcode: int | None, *, oom: bool | None = None) -> LossCause:
+    """The ``WorkerLostError.cause`` of a process that ended with ``exitcode``."""
+    if oom:
+        return "oom"
+    if exitcode is None:
+        return "unknown"
+    return "signal" if exitcode < 0 else "exit"
 
 
 class WorkerLostError(ProcpoolError, BrokenProcessPool):
@@ -75,38 +104,36 @@ class WorkerLostError(ProcpoolError, BrokenProcessPool):
     Attributes:
         exitcode: the dead process's exit code (negative: killed by that signal).
         pid: its process id.
+        cause: why, in one word: ``"oom"`` (the out-of-memory killer, where the
+            system can tell: on Linux, the ``oom_kill`` count of the worker's
+            cgroup rose while it ran), ``"signal"`` (another signal, or SIGKILL
+            from outside), ``"exit"`` (the process exited), ``"timeout"`` or
+            ``"cancel"`` (procpool stopped the worker for another item's time
+            limit or a cancel, and this item's result was lost with it), or
+            ``"unknown"`` (DaskPool: the cluster does not say).
     """
 
-    def __init__(self, message: str, *, exitcode: int | None = None, pid: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        pid: int | None = None,
+        cause: LossCause = "unknown",
+    ):
         super().__init__(message)
         self.exitcode = exitcode
         self.pid = pid
+        self.cause: LossCause = cause
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_worker_lost, (str(self), self.exitcode, self.pid))
+        return (_rebuild_worker_lost, (str(self), self.exitcode, self.pid, self.cause))
 
 
-def _rebuild_worker_lost(message: str, exitcode: int | None, pid: int | None) -> WorkerLostError:
-    return WorkerLostError(message, exitcode=exitcode, pid=pid)
-
-
-class TaskTimeoutError(ProcpoolError, TimeoutError):
-    """Raised when a task ran past its time limit; its worker was killed and replaced.
-
-    Attributes:
-        timeout: the limit, in seconds.
-    """
-
-    def __init__(self, message: str, *, timeout: float | None = None):
-        super().__init__(message)
-        self.timeout = timeout
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_timeout, (str(self), self.timeout))
-
-
-def _rebuild_timeout(message: str, timeout: float | None) -> TaskTimeoutError:
-    return TaskTimeoutError(message, timeout=timeout)
+def _rebuild_worker_lost(
+    message: str, exitcode: int | None, pid: int | None, cause: LossCause
+) -> WorkerLostError:
+    return WorkerLostError(message, exitcode=exitcode, pid=pid, cause=cause)
 
 
 class PoolClosedError(ProcpoolError, RuntimeError):

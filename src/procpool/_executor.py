@@ -114,6 +114,51 @@ class Engine(Protocol):
         ...
 
 
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def memory_bytes(name: str, value: int | str | None) -> int | None:
+    """Read a memory size: bytes as an int, or a string such as ``"2 GiB"`` or ``"500MB"``.
+
+    Units: B, kB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of
+    1024), in any case.
+
+    Raises:
+        ValueError: naming the argument, for anything else, or a size below 1 byte.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number) :] or "b"
+        try:
+            size = float(number) * _UNITS[unit]
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"{name} must be a number of bytes or a size such as '2 GiB' or '500 MB', "
+                f"not {value!r}"
+            ) from None
+        value = int(size)
+    elif isinstance(value, bool) or not isinstance(value, int):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(
+            f"{name} must be a number of bytes or a size such as '2 GiB', not {value!r}"
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1 byte, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Options:
     """The defaults a pool (or an ``options()`` view of it) gives new work."""
@@ -121,6 +166,11 @@ class Options:
     timeout: float | None
     retries: int
     retry_timeouts: bool
+    #: Resident bytes above which a worker is replaced after a call (None: no limit).
+    max_memory: int | None = None
+    #: Seconds between interrupting a task at its time limit and killing it (None:
+    #: kill at the limit; ``math.inf``: never kill an interrupted task).
+    grace: float | None = None
 
 
 class TypedExecutor(Executor, abc.ABC):
@@ -143,6 +193,8 @@ class TypedExecutor(Executor, abc.ABC):
         timeout: float | None = None,
         retries: int | None = None,
         retry_timeouts: bool | None = None,
+        max_memory_per_worker: int | str | None = None,
+        grace: float | None = None,
     ) -> Self:
         """A view of this pool whose submissions carry their own limits.
 
@@ -158,17 +210,33 @@ class TypedExecutor(Executor, abc.ABC):
                 ``math.inf`` lifts the pool's ``task_timeout``.
             retries: how many times to run again a task whose worker died.
             retry_timeouts: also run again tasks that ran out of time.
+            max_memory_per_worker: after each of these tasks, a worker whose
+                resident memory is above this many bytes (or ``"2 GiB"``...)
+                delivers the result and is replaced before it takes another
+                task. ``Pool`` only.
+            grace: with a time limit, seconds between interrupting a task at its
+                limit (``TaskTimeoutError`` is raised inside it, so its
+                ``finally`` blocks run) and killing it if it has not stopped.
         """
         check_timeout("timeout", timeout)
         check_count("retries", retries, 0)
+        check_timeout("grace", grace)
+        memory = memory_bytes("max_memory_per_worker", max_memory_per_worker)
+        if memory is not None:
+            self._check_memory_limit()
         view = copy.copy(self)
         current = self._options
         view._options = Options(
             finite(timeout) if timeout is not None else current.timeout,
             retries if retries is not None else current.retries,
             retry_timeouts if retry_timeouts is not None else current.retry_timeouts,
+            memory if memory is not None else current.max_memory,
+            grace if grace is not None else current.grace,
         )
         return view
+
+    def _check_memory_limit(self) -> None:
+        """Raise if this pool cannot replace a worker for its memory (DaskPool)."""
 
     # -- map --------------------------------------------------------------------------
 

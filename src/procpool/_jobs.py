@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._child import messages as m
 from ._child.codec import Unpicklable, describe_callable, diagnose_call, encode_call
 from ._errors import SerializationError
+from ._executor import Options
 from ._future import Future
 from ._mapfuture import MapFuture
 
@@ -28,6 +29,18 @@ if TYPE_CHECKING:
     from ._child.shm import Lease, SegmentPool
 
 _ids = itertools.count(1)
+
+
+def limit_fields(opts: Options) -> tuple[int, bytes]:
+    """The MEMORY and GRACE flags, and their fields, of a call with ``opts`` (see ``_child``)."""
+    flags, fields = 0, b""
+    if opts.max_memory is not None:
+        flags |= m.MEMORY
+        fields += m.MEMORY_FIELD.pack(opts.max_memory)
+    if opts.grace is not None and opts.timeout is not None:
+        flags |= m.GRACE
+        fields += m.GRACE_FIELD.pack(opts.timeout, opts.grace)
+    return flags, fields
 
 
 def not_picklable(exc: Unpicklable) -> SerializationError:
@@ -58,7 +71,7 @@ READ_AHEAD_BELOW_SECONDS = 0.004
 class Call:
     """One message to one worker: a whole single job, or a range of a map job."""
 
-    __slots__ = ("data", "id", "job", "lease", "start", "stop", "timeout", "worker_done")
+    __slots__ = ("data", "grace", "id", "job", "lease", "start", "stop", "timeout", "worker_done")
 
     def __init__(
         self, job: Job, data: bytes, lease: Lease | None, start: int = 0, stop: int = 1
@@ -74,6 +87,8 @@ class Call:
         #: How many items, counted from ``start``, the parent has results for.
         self.worker_done = 0
         self.timeout = job.timeout
+        #: Seconds between the worker interrupting the call at ``timeout`` and a kill.
+        self.grace = job.grace if job.timeout is not None else None
 
 
 class Job(abc.ABC):
@@ -84,6 +99,18 @@ class Job(abc.ABC):
     timeout: float | None
     retries: int
     retry_timeouts: bool
+    grace: float | None
+    #: The MEMORY and GRACE flags of the job's calls, and their fields.
+    limit_flags: int
+    limit_fields: bytes
+
+    def _take_options(self, opts: Options) -> None:
+        self.timeout = opts.timeout
+        self.retries = opts.retries
+        self.retry_timeouts = opts.retry_timeouts
+        self.grace = opts.grace
+        self.limit_flags, self.limit_fields = limit_fields(opts)
+
     fn: Callable[..., Any] | None
 
     @abc.abstractmethod
@@ -123,17 +150,13 @@ class SingleJob(Job):
         data: bytes,
         *,
         lease: Lease | None,
-        timeout: float | None,
-        retries: int,
-        retry_timeouts: bool,
+        opts: Options,
     ) -> None:
         self.future = future
         self.fn = fn
         self.name = describe_callable(fn)
         self.group = self
-        self.timeout = timeout
-        self.retries = retries
-        self.retry_timeouts = retry_timeouts
+        self._take_options(opts)
         self._data: bytes | None = data
         self._lease = lease
         self.attempts = 0
@@ -189,9 +212,7 @@ class MapJob(Job):
         *,
         star: bool,
         chunksize: int | None,
-        timeout: float | None,
-        retries: int,
-        retry_timeouts: bool,
+        opts: Options,
         cloud: bool,
         segments: SegmentPool | None = None,
         base_index: int = 0,
@@ -205,9 +226,7 @@ class MapJob(Job):
         self.items: list[Any] | None = items
         self.star = star
         self.fixed = chunksize
-        self.timeout = timeout
-        self.retries = retries
-        self.retry_timeouts = retry_timeouts
+        self._take_options(opts)
         self.cloud = cloud
         self.segments = segments
         self.base_index = base_index
@@ -275,6 +294,7 @@ class MapJob(Job):
             (m.STARCHUNK if self.star else m.CHUNK)
             | (m.TIMED if self.timeout is not None else 0)
             | (m.EXACT if self.retries else 0)
+            | self.limit_flags
         )
         while True:
             items = self.items
@@ -292,7 +312,13 @@ class MapJob(Job):
             chunk = items if stop - start == len(items) else items[start:stop]
             try:
                 data, lease = encode_call(
-                    new_call_id(), kind, self.fn, (chunk,), self.cloud, self.segments
+                    new_call_id(),
+                    kind,
+                    self.fn,
+                    (chunk,),
+                    self.cloud,
+                    self.segments,
+                    self.limit_fields,
                 )
             except Unpicklable as exc:
                 if stop - start > 1:

@@ -28,10 +28,11 @@ from ._executor import (
     check_timeout,
     check_workers,
     finite,
+    memory_bytes,
 )
 from ._future import Future
 from ._imap import Launch
-from ._jobs import MapJob, SingleJob, Timing, new_call_id, not_picklable
+from ._jobs import MapJob, SingleJob, Timing, limit_fields, new_call_id, not_picklable
 from ._mapfuture import MapFuture
 from ._progress import Progress, make_reporter
 from ._stats import PoolStats
@@ -120,6 +121,14 @@ class Pool(TypedExecutor):
         task_timeout: default time limit per task (per item of a map), in seconds.
             On expiry the worker is killed and replaced and the future fails with
             :class:`TaskTimeoutError`; the other tasks go on.
+        task_grace: default grace period, in seconds: at its time limit a task
+            is first interrupted (:class:`TaskTimeoutError` raised inside it, so
+            its ``finally`` blocks and ``with`` blocks run), and killed only if it
+            has not stopped ``task_grace`` seconds later. None: killed at the limit.
+        max_memory_per_worker: bytes (or ``"2 GiB"``, ``"500 MB"``...): after a
+            task, a worker whose resident memory is above this delivers the
+            task's result and is replaced before it takes another task. Bounds
+            workers that grow (leaks in C extensions, caches, fragmentation).
         retries: run a task again, up to this many times, when its worker dies
             (only for tasks that are safe to run twice). Default 0.
         retry_timeouts: also retry tasks that ran past their time limit.
@@ -130,7 +139,8 @@ class Pool(TypedExecutor):
             handlers (the record's ``process`` is the worker's pid).
 
     Raises:
-        ValueError: ``workers < 1``, an unknown start method, a negative timeout.
+        ValueError: ``workers < 1``, an unknown start method, a negative timeout,
+            a memory size that is not one.
 
     Leaving ``with Pool() as pool:`` normally closes the pool and waits for every
     task; leaving it by an exception (KeyboardInterrupt too) terminates it::
@@ -149,6 +159,8 @@ class Pool(TypedExecutor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         task_timeout: float | None = None,
+        task_grace: float | None = None,
+        max_memory_per_worker: int | str | None = None,
         retries: int = 0,
         retry_timeouts: bool = False,
         cloudpickle: bool = False,
@@ -158,6 +170,8 @@ class Pool(TypedExecutor):
         check_count("max_tasks_per_worker", max_tasks_per_worker, 1)
         check_count("retries", retries, 0)
         check_timeout("task_timeout", task_timeout)
+        check_timeout("task_grace", task_grace)
+        memory = memory_bytes("max_memory_per_worker", max_memory_per_worker)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         if not isinstance(initargs, tuple):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -172,7 +186,7 @@ class Pool(TypedExecutor):
                 ) from exc
         self._workers = workers if workers is not None else _usable_cpus()
         self._cloud = cloudpickle
-        self._options = Options(finite(task_timeout), retries, retry_timeouts)
+        self._options = Options(finite(task_timeout), retries, retry_timeouts, memory, task_grace)
         self._name = f"procpool.Pool-{next(_pool_numbers)}"
         _install_exit_hook()
         spec = WorkerSpec(self._name, initializer, initargs, forward_logs)
@@ -207,24 +221,22 @@ class Pool(TypedExecutor):
         dispatcher = self._dispatcher
         dispatcher.check_open()
         future: Future[R] = Future()
+        opts = self._options
+        flags, fields = limit_fields(opts)
         try:
             data, lease = encode_call(
-                new_call_id(), m.CALL, fn, (args, kwargs), self._cloud, dispatcher.segments
+                new_call_id(),
+                m.CALL | flags,
+                fn,
+                (args, kwargs),
+                self._cloud,
+                dispatcher.segments,
+                fields,
             )
         except Unpicklable as exc:
             future.try_set_exception(not_picklable(exc))
             return future
-        opts = self._options
-        job = SingleJob(
-            future,
-            fn,
-            data,
-            lease=lease,
-            timeout=opts.timeout,
-            retries=opts.retries,
-            retry_timeouts=opts.retry_timeouts,
-        )
-        dispatcher.add(job)
+        dispatcher.add(SingleJob(future, fn, data, lease=lease, opts=opts))
         return future
 
     # -- what the shared surface (TypedExecutor) asks of a pool ------------------------
@@ -256,9 +268,7 @@ class Pool(TypedExecutor):
             items,
             star=star,
             chunksize=chunksize,
-            timeout=opts.timeout,
-            retries=opts.retries,
-            retry_timeouts=opts.retry_timeouts,
+            opts=opts,
             cloud=self._cloud,
             segments=dispatcher.segments,
         )
@@ -284,9 +294,7 @@ class Pool(TypedExecutor):
                 items,
                 star=False,
                 chunksize=len(items),
-                timeout=opts.timeout,
-                retries=opts.retries,
-                retry_timeouts=opts.retry_timeouts,
+                opts=opts,
                 cloud=cloud,
                 segments=dispatcher.segments,
                 base_index=base_index,

@@ -26,8 +26,15 @@ from ._child import messages as m
 from ._child.codec import describe_callable, diagnose_call
 from ._child.spawned import child_main
 from ._context import PARENT_FDS, StartMethod, new_process, resolve_context
-from ._errors import RemoteTraceback, SerializationError, WorkerLostError, describe_exitcode
+from ._errors import (
+    RemoteTraceback,
+    SerializationError,
+    WorkerLostError,
+    describe_exitcode,
+    loss_cause,
+)
 from ._future import Future, wait_seconds
+from ._oom import OomWatch
 
 __all__ = ["ProcessHandle", "spawn"]
 
@@ -95,6 +102,7 @@ class ProcessHandle(Future[R]):
                 writer.close()
             PARENT_FDS.add(process.sentinel)
         self._started = True
+        self._oom = OomWatch(process.pid)
         self.try_start()
         self._pid: int | None = self._process.pid
         self._watcher = threading.Thread(
@@ -121,12 +129,14 @@ class ProcessHandle(Future[R]):
                 process.close()
             self._reaped.set()
         if data is None:
+            oom = self._oom.killed(self._exitcode)
             self.try_set_exception(
                 WorkerLostError(
                     f"the process running {self._fn_name} (pid {self._pid}) "
-                    f"{describe_exitcode(self._exitcode)} before it returned",
+                    f"{describe_exitcode(self._exitcode, oom=oom)} before it returned",
                     exitcode=self._exitcode,
                     pid=self._pid,
+                    cause=loss_cause(self._exitcode, oom=oom),
                 )
             )
             return

@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._child import messages as m
 from ._errors import (
+    LossCause,
     ProcpoolError,
     RemoteTraceback,
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
     describe_exitcode,
+    loss_cause,
 )
 from ._executor import Lifecycle
 from ._jobs import Call, Job, MapJob, SingleJob
@@ -43,6 +45,8 @@ LOGGER = logging.getLogger("procpool")
 
 #: Consecutive workers that die before answering anything before the pool gives up.
 MAX_STARTUP_FAILURES = 3
+#: The cause of a loss when procpool stopped the worker itself (give_up_calls' reason).
+_STOPPED_FOR: dict[str, LossCause] = {"timeout": "timeout", "cancelled": "cancel"}
 
 
 class Settler:
@@ -63,6 +67,13 @@ class Settler:
             lease = worker.leases.pop(call_id, None)
             if lease is not None:
                 lease.end(status == m.RELEASED)
+            return
+        if status == m.RECYCLED:
+            # Above its memory limit after a call: it exits before reading another,
+            # and whatever it was sent meanwhile goes back to the queue when it does.
+            worker.retiring = True
+            worker.resident = int(elapsed)
+            self.d.stats.recycled += 1
             return
         if status == m.LOG:
             self._replay_log(reply.data)
@@ -122,6 +133,17 @@ class Settler:
             return SerializationError(
                 f"{job.describe(call, index)} raised an exception that could not be sent "
                 f"back (it does not pickle); its traceback:\n{tb}"
+            )
+        if call.grace is not None and isinstance(exc, TaskTimeoutError) and not exc.killed:
+            # Interrupted at its limit by the worker's alarm, and stopped within its
+            # grace period (see _child.alarm): the worker lives on.
+            self.d.stats.timed_out += 1
+            exc = TaskTimeoutError(
+                f"{job.describe(call, index)} ran past its time limit of {call.timeout:g} s: "
+                f"TaskTimeoutError was raised inside it, and it stopped within its grace "
+                f"period of {call.grace:g} s; its worker lives on",
+                timeout=call.timeout,
+                killed=False,
             )
         exc.__cause__ = RemoteTraceback(tb)
         return exc
@@ -261,6 +283,9 @@ class Settler:
             self.d.feeder.requeue(head)  # it never started
             return
         pid = worker.process.pid
+        # Whether the out-of-memory killer did it, where the system can tell.
+        oom = worker.oom.killed(exitcode) if reason == "died" else None
+        cause: LossCause = _STOPPED_FOR.get(reason) or loss_cause(exitcode, oom=oom)
         if isinstance(job, MapJob):
             job.in_flight -= 1
             running = head.start + max(mark_item, head.worker_done)
@@ -277,10 +302,11 @@ class Settler:
                 "sent the result",
                 exitcode,
                 pid,
+                cause,
             )
             job.hand_back(block_stop, head.stop)
             if block_stop == running + 1:
-                self._blame(job, head, running, reason, exitcode, pid)
+                self._blame(job, head, running, reason, exitcode, pid, oom)
             else:
                 # Never a retry or a time limit: such chunks are marked item by item.
                 block = (
@@ -291,11 +317,12 @@ class Settler:
                     job,
                     head,
                     range(running, block_stop),
-                    f": its worker (pid {pid}) {describe_exitcode(exitcode)}; it was running "
+                    f": its worker (pid {pid}) {describe_exitcode(exitcode, oom=oom)}; it was running "
                     f"{block}, fast items it runs as one block, so this item or another of "
                     "them is at fault (chunksize=1 blames the exact item)",
                     exitcode,
                     pid,
+                    cause,
                 )
             if job.map_future.done():
                 job.release()
@@ -303,10 +330,17 @@ class Settler:
                 self.d.queue[id(job)] = job
                 self.d.queue.move_to_end(id(job), last=False)
         else:
-            self._blame(job, head, head.start, reason, exitcode, pid)
+            self._blame(job, head, head.start, reason, exitcode, pid, oom)
 
     def _blame(
-        self, job: Job, call: Call, index: int, reason: str, exitcode: int | None, pid: int | None
+        self,
+        job: Job,
+        call: Call,
+        index: int,
+        reason: str,
+        exitcode: int | None,
+        pid: int | None,
+        oom: bool | None,
     ) -> None:
         """Fail (or retry) the one item that was running when its worker was stopped."""
         if reason == "cancelled":
@@ -333,18 +367,25 @@ class Settler:
             return
         error: BaseException
         if timed_out:
+            late = (
+                f"; TaskTimeoutError was raised inside it, and it had not stopped {call.grace:g} s "
+                "later"
+                if call.grace is not None
+                else ""
+            )
             error = TaskTimeoutError(
                 f"{job.describe(call, index)} ran longer than its time limit of "
-                f"{call.timeout:g} s; its worker (pid {pid}) was killed and replaced",
+                f"{call.timeout:g} s{late}; its worker (pid {pid}) was killed and replaced",
                 timeout=call.timeout,
             )
         else:
             tries = f" (after {attempts + 1} attempts)" if attempts else ""
             error = WorkerLostError(
                 f"{job.describe(call, index)}{tries}: its worker (pid {pid}) "
-                f"{describe_exitcode(exitcode)}",
+                f"{describe_exitcode(exitcode, oom=oom)}",
                 exitcode=exitcode,
                 pid=pid,
+                cause=loss_cause(exitcode, oom=oom),
             )
         if isinstance(job, MapJob):
             self.d.stats.failed += job.map_future.set_item_exception(index, error)
@@ -359,13 +400,14 @@ class Settler:
         why: str,
         exitcode: int | None,
         pid: int | None,
+        cause: LossCause,
     ) -> None:
         """Fail map items with a ``WorkerLostError`` saying which item and ``why``."""
         for index in indices:
-            self.d.stats.failed += job.map_future.set_item_exception(
-                index,
-                WorkerLostError(f"{job.describe(call, index)}{why}", exitcode=exitcode, pid=pid),
+            lost = WorkerLostError(
+                f"{job.describe(call, index)}{why}", exitcode=exitcode, pid=pid, cause=cause
             )
+            self.d.stats.failed += job.map_future.set_item_exception(index, lost)
 
     def fail_everything(self, error: BaseException | None, *, cancel: bool) -> None:
         """End every unfinished future: cancel it, or fail it with ``error``."""

@@ -23,7 +23,7 @@ class PoolStats:
     ``cancelled``; once all work has ended, the three add up to ``submitted``.
     ``timed_out`` counts the tasks and items that passed their time limit (with
     ``retry_timeouts``, a :class:`Pool` counts each attempt); ``retried`` counts
-    attempts run again.
+    attempts run again; ``recycled`` the workers replaced for their memory.
     ``busy_seconds`` has one entry per worker slot: time spent running tasks,
     summed over the workers that held the slot.
     """
@@ -37,6 +37,9 @@ class PoolStats:
     workers_started: int
     workers_replaced: int
     busy_seconds: tuple[float, ...]
+    #: Workers replaced because their resident memory passed ``max_memory_per_worker``
+    #: (they are counted in ``workers_replaced`` too).
+    recycled: int = 0
 
 
 class Counters:
@@ -58,6 +61,7 @@ class Counters:
         self.retried = 0
         self.workers_started = 0
         self.workers_replaced = 0
+        self.recycled = 0
         self.busy = [0.0] * slots
 
     def add(self, **counts: int) -> None:
@@ -79,4 +83,5 @@ class Counters:
                 workers_started=self.workers_started,
                 workers_replaced=self.workers_replaced,
                 busy_seconds=tuple(self.busy),
+                recycled=self.recycled,
             )

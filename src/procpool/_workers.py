@@ -40,6 +40,7 @@ from ._child.worker import worker_main
 from ._context import PARENT_FDS, new_process
 from ._errors import SerializationError
 from ._jobs import Call
+from ._oom import OomWatch
 from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup, widen_pipe
 
 #: Whether a waiting thread may read replies (needs poll, and a selector that
@@ -107,6 +108,7 @@ class Worker:
         "claims",
         "dying",
         "leases",
+        "oom",
         "out",
         "outstanding",
         "pipe_poll",
@@ -115,6 +117,7 @@ class Worker:
         "replied",
         "reply_prefix",
         "reply_seq",
+        "resident",
         "result_conn",
         "retiring",
         "sent",
@@ -152,6 +155,10 @@ class Worker:
         self.leases: dict[int, Lease] = {}
         #: The names of this worker's result segments start with this (see ``_shm``).
         self.reply_prefix = reply_prefix
+        #: Its cgroup's OOM-kill count when it started (see ``_oom``).
+        self.oom = OomWatch(process.pid)
+        #: Resident bytes it last reported (only when it passed a memory limit).
+        self.resident: int | None = None
         #: The number of the last result segment received from it (numbers only grow).
         self.reply_seq = 0
         #: A waiting thread reads this worker's replies (see ``_read_here``).
@@ -402,7 +409,7 @@ class WorkerSet:
         call_id, status, elapsed = m.REPLY_HEADER.unpack_from(data)
         shared = status & m.SHARED_REPLY
         reply = Reply(call_id, status & ~m.SHARED_REPLY, elapsed, data)
-        if reply.status in (m.RELEASED, m.KEPT):
+        if reply.status in (m.RELEASED, m.KEPT, m.RECYCLED):
             return reply
         if reply.status in (m.LOG, m.INIT_ERROR):
             expected = call_id == m.NO_CALL and not shared

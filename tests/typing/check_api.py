@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import math
 from collections.abc import Iterator
+from typing import Literal
 
 from typing_extensions import assert_type
 
@@ -135,3 +136,22 @@ def check_dask_pool(pool: procpool.DaskPool) -> None:
     pool.submit(square, "x")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     pool.map(add, [1], [2])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     procpool.DaskPool(task_timeout="5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+def check_limits(pool: procpool.Pool, dask_pool: procpool.DaskPool) -> None:
+    """Issue 17: memory recycling, grace periods, the cause of a loss."""
+    assert_type(procpool.Pool(2, max_memory_per_worker="2 GiB", task_grace=2.0), procpool.Pool)
+    assert_type(procpool.Pool(max_memory_per_worker=500_000_000), procpool.Pool)
+    assert_type(pool.options(timeout=5, grace=2), procpool.Pool)
+    assert_type(pool.options(max_memory_per_worker="1 GiB").submit(square, 2), procpool.Future[int])
+    assert_type(dask_pool.options(timeout=5, grace=math.inf), procpool.DaskPool)
+    assert_type(procpool.DaskPool(task_grace=1.0), procpool.DaskPool)
+    assert_type(pool.stats().recycled, int)
+    procpool.Pool(max_memory_per_worker=[1])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.Pool(task_grace="2")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.options(grace="2")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.options(max_memory_per_worker=2.5)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    lost = procpool.WorkerLostError("gone", cause="oom")
+    assert_type(lost.cause, Literal["oom", "signal", "exit", "timeout", "cancel", "unknown"])
+    procpool.WorkerLostError("gone", cause="tired")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    assert_type(procpool.TaskTimeoutError("late", killed=False).killed, bool)

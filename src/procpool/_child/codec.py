@@ -14,7 +14,15 @@ import pickle
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from .messages import CALL_HEADER, CLOUDPICKLED, REPLY_HEADER, SHARED, SHARED_REPLY
+from .messages import (
+    CALL,
+    CALL_HEADER,
+    CLOUDPICKLED,
+    KIND_MASK,
+    REPLY_HEADER,
+    SHARED,
+    SHARED_REPLY,
+)
 
 if TYPE_CHECKING:
     from .shm import Lease, ReplySegments, SegmentPool
@@ -109,11 +117,13 @@ def encode_call(
     body: tuple[Any, ...],
     cloud: bool,
     segments: SegmentPool | None = None,
+    fields: bytes = b"",
 ) -> tuple[bytes, Lease | None]:
     """Frame one call for a worker: (frame, lease of its shared segment or None).
 
     With ``segments``, large buffers (numpy arrays...) go to shared memory and
-    the frame carries only their place.
+    the frame carries only their place. ``fields`` (the MEMORY and GRACE fields
+    that ``kind``'s flags announce, see :mod:`.messages`) follow the header.
 
     Raises:
         Unpicklable: naming the part of the call that does not pickle.
@@ -127,14 +137,15 @@ def encode_call(
         else:
             shared, payload, lease = segments.dumps(message)
     except Exception as exc:
-        if kind == 0:
+        if kind & KIND_MASK == CALL:
             args, kwargs = body
             reason = diagnose_call(fn, args, kwargs)
         else:
             reason = diagnose_call(fn, (), {})
         raise Unpicklable(reason) from exc
     flags = (CLOUDPICKLED if cloud else 0) | (SHARED if shared else 0)
-    return b"".join((CALL_HEADER.pack(call_id, kind | flags), shared, payload)), lease
+    frame = b"".join((CALL_HEADER.pack(call_id, kind | flags), fields, shared, payload))
+    return frame, lease
 
 
 def decode_function(fn: object) -> Callable[..., Any]:

@@ -11,12 +11,16 @@ turns into :class:`procpool.TaskTimeoutError` and :class:`procpool.Serialization
 from __future__ import annotations
 
 import contextvars
+import ctypes
 import functools
+import math
 import pickle
 import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
+
+from .errors import TaskTimeoutError
 
 T = TypeVar("T")
 
@@ -25,12 +29,39 @@ Outcome = tuple[bool, Any, "str | None"]
 
 
 class TimedOut(Exception):
-    """Raised on a worker for a call past its time limit (the client's TaskTimeoutError)."""
+    """Raised on a worker for a call past its time limit (the client's TaskTimeoutError).
 
-    def __init__(self, name: str, timeout: float) -> None:
-        super().__init__(name, timeout)
+    ``stopped``: with a grace period, whether the interrupted call ended within it
+    (None: no grace period).
+    """
+
+    def __init__(
+        self, name: str, timeout: float, grace: float | None = None, stopped: bool | None = None
+    ) -> None:
+        super().__init__(name, timeout, grace, stopped)
         self.name = name
         self.timeout = timeout
+        self.grace = grace
+        self.stopped = stopped
+
+
+class _Interrupted(TaskTimeoutError):
+    """Raised inside a call's thread at its time limit, when it has a grace period."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the task ran past its time limit and was interrupted "
+            "(TaskTimeoutError raised inside it)",
+            killed=False,
+        )
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Raise :class:`_Interrupted` in ``thread`` at its next bytecode (CPython's async exception)."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(_Interrupted)
+        )
 
 
 class NotSendable(Exception):
@@ -46,13 +77,20 @@ def task_name(fn: Callable[..., object]) -> str:
 
 
 def call_limited(
-    fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
+    grace: float | None = None,
 ) -> T:
     """Run ``fn(*args, **kwargs)`` on a worker; raise :class:`TimedOut` after ``timeout`` s.
 
     The call runs in a helper thread so that the Dask task answers on time even
     when the function is stuck in C code. The clock starts when the worker starts
-    the task, so time spent waiting in the scheduler's queue never counts.
+    the task, so time spent waiting in the scheduler's queue never counts. With a
+    ``grace`` period, ``TaskTimeoutError`` is first raised inside the call (its
+    ``finally`` blocks run) and the task waits up to ``grace`` seconds for it to
+    end; a thread cannot be killed, so one that runs on is left to finish.
     """
     outcome: list[tuple[bool, Any]] = []
     finished = threading.Event()
@@ -71,7 +109,11 @@ def call_limited(
     helper = threading.Thread(target=run, name=f"procpool-{task_name(fn)}", daemon=True)
     helper.start()
     if not finished.wait(timeout):
-        raise TimedOut(task_name(fn), timeout)
+        if grace is None:
+            raise TimedOut(task_name(fn), timeout)
+        _interrupt(helper)
+        stopped = finished.wait(None if math.isinf(grace) else grace)
+        raise TimedOut(task_name(fn), timeout, grace, stopped)
     ok, value = outcome[0]
     if ok:
         return cast("T", value)
@@ -102,6 +144,7 @@ def run_chunk(
     items: Sequence[tuple[Any, ...]],
     timeout: float | None,
     timeout_retries: int,
+    grace: float | None = None,
 ) -> list[Outcome]:
     """Run ``fn(*item)`` for each item on a worker; one outcome per item, in order.
 
@@ -115,7 +158,7 @@ def run_chunk(
         attempts = timeout_retries
         while True:
             try:
-                value = fn(*args) if timeout is None else call_limited(fn, args, {}, timeout)
+                value = fn(*args) if timeout is None else call_limited(fn, args, {}, timeout, grace)
             except TimedOut as exc:
                 if attempts > 0:
                     attempts -= 1

@@ -13,7 +13,10 @@ Parent -> worker (``CALL_HEADER``: call id, kind)::
     STOP        no body                         exit the loop cleanly
 
     Kind flags: CLOUDPICKLED (the function is cloudpickle bytes), SHARED (a
-    shared-memory header, see ``_shm``, sits between the header and the pickle).
+    shared-memory header, see ``shm``, comes before the pickle), TIMED and EXACT
+    (how a chunk marks its items), MEMORY (``MEMORY_FIELD``, the memory limit,
+    follows the header) and GRACE (``GRACE_FIELD``, the time limit and the grace
+    period, follows the header, after MEMORY's field).
 
 Worker -> parent (``REPLY_HEADER``: call id, status, seconds spent)::
 
@@ -26,6 +29,8 @@ Worker -> parent (``REPLY_HEADER``: call id, status, seconds spent)::
     RELEASED    no body                         the worker let go of the call's shared
                                                 segment: the parent may reuse it
     KEPT        no body                         ...but something still uses it: do not
+    RECYCLED    no body; the seconds field      the worker's resident memory passed the
+                holds its resident bytes        call's limit: it exits before another call
 
     Status flag: SHARED_REPLY (a shared-memory header precedes the pickle).
 
@@ -61,6 +66,16 @@ TIMED = 0x08
 #: Or-ed into a chunk's kind: a death must be blamed on exactly one item (it may
 #: be retried), so the worker marks every item, however fast.
 EXACT = 0x04
+#: Or-ed into the kind: ``MEMORY_FIELD`` follows the header; after the call, a
+#: worker above that many resident bytes exits (``max_memory_per_worker``).
+MEMORY = 0x40
+#: Or-ed into the kind: ``GRACE_FIELD`` follows: at the time limit the worker
+#: raises TaskTimeoutError inside the task; the parent kills it ``grace`` s later.
+GRACE = 0x80
+#: The kind of call, without its flags.
+KIND_MASK = 0x03
+MEMORY_FIELD = struct.Struct("<q")
+GRACE_FIELD = struct.Struct("<dd")
 
 # Statuses of a reply.
 OK = 0
@@ -71,6 +86,7 @@ INIT_ERROR = 4
 LOG = 5
 RELEASED = 6
 KEPT = 7
+RECYCLED = 8
 #: Or-ed into the status: large buffers of the body are in a shared segment.
 SHARED_REPLY = 0x40
 

@@ -25,7 +25,9 @@ from multiprocessing.connection import Connection
 from typing import Any, cast
 
 from . import messages as m
+from .alarm import alarm, on_sigint
 from .codec import decode_function, encode_reply, exception_body
+from .memory import resident_bytes
 from .shm import ENABLED as SHARED_MEMORY
 from .shm import CallBuffers, ReplySegments, parse
 
@@ -148,6 +150,7 @@ def _run_chunk(
     sender: _Sender,
     mark: Any,
     base: int,
+    limits: tuple[float, float] | None = None,
 ) -> None:
     """Run ``fn`` over ``items``, publishing the index of the running item in ``mark``.
 
@@ -164,6 +167,10 @@ def _run_chunk(
     per-item store and Python loop would cost as much as such items themselves.
     A death in it then fails its items instead of one. Not when the parent needs
     one item to blame (``exact``: it may retry it) or a start time per item.
+
+    With ``limits`` (a time limit and a grace period), each item runs under the
+    alarm: one that passes its limit is interrupted, fails with TaskTimeoutError,
+    and the next item runs in the same worker.
     """
     clock_ns = time.monotonic_ns
     flush_ns = int(m.FLUSH_INTERVAL * 1e9)
@@ -216,6 +223,11 @@ def _run_chunk(
                     mark[stop_slot] = stop
                     mark[item_slot] = index
                     extend(mapper(fn, items[index:stop]))
+                elif limits is not None:
+                    for index, item in enumerate(items[index:stop], index):  # noqa: B020
+                        mark[since_slot] = clock_ns()
+                        mark[item_slot] = index
+                        append(_under_alarm(fn, item if star else (item,), {}, limits))
                 # A for loop over a slice: the fastest way to run Python per item.
                 elif timed:
                     for index, item in enumerate(items[index:stop], index):  # noqa: B020
@@ -301,17 +313,15 @@ def forget_inherited_forkserver() -> None:
     server._lock = threading.Lock()
 
 
-def _ignore_interrupt(signum: int, frame: object) -> None:
-    """SIGINT in a worker: the parent handles Ctrl-C for the whole pool."""
-
-
 def reset_signals() -> None:
     """Give this child the signal handling it needs, whatever its parent had.
 
-    SIGINT gets a handler that does nothing, not ``SIG_IGN``: an ignored signal
-    stays ignored across ``exec``, so a program a task starts could not be stopped
-    with Ctrl-C, while ``exec`` resets a handler to the default. A worker that
-    raised KeyboardInterrupt would print a traceback for every process.
+    SIGINT gets :func:`.alarm.on_sigint`, which ignores a Ctrl-C (the parent
+    handles it for the whole pool; a worker that raised KeyboardInterrupt would
+    print a traceback for every process) and raises a grace period's
+    TaskTimeoutError. A handler, not ``SIG_IGN``: an ignored signal stays ignored
+    across ``exec``, so a program a task starts could not be stopped with Ctrl-C,
+    while ``exec`` resets a handler to the default.
 
     Every other signal the host application gave a Python handler (inherited
     under fork) goes back to the default: ``terminate()`` sends SIGTERM, which
@@ -327,7 +337,7 @@ def reset_signals() -> None:
         if callable(handler):
             with contextlib.suppress(OSError, ValueError):
                 signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, _ignore_interrupt)
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 def close_inherited(fds: Sequence[int]) -> None:
@@ -392,6 +402,15 @@ def worker_main(
         call_id, kind = header.unpack_from(data)
         if kind == m.STOP:
             break
+        at = header_size
+        limit = 0
+        limits: tuple[float, float] | None = None
+        if kind & m.MEMORY:
+            (limit,) = m.MEMORY_FIELD.unpack_from(data, at)
+            at += m.MEMORY_FIELD.size
+        if kind & m.GRACE:
+            limits = m.GRACE_FIELD.unpack_from(data, at)
+            at += m.GRACE_FIELD.size
         marker[base + m.MARK_SINCE] = time.monotonic_ns()
         marker[base + m.MARK_ITEM] = 0
         marker[base + m.MARK_STOP] = 0
@@ -399,7 +418,7 @@ def worker_main(
         started = clock()
         shared: CallBuffers | None = None
         try:
-            payload = memoryview(data)[header_size:]
+            payload = memoryview(data)[at:]
             if kind & m.SHARED:
                 name, spans, start = parse(payload, 0)
                 payload = payload[start:]
@@ -423,9 +442,9 @@ def worker_main(
             _let_go(call_id, kind, shared, sender)
             continue
         del data
-        what = kind & ~(m.CLOUDPICKLED | m.SHARED | m.TIMED | m.EXACT)
+        what = kind & m.KIND_MASK
         if what == m.CALL:
-            _run_call(call_id, fn, body[0], body[1], sender, started)
+            _run_call(call_id, fn, body[0], body[1], sender, started, limits)
         else:
             _run_chunk(
                 call_id,
@@ -437,11 +456,52 @@ def worker_main(
                 sender,
                 marker,
                 base,
+                limits,
             )
         # Drop the finished call's function and arguments before waiting for the next.
         del fn, wire_fn, body
         marker[call_slot] = -1
         _let_go(call_id, kind, shared, sender)
+        if limit and _over(limit, call_id, sender):
+            break
+
+
+def _over(limit: int, call_id: int, sender: _Sender) -> bool:
+    """After a call: above ``limit`` resident bytes, say so and stop taking calls.
+
+    Checked here, before the next call is read: a call already in the pipe (read
+    ahead) goes back to the parent's queue when this worker exits.
+    """
+    rss = resident_bytes()
+    if rss is None or rss <= limit:
+        return False
+    sender.send(m.REPLY_HEADER.pack(call_id, m.RECYCLED, float(rss)))
+    return True
+
+
+def _under_alarm(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    limits: tuple[float, float],
+) -> Any:
+    """``fn(*args, **kwargs)`` with a time limit and a grace period (see ``.alarm``).
+
+    A task the alarm interrupted has timed out, whatever it did next (it may have
+    caught the error and returned, or raised another): it ends in the alarm's
+    TaskTimeoutError.
+    """
+    watch = alarm()
+    watch.arm(*limits)
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException:
+        if watch.disarm():
+            raise watch.error() from None
+        raise
+    if watch.disarm():
+        raise watch.error()
+    return value
 
 
 def _let_go(call_id: int, kind: int, shared: CallBuffers | None, sender: _Sender) -> None:
@@ -459,9 +519,10 @@ def _run_call(
     kwargs: dict[str, Any],
     sender: _Sender,
     started: float,
+    limits: tuple[float, float] | None,
 ) -> None:
     try:
-        result = fn(*args, **kwargs)
+        result = fn(*args, **kwargs) if limits is None else _under_alarm(fn, args, kwargs, limits)
     except BaseException as exc:
         sender.reply(call_id, m.ERROR, time.monotonic() - started, exception_body(exc))
     else:
