@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import dask_helpers as h  # noqa: E402
+import dask_support  # noqa: E402
 import procpool  # noqa: E402
 from procpool import DaskPool  # noqa: E402
 from procpool._errors import RemoteTraceback  # noqa: E402
@@ -52,52 +53,20 @@ PROPERTY_SETTINGS = settings(
 
 
 # Module scope, not session: the cluster (and the threads Dask leaves behind) must be
-# gone before the next test module runs, see _stop_dask_threads.
+# gone before the next test module runs, see dask_support.stop_dask_threads.
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
     """A Client of a LocalCluster: 2 worker processes x 1 thread, loopback, no dashboard."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            # Even without a dashboard the scheduler serves its health routes over
-            # HTTP, on port 8787 by default: another Dask cluster on this machine would
-            # make that a "Port 8787 is already in use" UserWarning (an error here).
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        )
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        dask_support.local_cluster(2) as cluster,
+    ):
         client = distributed.Client(cluster, set_as_default=False)
         try:
             client.wait_for_workers(2, timeout=60)
             yield client
         finally:
             client.close()
-            cluster.close()
-            _stop_dask_threads()
-
-
-def _stop_dask_threads() -> None:
-    """Stop the two threads distributed keeps after every client and cluster is closed.
-
-    Dask's callback thread and its offload thread live in process-wide executors. Left
-    running, they make every later ``os.fork()`` in this test process (the fork start
-    method of other test modules) emit Python 3.12+'s "multi-threaded fork"
-    DeprecationWarning, an error under ``filterwarnings = error``. Both executors are
-    recreated on demand: a ThreadPoolExecutor starts no thread until its first task.
-    """
-    callback_executor = getattr(distributed.Future, "_cb_executor", None)
-    if callback_executor is not None:
-        callback_executor.shutdown(wait=True)
-        distributed.Future._cb_executor = None  # Future.add_done_callback makes a new one
-    utils = sys.modules.get("distributed.utils")
-    offload = getattr(utils, "_offload_executor", None)
-    if isinstance(offload, concurrent.futures.ThreadPoolExecutor):
-        offload.shutdown(wait=True)
-        utils._offload_executor = concurrent.futures.ThreadPoolExecutor(  # type: ignore[union-attr]
-            max_workers=1, thread_name_prefix="Dask-Offload"
-        )
 
 
 @pytest.fixture

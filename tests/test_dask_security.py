@@ -8,15 +8,15 @@ settings (a configured ``Client``, the cluster object, an address plus Dask's
 config), that a client without the cluster's certificate is turned away, and that
 the runnable example of docs/security.md does what the page says.
 
-The quirks solved in tests/test_dask.py apply here too: the scheduler's HTTP routes
-go to a free port on loopback, and distributed's process-wide threads are stopped
-when the module is done (later fork-based tests would warn, an error here).
+The cluster comes from tests/dask_support.py, as tests/test_dask.py's does: the
+scheduler's HTTP routes go to a free port on loopback, and distributed's process-wide
+threads are stopped when the module is done (later fork-based tests would warn, an
+error here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import re
 import subprocess
 import sys
@@ -38,6 +38,7 @@ import dask  # noqa: E402  (after the importorskip above)
 from distributed.security import Security  # noqa: E402
 
 import dask_helpers as h  # noqa: E402
+import dask_support  # noqa: E402
 from procpool import DaskPool  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,22 +52,8 @@ CONNECT_TIMEOUT = 5.0
 @pytest.fixture(scope="module")
 def tls_cluster() -> Iterator[Any]:
     """A LocalCluster whose scheduler and worker accept TLS connections only."""
-    cluster = distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        security=Security.temporary(),
-        # The scheduler serves its HTTP routes on 8787 by default, dashboard or not:
-        # a free port instead, so another cluster on this machine is no warning.
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-    )
-    try:
+    with dask_support.local_cluster(1, security=Security.temporary()) as cluster:
         yield cluster
-    finally:
-        cluster.close()
-        _stop_dask_threads()
 
 
 @pytest.fixture(scope="module")
@@ -78,26 +65,6 @@ def tls_client(tls_cluster: Any) -> Iterator[Any]:
         yield client
     finally:
         client.close()
-
-
-def _stop_dask_threads() -> None:
-    """Stop the two threads distributed keeps after every client and cluster is closed.
-
-    A copy of the helper in tests/test_dask.py (see there): left running, they make
-    every later ``os.fork()`` of this test process emit Python 3.12+'s
-    "multi-threaded fork" DeprecationWarning, an error under ``filterwarnings = error``.
-    """
-    callback_executor = getattr(distributed.Future, "_cb_executor", None)
-    if callback_executor is not None:
-        callback_executor.shutdown(wait=True)
-        distributed.Future._cb_executor = None
-    utils = sys.modules.get("distributed.utils")
-    offload = getattr(utils, "_offload_executor", None)
-    if isinstance(offload, concurrent.futures.ThreadPoolExecutor):
-        offload.shutdown(wait=True)
-        utils._offload_executor = concurrent.futures.ThreadPoolExecutor(  # type: ignore[union-attr]
-            max_workers=1, thread_name_prefix="Dask-Offload"
-        )
 
 
 def _run_through(pool: DaskPool) -> None:
@@ -240,4 +207,4 @@ def test_daskpool_with_no_client_starts_a_cluster_only_this_program_can_use() ->
             cluster = client.cluster
         assert cluster.status.name == "closed"
     finally:
-        _stop_dask_threads()
+        dask_support.stop_dask_threads()
