@@ -601,6 +601,86 @@ def build_jobs(
     return jobs, notes
 
 
+def _measured(value: float | None, suffix: str = "") -> str:
+    """A figure as the table's "procpool measured" column shows it ("—": none)."""
+    return "—" if value is None else fmt(value) + suffix
+
+
+def _against_mp(
+    label: str,
+    unit: str,
+    cells: dict[str, Cell],
+    limit: float,
+    *,
+    of: str = "mp.Pool",
+    also: str = "",
+    **fields: Any,
+) -> Row:
+    """A headline row, judged: procpool's figure at most ``limit`` x multiprocessing.Pool's.
+
+    ``of`` names what the target compares with, ``also`` follows the measured ratio;
+    ``fields`` are the rest of the Row.
+    """
+    r = _ratio_to(cells, "mp")
+    row = Row(
+        label,
+        unit,
+        "lower",
+        cells,
+        target=f"≤ {limit}x {of}",
+        measured=_measured(r, f"x mp.Pool{also}"),
+        headline=True,
+        ref="mp",
+        **fields,
+    )
+    _judge(row, r, limit)
+    return row
+
+
+def _against_best_peer(
+    label: str, unit: str, better: str, cells: dict[str, Cell], limit: float, **fields: Any
+) -> Row:
+    """A row, judged: procpool's figure against ``limit`` x the best other library's."""
+    best = _best_peer(cells, better)
+    pp = _value(cells)
+    r = pp / best[1] if pp is not None and best else None
+    measured = f"{fmt(r)}x {CONTENDERS[best[0]].label}" if r and best else "—"
+    row = Row(label, unit, better, cells, measured=measured, **fields)
+    _judge(row, r, limit)
+    return row
+
+
+def _absolute(
+    label: str,
+    unit: str,
+    better: str,
+    cells: dict[str, Cell],
+    limit: float,
+    *,
+    suffix: str = "",
+    strict: bool = False,
+    plot_target: bool = True,
+    **fields: Any,
+) -> Row:
+    """A row, judged: procpool's own figure against ``limit`` (``strict``: "under").
+
+    ``suffix`` follows the measured figure; the plot draws the limit unless
+    ``plot_target`` is false.
+    """
+    pp = _value(cells)
+    row = Row(
+        label,
+        unit,
+        better,
+        cells,
+        measured=_measured(pp, suffix),
+        target_value=limit if plot_target else None,
+        **fields,
+    )
+    _judge(row, pp, limit, strict=strict)
+    return row
+
+
 def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]:
     """Turn medians into table rows and evaluate procpool's targets."""
     rows: list[Row] = []
@@ -617,87 +697,87 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
                 cell.value *= scale
                 cell.runs = {rep: v * scale for rep, v in cell.runs.items()}
                 cell.marks += "†"
-        r = _ratio_to(cells, "mp")
-        row = Row(
-            "B1 tiny tasks: map time",
-            "s",
-            "lower",
-            cells,
-            target="≤ 0.8x mp.Pool",
-            measured=f"{fmt(r)}x mp.Pool" if r is not None else "—",
-            group="B1",
-            metric="time",
-            goal=f"at most 0.8x {mp_name}'s time (1.25x faster)",
-            headline=True,
-            ref="mp",
+        rows.append(
+            _against_mp(
+                "B1 tiny tasks: map time",
+                "s",
+                cells,
+                0.8,
+                group="B1",
+                metric="time",
+                goal=f"at most 0.8x {mp_name}'s time (1.25x faster)",
+            )
         )
-        _judge(row, r, 0.8)
-        rows.append(row)
 
     if "B2" in jobs:
-        cells = _paired_cells(jobs["B2"], cols, lambda serial, t: serial / t)
-        sp = _value(cells)
-        row = Row(
-            "B2 CPU-bound: speed-up over serial",
-            "x",
-            "higher",
-            cells,
-            target="≥ 1.9",
-            measured=fmt(sp),
-            target_value=1.9,
-            group="B2",
-            metric="speed-up over serial code",
-            goal=f"at least 1.9x on {WORKERS} workers",
-            headline=True,
+        rows.append(
+            _absolute(
+                "B2 CPU-bound: speed-up over serial",
+                "x",
+                "higher",
+                _paired_cells(jobs["B2"], cols, lambda serial, t: serial / t),
+                1.9,
+                target="≥ 1.9",
+                group="B2",
+                metric="speed-up over serial code",
+                goal=f"at least 1.9x on {WORKERS} workers",
+                headline=True,
+            )
         )
-        _judge(row, sp, 1.9)
-        rows.append(row)
 
     if "B3" in jobs:
         job = jobs["B3"]
         cells = _cells(job, "latency_us", cols)
         floor = Cell(median_of(job, "pipe", "latency_us"), why=job.failures.get("pipe", ""))
-        r = _ratio_to(cells, "mp")
         pp = _value(cells)
         vs_pipe = pp / floor.value if pp and floor.value else None
-        row = Row(
-            "B3 latency: submit→result",
-            "µs",
-            "lower",
-            cells,
-            plot_serial=False,
-            floor=floor,
-            target="≤ 0.65x mp.Pool",
-            measured=(f"{fmt(r)}x mp.Pool, {fmt(vs_pipe)}x Pipe" if r is not None else "—"),
-            group="B3",
-            metric="round-trip time",
-            goal=f"at most 0.65x {mp_name}'s (1.54x faster)",
-            headline=True,
-            ref="mp",
+        rows.append(
+            _against_mp(
+                "B3 latency: submit→result",
+                "µs",
+                cells,
+                0.65,
+                also=f", {fmt(vs_pipe)}x Pipe",
+                plot_serial=False,
+                floor=floor,
+                group="B3",
+                metric="round-trip time",
+                goal=f"at most 0.65x {mp_name}'s (1.54x faster)",
+            )
         )
-        _judge(row, r, 0.65)
-        rows.append(row)
 
     for method in ("fork", "spawn", "forkserver", "default"):
         b4 = jobs.get(f"B4 {method}")
         if b4 is None:
             continue
         cells = _cells(b4, "time", cols)
-        row = Row(f"B4 start-up: {method}", "s", "lower", cells, group="B4")
-        pp = _value(cells)
+        label = f"B4 start-up: {method}"
         if method == "fork":
-            r = _ratio_to(cells, "mp")
-            row.target = "≤ 1.0x mp.Pool"
-            row.measured = f"{fmt(r)}x mp.Pool" if r is not None else "—"
-            row.metric, row.goal = "time with fork", f"no slower than {mp_name}"
-            row.headline, row.ref = True, "mp"
-            _judge(row, r, 1.0)
+            row = _against_mp(
+                label,
+                "s",
+                cells,
+                1.0,
+                group="B4",
+                metric="time with fork",
+                goal=f"no slower than {mp_name}",
+            )
         elif method == "default":
-            row.target = "< 0.1 s"
-            row.measured = f"{fmt(pp)} s" if pp is not None else "—"
-            row.target_value = 0.1
-            row.metric, row.goal = "time with each library's default start method", "under 0.1 s"
-            _judge(row, pp, 0.1, strict=True)
+            row = _absolute(
+                label,
+                "s",
+                "lower",
+                cells,
+                0.1,
+                suffix=" s",
+                strict=True,
+                target="< 0.1 s",
+                group="B4",
+                metric="time with each library's default start method",
+                goal="under 0.1 s",
+            )
+        else:
+            row = Row(label, "s", "lower", cells, group="B4")
         rows.append(row)
 
     if "B5" in jobs:
@@ -706,45 +786,38 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
             ("identity_mbs", "identity", "throughput, arrays sent back"),
             ("sum_mbs", "sum", "throughput, only their sums sent back"),
         ):
-            cells = _cells(job, metric, cols)
             floor = Cell(median_of(job, "copyto", metric), why=job.failures.get("copyto", ""))
-            best = _best_peer(cells, "higher")
-            pp = _value(cells)
-            r = pp / best[1] if pp is not None and best else None
-            row = Row(
-                f"B5 {sizes.b5_mb} MB arrays: {label}",
-                "MB/s",
-                "higher",
-                cells,
-                floor=floor,
-                target="≥ 2x best peer",
-                measured=f"{fmt(r)}x {CONTENDERS[best[0]].label}" if r and best else "—",
-                group="B5",
-                metric=words,
-                goal="at least 2x the best other pool's",
-                headline=label == "identity",
+            rows.append(
+                _against_best_peer(
+                    f"B5 {sizes.b5_mb} MB arrays: {label}",
+                    "MB/s",
+                    "higher",
+                    _cells(job, metric, cols),
+                    2.0,
+                    floor=floor,
+                    target="≥ 2x best peer",
+                    group="B5",
+                    metric=words,
+                    goal="at least 2x the best other pool's",
+                    headline=label == "identity",
+                )
             )
-            _judge(row, r, 2.0)
-            rows.append(row)
 
     if "B6" in jobs:
-        cells = _paired_cells(jobs["B6"], cols, lambda serial, t: t / (serial / WORKERS))
-        pp = _value(cells)
-        row = Row(
-            "B6 imbalanced: makespan / ideal",
-            "x",
-            "lower",
-            cells,
-            target="≤ 1.05",
-            measured=fmt(pp),
-            target_value=1.05,
-            group="B6",
-            metric="time against the ideal (serial time / workers)",
-            goal="at most 1.05x",
-            headline=True,
+        rows.append(
+            _absolute(
+                "B6 imbalanced: makespan / ideal",
+                "x",
+                "lower",
+                _paired_cells(jobs["B6"], cols, lambda serial, t: t / (serial / WORKERS)),
+                1.05,
+                target="≤ 1.05",
+                group="B6",
+                metric="time against the ideal (serial time / workers)",
+                goal="at most 1.05x",
+                headline=True,
+            )
         )
-        _judge(row, pp, 1.05)
-        rows.append(row)
 
     for name, buffersize, words in (
         ("B7", sizes.b7_buffersize, "the buffersize"),
@@ -754,85 +827,66 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
             rows += _b7_rows(jobs[name], cols, buffersize, words)
 
     if "B8" in jobs:
-        cells = _cells(jobs["B8"], "time", cols)
-        best = _best_peer(cells, "lower")
-        pp = _value(cells)
-        r = pp / best[1] if pp is not None and best else None
-        row = Row(
-            f"B8 {sizes.b8_mb} MB worker state: total time",
-            "s",
-            "lower",
-            cells,
-            plot_serial=False,
-            target="≤ best peer",
-            measured=f"{fmt(r)}x {CONTENDERS[best[0]].label}" if r and best else "—",
-            group="B8",
-            metric="time",
-            goal="no slower than the best other pool",
-            headline=True,
+        rows.append(
+            _against_best_peer(
+                f"B8 {sizes.b8_mb} MB worker state: total time",
+                "s",
+                "lower",
+                _cells(jobs["B8"], "time", cols),
+                1.0,
+                plot_serial=False,
+                target="≤ best peer",
+                group="B8",
+                metric="time",
+                goal="no slower than the best other pool",
+                headline=True,
+            )
         )
-        _judge(row, r, 1.0)
-        rows.append(row)
     return rows
 
 
 def _b7_rows(job: Job, cols: list[str], buffersize: int, words: str) -> list[Row]:
     """B7 or B7d: read-ahead, memory and time of ``imap`` over a generator."""
     title = "B7 imap" if job.name == "B7" else "B7d imap, default buffersize"
-    ahead = _cells(job, "read_ahead", cols)
-    pp = _value(ahead)
-    rows = [
-        Row(
+    return [
+        _absolute(
             f"{title}: items read ahead",
             "items",
             "lower",
-            ahead,
+            _cells(job, "read_ahead", cols),
+            buffersize,
+            plot_target=False,
             plot_serial=False,
             target=f"≤ {'buffersize' if job.name == 'B7' else 'default'} ({buffersize:,})",
-            measured=fmt(pp),
             group=job.name,
             metric="items read ahead of the consumer",
             goal=f"at most {words} ({buffersize:,})",
-        )
-    ]
-    _judge(rows[-1], pp, buffersize)
-    rss = _cells(job, "rss_mb", cols)
-    pp = _value(rss)
-    rows.append(
-        Row(
+        ),
+        _absolute(
             f"{title}: parent peak RSS growth",
             "MB",
             "lower",
-            rss,
+            _cells(job, "rss_mb", cols),
+            5,
+            suffix=" MB",
+            strict=True,
             plot_serial=False,
             target="< 5 MB",
-            measured=f"{fmt(pp)} MB" if pp is not None else "—",
-            target_value=5,
             group=job.name,
             metric="growth of the parent's memory",
             goal="under 5 MB",
-        )
-    )
-    _judge(rows[-1], pp, 5, strict=True)
-    t = _cells(job, "time", cols)
-    r = _ratio_to(t, "mp")
-    rows.append(
-        Row(
+        ),
+        _against_mp(
             f"{title}: total time",
             "s",
-            "lower",
-            t,
-            target="≤ 1.0x mp.Pool.imap",
-            measured=f"{fmt(r)}x mp.Pool" if r is not None else "—",
+            _cells(job, "time", cols),
+            1.0,
+            of="mp.Pool.imap",
             group=job.name,
             metric="total time",
             goal=f"no slower than {CONTENDERS['mp'].long_label}.imap",
-            headline=True,
-            ref="mp",
-        )
-    )
-    _judge(rows[-1], r, 1.0)
-    return rows
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- output

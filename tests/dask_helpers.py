@@ -111,15 +111,3 @@ def die_once_then_sleep(marker: str, seconds: float) -> float:
         os._exit(3)
     time.sleep(seconds)
     return seconds
-
-
-class Blob:
-    """A weak-referenceable result."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-
-def make_blob(n: int) -> Blob:
-    """Return Blob(n)."""
-    return Blob(n)

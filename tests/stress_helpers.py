@@ -2,7 +2,8 @@
 and /proc readers that find a pool's processes from the outside.
 
 Kept apart from helpers.py so that the stress suite and the other test modules can
-change their helpers independently.
+change their helpers independently; only the /proc process table is helpers.py's
+(``helpers.count_children`` reads it too).
 """
 
 from __future__ import annotations
@@ -13,22 +14,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from helpers import process_table
+
 # -- /proc: processes seen from outside ---------------------------------------------------
-
-
-def process_table() -> dict[int, tuple[int, str]]:
-    """Every process on the machine as ``pid -> (ppid, state)``, read from /proc."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        table[int(entry)] = (int(fields[1]), fields[0])
-    return table
 
 
 def descendants(root: int | None = None) -> dict[int, str]:

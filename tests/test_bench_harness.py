@@ -21,6 +21,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
+#: The quick run every test of its output shares: the finished process, the report's path.
+QuickRun = tuple[subprocess.CompletedProcess[str], Path]
+
+
+def _run_harness(
+    *flags: str, timeout: float, **options: object
+) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/run.py FLAGS --OPTION VALUE ...`` from the repository root,
+    output captured; an option is named by its keyword, ``_`` spelt ``-``.
+
+    Not tests/helpers.py's ``run_python``: that module imports procpool, and these
+    tests also run (and check what the harness says) where procpool does not import.
+    """
+    args = [*flags]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,41 +58,24 @@ def run_module() -> Iterator[ModuleType]:
 
 
 @pytest.fixture(scope="module")
-def quick_run(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[subprocess.CompletedProcess[str], Path]:
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     """One quick run of serial, multiprocessing.Pool and procpool, shared by the tests."""
     out = tmp_path_factory.mktemp("bench")
     report = out / "benchmarks.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "run.py"),
-            "--quick",
-            "--contenders",
-            "serial,mp,procpool",
-            "--deadline",
-            "75",
-            "--output",
-            str(report),
-            "--plot",
-            str(out / "benchmarks.png"),
-            "--json",
-            str(out / "raw.json"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    proc = _run_harness(
+        "--quick",
+        contenders="serial,mp,procpool",
+        deadline=75,
+        output=report,
+        plot=out / "benchmarks.png",
+        json=out / "raw.json",
         timeout=110,
-        check=False,
     )
     return proc, report
 
 
 @pytest.mark.timeout(120)
-def test_quick_run_prints_the_table(
-    quick_run: tuple[subprocess.CompletedProcess[str], Path],
-) -> None:
+def test_quick_run_prints_the_table(quick_run: QuickRun) -> None:
     proc, _ = quick_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -84,9 +91,7 @@ def test_quick_run_prints_the_table(
 
 
 @pytest.mark.timeout(120)
-def test_quick_run_says_what_it_skipped(
-    quick_run: tuple[subprocess.CompletedProcess[str], Path],
-) -> None:
+def test_quick_run_says_what_it_skipped(quick_run: QuickRun) -> None:
     proc, _ = quick_run
     try:
         import numpy  # noqa: F401
@@ -110,9 +115,7 @@ def _procpool_ready() -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_quick_run_measures_b7_with_the_default_buffersize(
-    quick_run: tuple[subprocess.CompletedProcess[str], Path],
-) -> None:
+def test_quick_run_measures_b7_with_the_default_buffersize(quick_run: QuickRun) -> None:
     proc, _ = quick_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     if not _procpool_ready():
@@ -128,9 +131,7 @@ def test_quick_run_measures_b7_with_the_default_buffersize(
 
 
 @pytest.mark.timeout(120)
-def test_quick_report_opens_with_a_summary_in_plain_words(
-    quick_run: tuple[subprocess.CompletedProcess[str], Path],
-) -> None:
+def test_quick_report_opens_with_a_summary_in_plain_words(quick_run: QuickRun) -> None:
     proc, report = quick_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text()
@@ -149,9 +150,7 @@ def test_quick_report_opens_with_a_summary_in_plain_words(
 
 
 @pytest.mark.timeout(120)
-def test_quick_run_writes_the_report_where_told(
-    quick_run: tuple[subprocess.CompletedProcess[str], Path],
-) -> None:
+def test_quick_run_writes_the_report_where_told(quick_run: QuickRun) -> None:
     proc, report = quick_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text()
@@ -186,31 +185,16 @@ def test_procpool_base_runs_a_second_copy_side_by_side(tmp_path: Path) -> None:
     if not _procpool_ready():
         pytest.skip("procpool.Pool is not importable here")
     report = tmp_path / "compare.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "run.py"),
-            "--quick",
-            "--reps",
-            "1",
-            "--procpool-base",
-            str(ROOT / "src"),
-            "--contenders",
-            "mp,procpool,procpool_base",
-            "--workloads",
-            "B1,B7d",
-            "--output",
-            str(report),
-            "--plot",
-            str(tmp_path / "compare.png"),
-            "--json",
-            str(tmp_path / "compare.json"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    proc = _run_harness(
+        "--quick",
+        reps=1,
+        procpool_base=ROOT / "src",
+        contenders="mp,procpool,procpool_base",
+        workloads="B1,B7d",
+        output=report,
+        plot=tmp_path / "compare.png",
+        json=tmp_path / "compare.json",
         timeout=140,
-        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The probe started pools under every start method and checked their workers.
@@ -227,14 +211,7 @@ def test_procpool_base_runs_a_second_copy_side_by_side(tmp_path: Path) -> None:
 
 
 def test_procpool_base_must_hold_procpool(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--procpool-base", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    proc = _run_harness("--quick", procpool_base=tmp_path, timeout=60)
     assert proc.returncode == 2
     assert "no procpool package" in proc.stderr
 

@@ -22,7 +22,6 @@ import math
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +37,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import dask_helpers as h  # noqa: E402
 import dask_support  # noqa: E402
+import helpers  # noqa: E402
 import procpool  # noqa: E402
 from procpool import DaskPool  # noqa: E402
 from procpool._errors import RemoteTraceback  # noqa: E402
@@ -230,52 +230,58 @@ def test_a_callback_can_shut_down_its_dask_pool(dask_client: Any, how: str) -> N
     assert [f.result(timeout=0) for f in others] == [0, 1, 2]
 
 
-def test_cancelling_a_map_reaches_a_chunk_that_was_retried(dask_client: Any, tmp_path: Any) -> None:
+@pytest.fixture
+def retrying_pool(dask_client: Any) -> Iterator[DaskPool]:
+    """A DaskPool that retries a task once; ended, and the cluster back to its two
+    workers, after the test (whose task ends a worker)."""
     pool = DaskPool(dask_client, retries=1)
     try:
-        mapped = pool.map(h.die_once_then_sleep, [str(tmp_path / "died")], [6.0], chunksize=1)
-        deadline = time.monotonic() + 60
-        while pool.stats().retried < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pool.stats().retried == 1
-        assert mapped.cancel()
-        pool.close()
-        # Nothing of the map is left to wait for: the retried task was cancelled too.
-        assert pool.join(timeout=3)
+        yield pool
     finally:
         pool.terminate()
         pool.join(30)
         dask_client.wait_for_workers(2, timeout=60)
+
+
+def _wait_for_one_retry(pool: DaskPool) -> None:
+    """Wait (60 s at most) until the pool has retried a task, then check it did once."""
+    deadline = time.monotonic() + 60
+    while pool.stats().retried < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool.stats().retried == 1
+
+
+def test_cancelling_a_map_reaches_a_chunk_that_was_retried(
+    retrying_pool: DaskPool, tmp_path: Any
+) -> None:
+    pool = retrying_pool
+    mapped = pool.map(h.die_once_then_sleep, [str(tmp_path / "died")], [6.0], chunksize=1)
+    _wait_for_one_retry(pool)
+    assert mapped.cancel()
+    pool.close()
+    # Nothing of the map is left to wait for: the retried task was cancelled too.
+    assert pool.join(timeout=3)
 
 
 def test_cancelling_an_imap_reaches_a_chunk_that_was_retried(
-    dask_client: Any, tmp_path: Any
+    retrying_pool: DaskPool, tmp_path: Any
 ) -> None:
-    pool = DaskPool(dask_client, retries=1)
-    try:
-        stream = pool.imap(functools.partial(h.die_once_then_sleep, str(tmp_path / "died")), [6.0])
-        deadline = time.monotonic() + 60
-        while pool.stats().retried < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pool.stats().retried == 1
-        stream.close()  # type: ignore[attr-defined]
-        pool.close()
-        assert pool.join(timeout=3)
-    finally:
-        pool.terminate()
-        pool.join(30)
-        dask_client.wait_for_workers(2, timeout=60)
+    pool = retrying_pool
+    stream = pool.imap(functools.partial(h.die_once_then_sleep, str(tmp_path / "died")), [6.0])
+    _wait_for_one_retry(pool)
+    stream.close()  # type: ignore[attr-defined]
+    pool.close()
+    assert pool.join(timeout=3)
 
 
 def test_map_iteration_keeps_no_yielded_result_alive(pool: DaskPool) -> None:
-    for results in (pool.map(h.make_blob, range(6), chunksize=2), pool.imap(h.make_blob, range(6))):
-        alive = []
-        for blob in results:
-            ref = weakref.ref(blob)
-            del blob
-            gc.collect()
-            alive.append(ref() is not None)
-        assert not any(alive)
+    # helpers.make_blob runs on the Dask workers: they import tests/helpers.py by name
+    # as they do dask_helpers (the nanny hands them this process's sys.path).
+    for results in (
+        pool.map(helpers.make_blob, range(6), chunksize=2),
+        pool.imap(helpers.make_blob, range(6)),
+    ):
+        assert not any(helpers.kept_alive(results))
 
 
 def test_await_gives_the_result(pool: DaskPool) -> None:
@@ -326,12 +332,15 @@ def test_a_killed_worker_fails_only_its_task_with_worker_lost_error(
     assert pool.submit(h.square, 3).result(timeout=30) == 9
 
 
+# Two worker deaths, each followed by a nanny restart that a loaded machine can
+# make slow: more time than the module's default.
+@pytest.mark.timeout(300)
 def test_retries_submit_again_after_a_killed_worker(pool: DaskPool, dask_client: Any) -> None:
     fut = pool.options(retries=1).submit(h.exit_worker, 4)
     with pytest.raises(procpool.WorkerLostError):
-        fut.result(timeout=90)
+        fut.result(timeout=120)
     assert pool.stats().retried == 1
-    dask_client.wait_for_workers(2, timeout=60)
+    dask_client.wait_for_workers(2, timeout=150)
 
 
 def test_unpicklable_argument_or_result_is_a_serialization_error(pool: DaskPool) -> None:
@@ -548,6 +557,24 @@ def test_map_items_over_the_limit_fail_alone(pool: DaskPool) -> None:
         except procpool.TaskTimeoutError:
             outcomes.append("timeout")
     assert outcomes == [1, "timeout", 3]
+
+
+def test_a_grace_period_lets_a_late_task_clean_up(pool: DaskPool, tmp_path: Any) -> None:
+    import helpers
+
+    marker = tmp_path / "cleaned-up"
+    late = pool.options(timeout=0.5, grace=10).submit(
+        helpers.sleep_in_steps_with_cleanup, str(marker), 60
+    )
+    with pytest.raises(procpool.TaskTimeoutError, match="stopped within its grace") as info:
+        late.result(timeout=60)
+    assert info.value.killed is False
+    assert marker.read_text() == "cleaned up"
+
+
+def test_daskpool_refuses_a_memory_limit_per_worker(pool: DaskPool) -> None:
+    with pytest.raises(ValueError, match="memory_limit"):
+        pool.options(max_memory_per_worker="1 GiB")
 
 
 def test_retry_timeouts_runs_a_late_task_again(pool: DaskPool) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +37,7 @@ from distributed.security import Security  # noqa: E402
 
 import dask_helpers as h  # noqa: E402
 import dask_support  # noqa: E402
+import helpers  # noqa: E402
 from procpool import DaskPool  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -174,14 +173,7 @@ def _docs_example() -> str:
 def test_the_tls_example_of_the_security_page_runs(tmp_path: Path) -> None:
     script = tmp_path / "dask_tls.py"
     script.write_text(_docs_example(), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=tmp_path,
-        check=False,
-    )
+    done = helpers.run_python(script, timeout=50, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 3, done.stdout

@@ -21,8 +21,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -751,16 +749,9 @@ def test_300_mixed_lifecycles_leak_nothing(start_method: str) -> None:
     afterwards the same processes (the forkserver and the resource tracker, started
     by the warm-up, included), no zombie, the same threads (Python's and the OS's),
     file descriptors and /dev/shm entries as before."""
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", str(SCRIPTS / "stress_lifecycles.py"), start_method, "300"],
-        capture_output=True,
-        text=True,
-        timeout=840,
-        check=False,
+    proc = helpers.run_script_cleanly(
+        SCRIPTS / "stress_lifecycles.py", start_method, 300, timeout=840
     )
-    assert proc.returncode == 0, proc.stderr
-    # No ResourceWarning, no resource_tracker complaint, nothing at all on stderr.
-    assert proc.stderr == ""
     report = json.loads(proc.stdout)
     print(f"\n{start_method}: {report}")
     assert report["leftovers"] == {}
@@ -780,15 +771,7 @@ RSS_GROWTH_MIB = 16
 
 @pytest.mark.timeout(300)
 def test_rss_stays_bounded_over_20000_submits(start_method: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", str(SCRIPTS / "stress_rss.py"), start_method, "20000"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    proc = helpers.run_script_cleanly(SCRIPTS / "stress_rss.py", start_method, 20000, timeout=280)
     report = json.loads(proc.stdout)
     print(f"\n{start_method}: {report}")
     assert max(report["growth_mib"]) < RSS_GROWTH_MIB, report
@@ -1190,16 +1173,9 @@ def test_a_second_pools_workers_exit_by_themselves_when_it_closes(start_method: 
     not hang in something inherited from the parent until the pool kills them."""
     # Block-buffered output, which only a process that ends normally flushes.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", str(SCRIPTS / "stress_two_pools.py"), start_method],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-        env=env,
+    proc = helpers.run_script_cleanly(
+        SCRIPTS / "stress_two_pools.py", start_method, timeout=100, env=env
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
     lines = proc.stdout.splitlines()
     assert lines[-1].startswith("POOL B USED"), proc.stdout
     printed = sorted(line for line in lines if line.endswith("from pool b"))
