@@ -47,5 +47,8 @@ test-all: $(STAMP)
 bench:
 	$(MAKE) -C benchmarks bench
 
+bench-quick:
+	$(MAKE) -C benchmarks bench-quick
+
 clean:
 	rm -rf $(VENV) .venv-* dist build docs/_build .mypy_cache .pytest_cache .ruff_cache .nox

@@ -513,6 +513,7 @@ class TypedExecutor(Executor, abc.ABC):
     # -- the with-block ---------------------------------------------------------------
 
     def __enter__(self) -> Self:
+        """Return the pool itself; leaving the block ends it (see ``__exit__``)."""
         return self
 
     def __exit__(
