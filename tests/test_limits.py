@@ -48,7 +48,9 @@ def test_workers_that_grow_are_replaced_and_every_result_arrives(start_method: s
     # for the interpreter's own pages).
     assert worst <= (200 + 50 + 16) * MiB, worst / MiB
     assert report["recycled"] >= 100 * 50 // 200 // 2
-    assert report["replaced"] >= report["recycled"]
+    # Every recycled worker is replaced, except one retired after a closed pool's
+    # last call (nothing left to run): at most one per worker slot.
+    assert report["recycled"] - 2 <= report["replaced"] <= report["recycled"]
     calls_per_worker: dict[int, int] = {}
     for pid, _ in readings:
         calls_per_worker[pid] = calls_per_worker.get(pid, 0) + 1

@@ -37,8 +37,9 @@ class PoolStats:
     workers_started: int
     workers_replaced: int
     busy_seconds: tuple[float, ...]
-    #: Workers replaced because their resident memory passed ``max_memory_per_worker``
-    #: (they are counted in ``workers_replaced`` too).
+    #: Workers retired because their resident memory passed ``max_memory_per_worker``.
+    #: Each is replaced (and counted in ``workers_replaced`` too) unless the pool is
+    #: closed and has nothing left to run, as after a closed pool's last task.
     recycled: int = 0
 
 
