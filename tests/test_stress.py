@@ -1037,11 +1037,13 @@ def _pool_machine(start_method: str, root: Path) -> type[Any]:
             else:
 
                 def submit_more(_: object) -> None:
-                    state = self.state
                     try:
                         self._submit(x)
                     except procpool.PoolClosedError:
-                        if state == "open":
+                        # Read after the refusal: the rules set the state before they
+                        # end the pool, so "open" now means the pool refused while open
+                        # (read before, a close on the main thread could come between).
+                        if self.state == "open":
                             self.problems.append("a callback's submit was refused by an open pool")
 
                 source.fut.add_done_callback(submit_more)
