@@ -86,15 +86,19 @@ def test_holding_many_array_results_does_not_exhaust_descriptors(start_method: s
 
 @needs_shm
 def test_result_arrays_keep_no_descriptor_past_the_budget() -> None:
-    before = len(os.listdir("/proc/self/fd"))
     with procpool.Pool(1, context="fork") as pool:
+        # After a first array result every descriptor of the pool's own is open (how
+        # many depends on what earlier tests started, the resource tracker for one).
+        first = pool.submit(arrays.make, 0, 2).result(timeout=30)
+        before = len(os.listdir("/proc/self/fd"))
         held = pool.map(arrays.make, range(40), [2] * 40, chunksize=1).result()
         opened = len(os.listdir("/proc/self/fd")) - before
+    assert float(first[0]) == 0.0
     assert [float(a[0]) for a in held] == [float(i) for i in range(40)]
     if sys.version_info >= (3, 13):
-        assert opened <= 6  # the pool's own pipes; the 40 mappings keep none
+        assert opened <= 2  # the 40 mappings keep none
     else:
-        assert opened <= _shm.fd_budget() + 6
+        assert opened <= _shm.fd_budget() + 2
 
 
 # -- 3. terminate() ends in-flight call segments at once --------------------------------
