@@ -89,7 +89,7 @@ class DirectPath:
             if not (
                 d.state is Lifecycle.RUNNING
                 and not d.exiting
-                and d.workers.get(worker.slot) is worker
+                and d.workers.is_live(worker)
                 and not worker.dying
                 and not worker.claimed
                 and len(worker.outstanding) == 1
@@ -124,7 +124,7 @@ class DirectPath:
     def _read_claimed(self, worker: Worker, call: Call) -> bool:
         """Apply what a claimed worker sent; True once there is nothing left to wait for."""
         d = self.d
-        if d.workers.get(worker.slot) is not worker or worker.dying:
+        if not d.workers.is_live(worker) or worker.dying:
             return True
         conn = worker.result_conn
         try:
@@ -140,7 +140,7 @@ class DirectPath:
         """Give a claimed worker's result pipe back to the dispatcher (holding ``lock``)."""
         d = self.d
         worker.claimed = False
-        if d.exiting or d.workers.get(worker.slot) is not worker or worker.dying:
+        if d.exiting or not d.workers.is_live(worker) or worker.dying:
             return  # its exit is the dispatcher's business, pipe or not
         # Level-triggered: a reply that came meanwhile wakes the dispatcher at once.
         d.workers.waiter.register(worker.result_conn, (worker, RESULT))

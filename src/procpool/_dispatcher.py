@@ -302,7 +302,7 @@ class Dispatcher:
             replies = [
                 (key[0], self.workers.receive(key[0]))
                 for key in ready
-                if key is not None and key[1] == RESULT and self.workers.get(key[0].slot) is key[0]
+                if key is not None and key[1] == RESULT and self.workers.is_live(key[0])
             ]
             with lock:
                 # Replies first: what a worker sent before it died counts.
@@ -313,7 +313,7 @@ class Dispatcher:
                         self.workers.wakeup.drain()
                         continue
                     worker, what = key
-                    if what == RESULT or self.workers.get(worker.slot) is not worker:
+                    if what == RESULT or not self.workers.is_live(worker):
                         continue
                     if what == EXITED:
                         self.settler.on_exit(worker)
@@ -330,7 +330,7 @@ class Dispatcher:
             if reply is None:
                 continue
             worker.unapplied -= 1
-            if self.workers.get(worker.slot) is worker:
+            if self.workers.is_live(worker):
                 self.settler.on_reply(worker, reply)
 
     def _idle(self) -> bool:

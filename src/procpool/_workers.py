@@ -449,7 +449,7 @@ class WorkerSet:
 
     def discard(self, worker: Worker) -> None:
         """Forget a worker that has exited: its segments, its pipes, its process."""
-        if self.by_slot.get(worker.slot) is worker:
+        if self.is_live(worker):
             del self.by_slot[worker.slot]
         for lease in worker.leases.values():
             lease.end(False)
