@@ -39,9 +39,26 @@ def _segments(pid: int) -> list[str]:
 # -- 1. a parent killed while a worker writes a result ----------------------------------
 
 
-@needs_shm
-@pytest.mark.parametrize("attempt", range(2))
-def test_a_parent_killed_mid_write_leaves_no_segment(start_method: str, attempt: int) -> None:
+def _reply_written(name: str) -> bool:
+    """Whether the worker has filled result segment ``name`` (its last value is set)."""
+    try:
+        with open(f"/dev/shm/{name}", "rb") as segment:
+            size = os.fstat(segment.fileno()).st_size
+            if size < 8:
+                return False  # not reserved yet
+            segment.seek(size - 8)
+            return segment.read(8) != bytes(8)
+    except FileNotFoundError:
+        return True  # already read and removed by the parent
+
+
+def _kill_the_parent_of_a_writer(start_method: str, *, unread: bool) -> None:
+    """Kill a pool's parent while its worker writes a 300 MB result, then look at /dev/shm.
+
+    ``unread``: stop the parent first and kill it only once the worker has written
+    the result and sent its reply, which then waits unread in the pipe; the worker
+    learns of the death from its pipes and its watch thread at the same moment.
+    """
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "killed_mid_write.py"), start_method],
         stdout=subprocess.PIPE,
@@ -50,12 +67,16 @@ def test_a_parent_killed_mid_write_leaves_no_segment(start_method: str, attempt:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "READY"
-        # Kill the parent the moment a worker has created its result segment: it is
-        # then reserving and filling 300 MB, for a few hundred milliseconds.
+        # Kill (or stop) the parent the moment a worker has created its result
+        # segment: it is then reserving and filling 300 MB, for a few hundred ms.
         deadline = time.monotonic() + 30
-        while not any("-w" in n for n in _segments(proc.pid)):
+        while not (written := [n for n in _segments(proc.pid) if "-w" in n]):
             assert time.monotonic() < deadline, "no result segment appeared"
             time.sleep(0.0005)
+        if unread:
+            proc.send_signal(signal.SIGSTOP)
+            assert helpers.wait_for(lambda: _reply_written(written[0]), timeout=30)
+            time.sleep(0.2)  # the reply header follows the last byte at once
         proc.kill()
         proc.wait(10)
         assert helpers.wait_for(lambda: not _segments(proc.pid), timeout=2), _segments(proc.pid)
@@ -64,6 +85,20 @@ def test_a_parent_killed_mid_write_leaves_no_segment(start_method: str, attempt:
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@needs_shm
+@pytest.mark.parametrize("attempt", range(2))
+def test_a_parent_killed_mid_write_leaves_no_segment(start_method: str, attempt: int) -> None:
+    _kill_the_parent_of_a_writer(start_method, unread=False)
+
+
+@needs_shm
+@pytest.mark.parametrize("attempt", range(2))
+def test_a_parent_killed_with_a_reply_unread_leaves_no_segment(
+    start_method: str, attempt: int
+) -> None:
+    _kill_the_parent_of_a_writer(start_method, unread=True)
 
 
 # -- 2. descriptors: no number of held results exhausts them ------------------------------

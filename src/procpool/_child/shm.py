@@ -81,6 +81,11 @@ KEEP_SEGMENTS_PER_WORKER = 3
 KEEP_BYTES = 512 * 1024 * 1024
 _ALIGN = 64
 _GRAIN = 1024 * 1024
+#: Bytes copied into a segment per step. One slice assignment holds the GIL for
+#: the whole copy (seconds for a few hundred MB on a loaded machine, page faults
+#: included); between steps other threads run: a worker's watch thread removes
+#: the segment within a step of the parent's death, its alarm fires on time.
+_COPY_STEP = 8 * 1024 * 1024
 #: Names tried for one segment before the message falls back to the pipe.
 NAME_TRIES = 8
 #: Where POSIX shared memory lives on Linux: listed to clean up by prefix.
@@ -258,7 +263,10 @@ def _fill(
     view = memoryview(target)
     try:
         for buffer, (offset, size) in zip(buffers, spans, strict=True):
-            view[offset : offset + size] = buffer.raw()
+            raw = buffer.raw()
+            for at in range(0, size, _COPY_STEP):
+                end = min(at + _COPY_STEP, size)
+                view[offset + at : offset + end] = raw[at:end]
     finally:
         view.release()
     return _COUNT.pack(len(spans)) + b"".join(_SPAN.pack(*span) for span in spans)

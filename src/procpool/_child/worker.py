@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from . import messages as m
 from .alarm import alarm, on_sigint
@@ -34,6 +34,9 @@ from .shm import CallBuffers, ReplySegments, parse
 #: This worker's result segments, unlinked if the parent dies before reading them
 #: (the one being written too).
 _reply_segments: ReplySegments | None = None
+
+#: Held by the first thread to find the parent gone, until the process ends.
+_orphan_lock = threading.Lock()
 
 #: How often a worker checks that its parent is still alive.
 _PARENT_CHECK_INTERVAL = 0.2
@@ -78,7 +81,16 @@ def _poll_parent(parent_pid: int) -> None:
             _orphaned()
 
 
-def _orphaned() -> None:
+def _orphaned() -> NoReturn:
+    """The parent is gone: remove the result segments it will never read, then exit.
+
+    Two threads find out at the same moment: the watch thread, and the worker loop
+    (end-of-file on the task pipe, or a broken result pipe). Whichever comes first
+    sweeps; the other waits on the lock until ``os._exit`` ends both. Had the loop
+    simply returned, the interpreter could exit in the middle of the watch
+    thread's sweep and leave the segment of a reply that waited unread in the pipe.
+    """
+    _orphan_lock.acquire()
     if _reply_segments is not None:
         _reply_segments.forget_all()
     os._exit(1)
@@ -95,7 +107,11 @@ class _Sender:
 
     def send(self, data: bytes) -> None:
         with self.lock:
-            self.conn.send_bytes(data)
+            try:
+                self.conn.send_bytes(data)
+            except OSError:
+                # The parent closes our pipes only after we exit: it is gone.
+                _orphaned()
 
     def reply(self, call_id: int, status: int, elapsed: float, body: object) -> None:
         try:
@@ -398,7 +414,7 @@ def worker_main(
         try:
             data = task_conn.recv_bytes()
         except (EOFError, OSError):
-            break
+            _orphaned()  # the parent stops us with STOP, never by closing the pipe
         call_id, kind = header.unpack_from(data)
         if kind == m.STOP:
             break
