@@ -224,10 +224,6 @@ class WorkerSet:
         """The live workers (a view: copy it if the set may change while you loop)."""
         return self.by_slot.values()
 
-    def get(self, slot: int) -> Worker | None:
-        """The worker in ``slot``, if any."""
-        return self.by_slot.get(slot)
-
     def is_live(self, worker: Worker) -> bool:
         """Whether ``worker`` still holds its slot (it may have been discarded)."""
         return self.by_slot.get(worker.slot) is worker
