@@ -436,19 +436,19 @@ def sleep_with_cleanup(path: str, seconds: float) -> str:
 
 
 def ignore_the_interrupt(seconds: float) -> str:
-    """Sleep ``seconds``, swallowing TaskTimeoutError and sleeping on."""
+    """Sleep ``seconds``, swallowing TimeLimitInterrupt and sleeping on."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        with contextlib.suppress(procpool.TaskTimeoutError):
+        with contextlib.suppress(procpool.TimeLimitInterrupt):
             time.sleep(max(0.0, deadline - time.monotonic()))
     return "ignored"
 
 
 def catch_the_interrupt_and_return(seconds: float) -> str:
-    """Sleep; on TaskTimeoutError return normally (the future still times out)."""
+    """Sleep; on TimeLimitInterrupt return normally (the future still times out)."""
     try:
         time.sleep(seconds)
-    except procpool.TaskTimeoutError:
+    except procpool.TimeLimitInterrupt:
         return "caught"
     return "slept"
 

@@ -43,7 +43,7 @@ def main() -> None:
         print(f"8 leaky tasks ran in {len(set(pids))} workers")
     print(f"workers recycled for memory: {pool.stats().recycled}")
 
-    # At 0.5 s the task gets TaskTimeoutError raised inside it; its finally block
+    # At 0.5 s the task gets TimeLimitInterrupt raised inside it; its finally block
     # runs. Had it not stopped within the 5 s grace period, it would have been killed.
     scratch = Path(tempfile.mkdtemp()) / "export.tmp"
     with procpool.Pool(1) as pool:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import SerializationError as SerializationError
     from ._errors import TaskTimeoutError as TaskTimeoutError
+    from ._errors import TimeLimitInterrupt as TimeLimitInterrupt
     from ._errors import WorkerLostError as WorkerLostError
     from ._future import Future as Future
     from ._mapfuture import MapFuture as MapFuture
@@ -53,6 +54,7 @@ __all__ = (
     "SerializationError",
     "StartMethod",
     "TaskTimeoutError",
+    "TimeLimitInterrupt",
     "WorkerLostError",
     "__version__",
     "spawn",
@@ -75,6 +77,7 @@ _WHERE = {
     "SerializationError": "._errors",
     "StartMethod": "._context",
     "TaskTimeoutError": "._errors",
+    "TimeLimitInterrupt": "._errors",
     "WorkerLostError": "._errors",
     "spawn": "._process",
 }

@@ -63,7 +63,7 @@ class DaskPool(TypedExecutor):
             limit fails with :class:`~procpool.TaskTimeoutError`; Dask cannot stop
             it, so its thread on the worker runs on and the result is thrown away.
         task_grace: default grace period, in seconds: at its time limit
-            ``TaskTimeoutError`` is raised inside the task's thread (its
+            ``TimeLimitInterrupt`` is raised inside the task's thread (its
             ``finally`` blocks run) and the task waits this long for it to end
             before it fails. Dask cannot kill a thread: one that runs on after its
             grace period is left to finish, and its result is thrown away.

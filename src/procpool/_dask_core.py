@@ -102,12 +102,12 @@ def from_worker(exc: BaseException) -> BaseException:
     if isinstance(exc, TimedOut):
         if exc.stopped:
             what = (
-                "TaskTimeoutError was raised inside it, and it stopped within its grace "
+                "TimeLimitInterrupt was raised inside it, and it stopped within its grace "
                 f"period of {exc.grace:g} s"
             )
         elif exc.grace is not None:
             what = (
-                f"TaskTimeoutError was raised inside it, and it had not stopped {exc.grace:g} s "
+                f"TimeLimitInterrupt was raised inside it, and it had not stopped {exc.grace:g} s "
                 "later; Dask cannot stop a thread: it runs on until the function returns, and "
                 "the result is discarded"
             )

@@ -67,6 +67,11 @@ from ._workers import EXITED, RESULT, Reply, Worker, WorkerSet, WorkerSpec
 
 LOGGER = logging.getLogger("procpool")
 
+#: How long a worker told to exit may take before it is killed and its slot
+#: refilled. Exiting takes milliseconds; only a non-daemon thread a task left
+#: running (or an exit handler that hangs) takes longer.
+RETIRE_SECONDS = 1.0
+
 
 class Dispatcher:
     """Owns the queue and the lifecycle of one pool, and coordinates its parts.
@@ -103,6 +108,14 @@ class Dispatcher:
         self._woken = False
         #: Outstanding calls with a time limit; deadlines are looked at only if any.
         self.timed = 0
+        #: Workers told to exit (STOP, or over their memory limit), and when each is
+        #: killed if it is still there: a thread a task left behind can hold it.
+        self.retirements: dict[Worker, float] = {}
+        #: Emptied slots whose next worker starts later (monotonic time): after
+        #: deaths from outside, restarts back off instead of racing the killer.
+        self.restarts: dict[int, float] = {}
+        #: Consecutive workers killed from outside before they did any work.
+        self.outside_deaths = 0
 
         #: Shared memory for large call arguments (None where unsupported).
         self.segments = SegmentPool(workers) if SHARED_MEMORY else None
@@ -294,7 +307,9 @@ class Dispatcher:
                 if state is Lifecycle.CLOSED and self._idle():
                     self.exiting = True
                     return
-                timeout = self._next_deadline() if self.timed else None
+                timeout = (
+                    self._next_wakeup() if self.timed or self.retirements or self.restarts else None
+                )
             ready = self.workers.wait(timeout)
             # Replies are read and unpickled before taking the lock, so submitting
             # and consuming threads are not held up by the unpickling. Only this
@@ -322,6 +337,8 @@ class Dispatcher:
                             self.workers.flush(worker)
                 if self.timed:
                     self._check_deadlines()
+                if self.retirements or self.restarts:
+                    self._check_timers()
 
     def _apply(self, replies: list[tuple[Worker, Reply | None]]) -> None:
         # A method of its own: the loop's variables would keep the last reply alive
@@ -342,8 +359,12 @@ class Dispatcher:
     # ------------------------------------------------------------------------------
     # deaths, time limits, cancellation
 
-    def replace(self, slot: int) -> None:
-        """Start a worker in an emptied ``slot``, unless the pool is stopping."""
+    def replace(self, slot: int, delay: float = 0.0) -> None:
+        """Start a worker in an emptied ``slot`` (``delay`` s from now), unless the pool is stopping."""
+        if delay > 0:
+            self.restarts[slot] = time.monotonic() + delay
+            return
+        self.restarts.pop(slot, None)
         if self.state not in (Lifecycle.RUNNING, Lifecycle.CLOSED):
             return
         if slot in self.workers:
@@ -352,6 +373,33 @@ class Dispatcher:
             return
         self._start_worker(slot)
         self.stats.workers_replaced += 1
+
+    def retire(self, worker: Worker) -> None:
+        """``worker`` was told to exit: kill it if it has not within ``RETIRE_SECONDS``."""
+        worker.retiring = True
+        self.retirements[worker] = time.monotonic() + RETIRE_SECONDS
+
+    def _check_timers(self) -> None:
+        now = time.monotonic()
+        for worker, due in list(self.retirements.items()):
+            if due <= now:
+                del self.retirements[worker]
+                # Its calls went back to the queue when it was told to exit.
+                self.settler.kill(worker, "retired")
+        for slot, due in list(self.restarts.items()):
+            if due <= now:
+                self.replace(slot)
+
+    def _next_wakeup(self) -> float | None:
+        """Seconds until the nearest deadline, retirement or restart (None: none)."""
+        waits = [
+            due - time.monotonic() for due in (*self.retirements.values(), *self.restarts.values())
+        ]
+        if self.timed:
+            deadline = self._next_deadline()
+            if deadline is not None:
+                waits.append(deadline)
+        return max(0.0, min(waits)) if waits else None
 
     def _timed_heads(self) -> Iterator[tuple[Worker, int, float, int, int]]:
         """Each live worker whose current call has a time limit, as (worker, call id,

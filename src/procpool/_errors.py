@@ -8,6 +8,8 @@
           ├── TaskTimeoutError     (also TimeoutError)
           ├── PoolClosedError      (also RuntimeError)
           └── SerializationError
+    BaseException
+     └── TimeLimitInterrupt        raised inside a task at its time limit (grace period)
 
 A task's own exception is never wrapped: it reaches the caller with its own type,
 and the worker-side traceback hangs on ``__cause__`` as a :class:`RemoteTraceback`,
@@ -20,7 +22,7 @@ import signal
 from concurrent.futures.process import BrokenProcessPool
 from typing import Literal
 
-from ._child.errors import ProcpoolError, TaskTimeoutError
+from ._child.errors import ProcpoolError, TaskTimeoutError, TimeLimitInterrupt
 
 __all__ = [
     "LossCause",
@@ -29,6 +31,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "TaskTimeoutError",
+    "TimeLimitInterrupt",
     "WorkerLostError",
     "describe_exitcode",
     "loss_cause",
@@ -82,7 +85,7 @@ def describe_exitcode(exitcode: int | None, *, oom: bool | None = None) -> str:
             )
         cause = _LIKELY_CAUSE.get(sig)
         return f"{text}: {cause}" if cause else text
-    return f"exited with code {exitcode} (os._exit or sys.exit in the task?)"
+    return f"exited with code {exitcode} (os._exit in the task, or exit() in native code?)"
 
 
 def loss_cause(exitcode: int | None, *, oom: bool | None = None) -> LossCause:

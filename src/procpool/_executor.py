@@ -14,6 +14,7 @@ import abc
 import copy
 import enum
 import math
+import numbers
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
@@ -37,8 +38,17 @@ T5 = TypeVar("T5")
 
 
 def check_timeout(name: str, value: float | None) -> None:
-    """Reject a negative (or NaN) number of seconds, naming the argument."""
-    if value is not None and not value >= 0:  # `not >=` also rejects NaN
+    """Reject anything but None or a number of seconds >= 0, naming the argument.
+
+    Raises:
+        TypeError: not a number (a bool or a string such as ``"1"`` included).
+        ValueError: a negative number, or NaN.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be None or a number of seconds, not {value!r}")
+    if not value >= 0:  # `not >=` also rejects NaN
         raise ValueError(f"{name} must be None or a number of seconds >= 0, not {value!r}")
 
 
@@ -127,6 +137,10 @@ _UNITS = {
 }
 
 
+#: The largest memory limit a worker can be told (a signed 64-bit field, 8 EiB).
+MAX_MEMORY_BYTES = 2**63 - 1
+
+
 def memory_bytes(name: str, value: int | str | None) -> int | None:
     """Read a memory size: bytes as an int, or a string such as ``"2 GiB"`` or ``"500MB"``.
 
@@ -134,7 +148,8 @@ def memory_bytes(name: str, value: int | str | None) -> int | None:
     1024), in any case.
 
     Raises:
-        ValueError: naming the argument, for anything else, or a size below 1 byte.
+        ValueError: naming the argument, for anything else, a size below 1 byte,
+            or one above :data:`MAX_MEMORY_BYTES`.
     """
     if value is None:
         return None
@@ -145,17 +160,21 @@ def memory_bytes(name: str, value: int | str | None) -> int | None:
         try:
             size = float(number) * _UNITS[unit]
         except (KeyError, ValueError):
+            size = math.nan
+        if not math.isfinite(size):  # "1e400 B", "nan MB"
             raise ValueError(
                 f"{name} must be a number of bytes or a size such as '2 GiB' or '500 MB', "
                 f"not {value!r}"
-            ) from None
-        value = int(size)
+            )
+        value = min(int(size), MAX_MEMORY_BYTES + 1)
     elif isinstance(value, bool) or not isinstance(value, int):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(
             f"{name} must be a number of bytes or a size such as '2 GiB', not {value!r}"
         )
     if value < 1:
         raise ValueError(f"{name} must be at least 1 byte, not {value!r}")
+    if value > MAX_MEMORY_BYTES:
+        raise ValueError(f"{name} must be at most 2**63 - 1 bytes (8 EiB), not {value!r}")
     return value
 
 
@@ -215,8 +234,15 @@ class TypedExecutor(Executor, abc.ABC):
                 delivers the result and is replaced before it takes another
                 task. ``Pool`` only.
             grace: with a time limit, seconds between interrupting a task at its
-                limit (``TaskTimeoutError`` is raised inside it, so its
-                ``finally`` blocks run) and killing it if it has not stopped.
+                limit (:class:`~procpool.TimeLimitInterrupt` is raised inside it,
+                so its ``finally`` blocks run) and killing it if it has not
+                stopped. Needs a time limit: ``timeout`` in the same call, or
+                the pool's ``task_timeout``.
+
+        Raises:
+            TypeError: a number of seconds that is not a number.
+            ValueError: a negative number, a memory size that is not one, or
+                ``grace`` without a time limit.
         """
         check_timeout("timeout", timeout)
         check_count("retries", retries, 0)
@@ -224,8 +250,13 @@ class TypedExecutor(Executor, abc.ABC):
         memory = memory_bytes("max_memory_per_worker", max_memory_per_worker)
         if memory is not None:
             self._check_memory_limit()
-        view = copy.copy(self)
         current = self._options
+        if grace is not None and timeout is None and current.timeout is None:
+            raise ValueError(
+                f"grace={grace!r} needs a time limit: pass timeout= in the same options() "
+                "call, or give the pool a task_timeout"
+            )
+        view = copy.copy(self)
         view._options = Options(
             finite(timeout) if timeout is not None else current.timeout,
             retries if retries is not None else current.retries,

@@ -135,7 +135,7 @@ class Feeder:
                 and not worker.outstanding
                 and worker.sent >= d.max_tasks
             ):
-                worker.retiring = True
+                d.retire(worker)
                 with contextlib.suppress(OSError):
                     d.workers.write(worker, m.CALL_HEADER.pack(0, m.STOP))
 
@@ -149,6 +149,6 @@ class Feeder:
             job.requeue(call)
         elif isinstance(job, MapJob):
             job.in_flight -= 1
-            job.hand_back(call.start + call.worker_done, call.stop)
+            job.hand_back(call.start + call.worker_done, call.stop, exact=call.exact)
         d.queue[id(job)] = job
         d.queue.move_to_end(id(job), last=False)

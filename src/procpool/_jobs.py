@@ -71,10 +71,28 @@ READ_AHEAD_BELOW_SECONDS = 0.004
 class Call:
     """One message to one worker: a whole single job, or a range of a map job."""
 
-    __slots__ = ("data", "grace", "id", "job", "lease", "start", "stop", "timeout", "worker_done")
+    __slots__ = (
+        "data",
+        "exact",
+        "grace",
+        "id",
+        "job",
+        "lease",
+        "start",
+        "stop",
+        "timeout",
+        "worker_done",
+    )
 
     def __init__(
-        self, job: Job, data: bytes, lease: Lease | None, start: int = 0, stop: int = 1
+        self,
+        job: Job,
+        data: bytes,
+        lease: Lease | None,
+        start: int = 0,
+        stop: int = 1,
+        *,
+        exact: bool = False,
     ) -> None:
         self.id: int = m.CALL_HEADER.unpack_from(data)[0]
         self.job = job
@@ -86,6 +104,8 @@ class Call:
         self.stop = stop
         #: How many items, counted from ``start``, the parent has results for.
         self.worker_done = 0
+        #: A chunk whose items the worker marks one by one, however fast (EXACT).
+        self.exact = exact
         self.timeout = job.timeout
         #: Seconds between the worker interrupting the call at ``timeout`` and a kill.
         self.grace = job.grace if job.timeout is not None else None
@@ -233,8 +253,9 @@ class MapJob(Job):
         self.group = group if group is not None else self
         self.next_index = 0
         self.size = len(items)
-        #: Ranges handed back (never started, or retried), served before new items.
-        self.pending: deque[tuple[int, int]] = deque()
+        #: Ranges handed back (to run again, or never started), served before new
+        #: items: (start, stop, exact), exact if a death must be blamed on one item.
+        self.pending: deque[tuple[int, int, bool]] = deque()
         self.attempts: dict[int, int] = {}
         self.timing = timing if timing is not None else Timing()
         self.in_flight = 0
@@ -300,8 +321,9 @@ class MapJob(Job):
             items = self.items
             if items is None or self.fn is None:
                 return None
+            exact = False
             if self.pending:
-                start, stop = self.pending.popleft()
+                start, stop, exact = self.pending.popleft()
             elif self.next_index < self.size:
                 start = self.next_index
                 stop = min(self.size, start + self._chunk_size(workers))
@@ -313,7 +335,7 @@ class MapJob(Job):
             try:
                 data, lease = encode_call(
                     new_call_id(),
-                    kind,
+                    (kind | m.EXACT) if exact else kind,
                     self.fn,
                     (chunk,),
                     self.cloud,
@@ -323,7 +345,9 @@ class MapJob(Job):
             except Unpicklable as exc:
                 if stop - start > 1:
                     # Find the culprit(s): hand the range out again one item at a time.
-                    self.pending.extendleft(reversed([(i, i + 1) for i in range(start, stop)]))
+                    self.pending.extendleft(
+                        reversed([(i, i + 1, exact) for i in range(start, stop)])
+                    )
                 else:
                     error = _item_serialization_error(self, start, chunk[0], exc)
                     self.failed_here += self.map_future.set_item_exception(start, error)
@@ -331,7 +355,7 @@ class MapJob(Job):
             self.in_flight += 1
             self.encoded_items += stop - start
             self.encoded_bytes += len(data) + (lease.segment.size if lease is not None else 0)
-            return Call(self, data, lease, start, stop)
+            return Call(self, data, lease, start, stop, exact=exact)
 
     def read_ahead_pays(self) -> bool:
         timing = self.timing
@@ -341,10 +365,10 @@ class MapJob(Job):
         size = self.fixed if self.fixed is not None else 1
         return per_item * size < READ_AHEAD_BELOW_SECONDS or per_item < READ_AHEAD_BELOW_SECONDS / 4
 
-    def hand_back(self, start: int, stop: int) -> None:
-        """Queue items ``start..stop`` again (they never started)."""
+    def hand_back(self, start: int, stop: int, *, exact: bool = False) -> None:
+        """Queue items ``start..stop`` again, ahead of the rest (``exact``: see ``pending``)."""
         if start < stop:
-            self.pending.appendleft((start, stop))
+            self.pending.appendleft((start, stop, exact))
 
     def describe(self, call: Call, index: int) -> str:
         return f"item {self.base_index + index} of map({self.name}, ...)"

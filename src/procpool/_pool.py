@@ -122,7 +122,7 @@ class Pool(TypedExecutor):
             On expiry the worker is killed and replaced and the future fails with
             :class:`TaskTimeoutError`; the other tasks go on.
         task_grace: default grace period, in seconds: at its time limit a task
-            is first interrupted (:class:`TaskTimeoutError` raised inside it, so
+            is first interrupted (:class:`TimeLimitInterrupt` raised inside it, so
             its ``finally`` blocks and ``with`` blocks run), and killed only if it
             has not stopped ``task_grace`` seconds later. None: killed at the limit.
         max_memory_per_worker: bytes (or ``"2 GiB"``, ``"500 MB"``...): after a

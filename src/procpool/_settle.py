@@ -2,9 +2,11 @@
 
 A reply resolves a task, or delivers a batch of a map's items. A dead, killed or
 timed-out worker fails exactly the item it was running (the shared marker says
-which; a block of tiny items is failed as a whole), loses the results it had not
-sent, and gives every call it had not started back to the queue, or runs an
-item again when retries are on. ``terminate()`` and a broken pool end every
+which), or runs it again when retries are on. Every other item of its calls
+goes back to the queue: those it had not started, those it had finished but
+whose results it had not sent yet (they run twice), and a block of tiny items
+it ran as one, whose item at fault is then found by running it again item by
+item. ``terminate()`` and a broken pool end every
 unfinished future at once. Every outcome is counted once, and only if it
 reached its future.
 
@@ -20,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import signal
 from typing import TYPE_CHECKING, Any
 
 from ._child import messages as m
+from ._child.errors import Expired, NotPickled
 from ._errors import (
-    LossCause,
     ProcpoolError,
     RemoteTraceback,
     SerializationError,
@@ -43,10 +46,32 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("procpool")
 
-#: Consecutive workers that die before answering anything before the pool gives up.
+#: Consecutive workers that die by the program's doing before answering anything
+#: before the pool gives up.
 MAX_STARTUP_FAILURES = 3
-#: The cause of a loss when procpool stopped the worker itself (give_up_calls' reason).
-_STOPPED_FOR: dict[str, LossCause] = {"timeout": "timeout", "cancelled": "cancel"}
+#: After a worker killed from outside before doing any work, the next one starts
+#: this much later (s), doubling with each such death in a row, up to the maximum.
+FIRST_RESTART_DELAY = 0.01
+MAX_RESTART_DELAY = 1.0
+#: Signals a process gets by its own fault (native code crashing or aborting).
+_CRASH_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE", "SIGILL", "SIGSYS", "SIGTRAP")
+    if hasattr(signal, name)
+)
+
+
+def caused_by_program(exitcode: int | None, oom: bool | None) -> bool:
+    """Whether a process that ended with ``exitcode`` ended by the program's doing.
+
+    An exit (any code), a crash signal, or the out-of-memory killer: yes. Any
+    other signal (SIGKILL, SIGTERM...) comes from outside.
+    """
+    if oom:
+        return True
+    if exitcode is None:
+        return False
+    return exitcode >= 0 or -exitcode in _CRASH_SIGNALS
 
 
 class Settler:
@@ -62,7 +87,7 @@ class Settler:
         if status == UNEXPECTED:
             return
         worker.replied = True
-        self.d.startup_failures = 0
+        self.d.startup_failures = self.d.outside_deaths = 0
         if status in (m.RELEASED, m.KEPT):
             lease = worker.leases.pop(call_id, None)
             if lease is not None:
@@ -70,10 +95,11 @@ class Settler:
             return
         if status == m.RECYCLED:
             # Above its memory limit after a call: it exits before reading another,
-            # and whatever it was sent meanwhile goes back to the queue when it does.
-            worker.retiring = True
+            # so whatever it was sent meanwhile goes back to the queue now.
             worker.resident = int(elapsed)
             self.d.stats.recycled += 1
+            self.give_up_calls(worker, "retired", None)
+            self.d.retire(worker)
             return
         if status == m.LOG:
             self._replay_log(reply.data)
@@ -123,7 +149,10 @@ class Settler:
         elif status == m.ERROR:
             self.resolve(job, exception=self._remote_error(job, call, call.start, body))
         else:  # BAD_PICKLE
-            self.fail_call(job, call, call.start + call.worker_done, SerializationError(body))
+            index = call.start + call.worker_done
+            self.fail_call(
+                job, call, index, SerializationError(f"{job.describe(call, index)}: {body}")
+            )
 
     def _remote_error(
         self, job: Job, call: Call, index: int, body: tuple[BaseException | None, str]
@@ -134,17 +163,27 @@ class Settler:
                 f"{job.describe(call, index)} raised an exception that could not be sent "
                 f"back (it does not pickle); its traceback:\n{tb}"
             )
-        if call.grace is not None and isinstance(exc, TaskTimeoutError) and not exc.killed:
-            # Interrupted at its limit by the worker's alarm, and stopped within its
-            # grace period (see _child.alarm): the worker lives on.
+        if isinstance(exc, NotPickled):
+            return SerializationError(
+                f"the result of {job.describe(call, index)} could not be pickled ({exc}); "
+                "return only picklable data from tasks"
+            )
+        if isinstance(exc, Expired):
+            # Reached its limit, was interrupted by the worker's alarm and stopped
+            # within its grace period (see _child.alarm): the worker lives on. Only
+            # this report counts as the pool's time limit: a TaskTimeoutError the
+            # task raised itself is the task's own error.
             self.d.stats.timed_out += 1
-            exc = TaskTimeoutError(
+            error = TaskTimeoutError(
                 f"{job.describe(call, index)} ran past its time limit of {call.timeout:g} s: "
-                f"TaskTimeoutError was raised inside it, and it stopped within its grace "
-                f"period of {call.grace:g} s; its worker lives on",
+                "it was interrupted (TimeLimitInterrupt raised inside it) and stopped "
+                f"within its grace period of {call.grace:g} s; its worker lives on",
                 timeout=call.timeout,
                 killed=False,
             )
+            if tb:
+                error.__cause__ = RemoteTraceback(tb)
+            return error
         exc.__cause__ = RemoteTraceback(tb)
         return exc
 
@@ -222,10 +261,21 @@ class Settler:
         self.fail_everything(error, cancel=False)
 
     def on_exit(self, worker: Worker) -> None:
-        """A worker's sentinel fired: account for its calls, reap it, replace it."""
+        """A worker's sentinel fired: account for its calls, reap it, replace it.
+
+        A worker that dies before doing any work counts toward the broken-pool
+        verdict only if the program killed it (an exit, a crash in native code,
+        the out-of-memory killer): an unimportable main module or an initializer
+        that ends the process fails every worker alike. A signal from outside
+        says nothing about the program; the next worker then starts after a
+        delay that doubles with each such death in a row.
+        """
         self.d.workers.drain(worker, self.on_reply)
         worker.process.join()
         exitcode = worker.process.exitcode
+        self.d.retirements.pop(worker, None)
+        oom: bool | None = None
+        delay = 0.0
         if not worker.dying:
             # Calls are written to a worker as soon as it starts, so a worker that
             # dies while starting up has calls too; only the marker (reset when the
@@ -233,17 +283,24 @@ class Settler:
             began = bool(worker.outstanding) and (
                 self.d.workers.marker(worker)[0] == worker.outstanding[0].id
             )
-            self.give_up_calls(worker, "died", exitcode)
+            oom = worker.oom.killed(exitcode)
+            self.give_up_calls(worker, "died", exitcode, oom)
             if worker.retiring and exitcode == 0:
                 pass
             elif not worker.replied and not began:
-                self.d.startup_failures += 1
+                if caused_by_program(exitcode, oom):
+                    self.d.startup_failures += 1
+                else:
+                    self.d.outside_deaths += 1
+                    delay = min(
+                        MAX_RESTART_DELAY, FIRST_RESTART_DELAY * 2 ** (self.d.outside_deaths - 1)
+                    )
         self.d.workers.discard(worker)
         if self.d.startup_failures >= MAX_STARTUP_FAILURES:
             error = ProcpoolError(
                 f"{self.d.name}: {self.d.startup_failures} workers in a row died before doing any "
-                f"work (last one {describe_exitcode(exitcode)}). Under spawn or forkserver the "
-                "main module must be importable and guard its code with "
+                f"work (last one {describe_exitcode(exitcode, oom=oom)}). Under spawn or "
+                "forkserver the main module must be importable and guard its code with "
                 "`if __name__ == '__main__':`; and an initializer must not end the process"
             )
             self.d.broken = error
@@ -251,7 +308,7 @@ class Settler:
                 self.d.state = Lifecycle.BROKEN
             self.fail_everything(error, cancel=False)
             return
-        self.d.replace(worker.slot)
+        self.d.replace(worker.slot, delay)
 
     def kill(self, worker: Worker, reason: str) -> None:
         """Kill a worker now and settle its calls; the sentinel reaps it later."""
@@ -263,8 +320,13 @@ class Settler:
             worker.process.kill()
         self.give_up_calls(worker, reason, None)
 
-    def give_up_calls(self, worker: Worker, reason: str, exitcode: int | None) -> None:
-        """Settle the calls of a worker that is gone: blame one item, hand back the rest."""
+    def give_up_calls(
+        self, worker: Worker, reason: str, exitcode: int | None, oom: bool | None = None
+    ) -> None:
+        """Settle the calls of a worker that is gone: blame one item, hand back the rest.
+
+        ``oom``: whether the out-of-memory killer killed it, where the system can tell.
+        """
         calls = list(worker.outstanding)
         worker.outstanding.clear()
         self.d.timed -= sum(call.timeout is not None for call in calls)
@@ -283,47 +345,25 @@ class Settler:
             self.d.feeder.requeue(head)  # it never started
             return
         pid = worker.process.pid
-        # Whether the out-of-memory killer did it, where the system can tell.
-        oom = worker.oom.killed(exitcode) if reason == "died" else None
-        cause: LossCause = _STOPPED_FOR.get(reason) or loss_cause(exitcode, oom=oom)
         if isinstance(job, MapJob):
             job.in_flight -= 1
             running = head.start + max(mark_item, head.worker_done)
             # A block of tiny items is marked as a whole (see _worker._run_chunk):
             # any of it may have been the one running. A bound at or below the
             # next item is an earlier block's, left behind by per-item marking.
-            mark_stop = self.d.workers.block_stop(worker)
-            block_stop = max(head.start + mark_stop, running + 1)
-            self._lose(
-                job,
-                head,
-                range(head.start + head.worker_done, running),
-                f" finished, but its worker (pid {pid}) was stopped ({reason}) before it "
-                "sent the result",
-                exitcode,
-                pid,
-                cause,
-            )
+            block_stop = max(head.start + self.d.workers.block_stop(worker), running + 1)
+            # Handed back back to front: the queue serves them in input order.
             job.hand_back(block_stop, head.stop)
             if block_stop == running + 1:
                 self._blame(job, head, running, reason, exitcode, pid, oom)
             else:
-                # Never a retry or a time limit: such chunks are marked item by item.
-                block = (
-                    f"items {job.base_index + running} to {job.base_index + block_stop - 1} "
-                    f"of map({job.name}, ...)"
-                )
-                self._lose(
-                    job,
-                    head,
-                    range(running, block_stop),
-                    f": its worker (pid {pid}) {describe_exitcode(exitcode, oom=oom)}; it was running "
-                    f"{block}, fast items it runs as one block, so this item or another of "
-                    "them is at fault (chunksize=1 blames the exact item)",
-                    exitcode,
-                    pid,
-                    cause,
-                )
+                # Never with retries or a time limit: such chunks are marked item
+                # by item. Which of the block was at fault is unknown, so none is
+                # failed for it: the block runs again marked item by item, and the
+                # item at fault is found (it runs twice).
+                job.hand_back(running, block_stop, exact=True)
+            # Finished, but their results died with the worker: they run again.
+            job.hand_back(head.start + head.worker_done, running)
             if job.map_future.done():
                 job.release()
             elif not job.exhausted:
@@ -368,8 +408,8 @@ class Settler:
         error: BaseException
         if timed_out:
             late = (
-                f"; TaskTimeoutError was raised inside it, and it had not stopped {call.grace:g} s "
-                "later"
+                f"; it was interrupted (TimeLimitInterrupt raised inside it) and had not "
+                f"stopped {call.grace:g} s later"
                 if call.grace is not None
                 else ""
             )
@@ -391,23 +431,6 @@ class Settler:
             self.d.stats.failed += job.map_future.set_item_exception(index, error)
         else:
             self.resolve(job, exception=error)
-
-    def _lose(
-        self,
-        job: MapJob,
-        call: Call,
-        indices: range,
-        why: str,
-        exitcode: int | None,
-        pid: int | None,
-        cause: LossCause,
-    ) -> None:
-        """Fail map items with a ``WorkerLostError`` saying which item and ``why``."""
-        for index in indices:
-            lost = WorkerLostError(
-                f"{job.describe(call, index)}{why}", exitcode=exitcode, pid=pid, cause=cause
-            )
-            self.d.stats.failed += job.map_future.set_item_exception(index, lost)
 
     def fail_everything(self, error: BaseException | None, *, cancel: bool) -> None:
         """End every unfinished future: cancel it, or fail it with ``error``."""

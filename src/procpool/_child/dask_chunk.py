@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from .errors import TaskTimeoutError
+from .errors import TimeLimitInterrupt
 
 T = TypeVar("T")
 
@@ -45,14 +45,13 @@ class TimedOut(Exception):
         self.stopped = stopped
 
 
-class _Interrupted(TaskTimeoutError):
+class _Interrupted(TimeLimitInterrupt):
     """Raised inside a call's thread at its time limit, when it has a grace period."""
 
     def __init__(self) -> None:
         super().__init__(
-            "the task ran past its time limit and was interrupted "
-            "(TaskTimeoutError raised inside it)",
-            killed=False,
+            "the task reached its time limit; procpool interrupts it so that its cleanup "
+            "runs: let this exception propagate"
         )
 
 
@@ -88,7 +87,7 @@ def call_limited(
     The call runs in a helper thread so that the Dask task answers on time even
     when the function is stuck in C code. The clock starts when the worker starts
     the task, so time spent waiting in the scheduler's queue never counts. With a
-    ``grace`` period, ``TaskTimeoutError`` is first raised inside the call (its
+    ``grace`` period, ``TimeLimitInterrupt`` is first raised inside the call (its
     ``finally`` blocks run) and the task waits up to ``grace`` seconds for it to
     end; a thread cannot be killed, so one that runs on is left to finish.
     """

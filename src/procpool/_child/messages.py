@@ -70,7 +70,7 @@ EXACT = 0x04
 #: worker above that many resident bytes exits (``max_memory_per_worker``).
 MEMORY = 0x40
 #: Or-ed into the kind: ``GRACE_FIELD`` follows: at the time limit the worker
-#: raises TaskTimeoutError inside the task; the parent kills it ``grace`` s later.
+#: raises TimeLimitInterrupt inside the task; the parent kills it ``grace`` s later.
 GRACE = 0x80
 #: The kind of call, without its flags.
 KIND_MASK = 0x03

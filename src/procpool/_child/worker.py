@@ -24,9 +24,11 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn, cast
 
+from . import alarm as alarms
 from . import messages as m
-from .alarm import alarm, on_sigint
-from .codec import decode_function, encode_reply, exception_body
+from .alarm import on_sigint, shield_thread
+from .codec import decode_function, encode_reply, exception_body, format_exception
+from .errors import Expired, NotPickled
 from .memory import resident_bytes
 from .shm import ENABLED as SHARED_MEMORY
 from .shm import CallBuffers, ReplySegments, parse
@@ -70,11 +72,13 @@ def watch_parent(parent_pid: int) -> None:
 
 
 def _wait_for_exit(pidfd: int) -> None:
+    shield_thread()
     select.select([pidfd], [], [])
     _orphaned()
 
 
 def _poll_parent(parent_pid: int) -> None:
+    shield_thread()
     while True:
         time.sleep(_PARENT_CHECK_INTERVAL)
         if os.getppid() != parent_pid:
@@ -107,23 +111,25 @@ class _Sender:
 
     def send(self, data: bytes) -> None:
         with self.lock:
+            # A time limit's interrupt must not cut a message in half (the parent
+            # would read garbage from then on): the alarm waits while we write.
+            watch = alarms.current()
+            if watch is not None:
+                watch.critical += 1
             try:
                 self.conn.send_bytes(data)
             except OSError:
                 # The parent closes our pipes only after we exit: it is gone.
                 _orphaned()
+            finally:
+                if watch is not None:
+                    watch.critical -= 1
 
     def reply(self, call_id: int, status: int, elapsed: float, body: object) -> None:
         try:
             data = encode_reply(call_id, status, elapsed, body, self.segments)
         except Exception as exc:
-            data = encode_reply(
-                call_id,
-                m.BAD_PICKLE,
-                elapsed,
-                f"the result could not be pickled ({type(exc).__name__}: {exc}); "
-                "return only picklable data from tasks",
-            )
+            data = encode_reply(call_id, m.ERROR, elapsed, (NotPickled.of(exc), ""))
         self.send(data)
 
 
@@ -185,8 +191,8 @@ def _run_chunk(
     one item to blame (``exact``: it may retry it) or a start time per item.
 
     With ``limits`` (a time limit and a grace period), each item runs under the
-    alarm: one that passes its limit is interrupted, fails with TaskTimeoutError,
-    and the next item runs in the same worker.
+    alarm: one that reaches its limit is interrupted, is reported as Expired (the
+    parent's TaskTimeoutError), and the next item runs in the same worker.
     """
     clock_ns = time.monotonic_ns
     flush_ns = int(m.FLUSH_INTERVAL * 1e9)
@@ -241,9 +247,10 @@ def _run_chunk(
                     extend(mapper(fn, items[index:stop]))
                 elif limits is not None:
                     for index, item in enumerate(items[index:stop], index):  # noqa: B020
-                        mark[since_slot] = clock_ns()
+                        since = mark[since_slot] = clock_ns()
                         mark[item_slot] = index
-                        append(_under_alarm(fn, item if star else (item,), {}, limits))
+                        args = item if star else (item,)
+                        append(_under_alarm(fn, args, {}, since, limits[0]))
                 # A for loop over a slice: the fastest way to run Python per item.
                 elif timed:
                     for index, item in enumerate(items[index:stop], index):  # noqa: B020
@@ -264,7 +271,7 @@ def _run_chunk(
                 # raised (list.extend keeps what it appended before the error).
                 index = offset + len(values)
                 append(None)
-                errors[index] = exception_body(exc)
+                errors[index] = _failure(exc)
                 index += 1
         end = clock_ns()
         per_item = (end - now) // count
@@ -299,11 +306,7 @@ def _encode_items_one_by_one(
             pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             values[i] = None
-            errors[offset + i] = (
-                None,
-                f"the result could not be pickled ({type(exc).__name__}: {exc}); "
-                "return only picklable data from tasks",
-            )
+            errors[offset + i] = (NotPickled.of(exc), "")
     return encode_reply(call_id, m.ITEMS, elapsed, (offset, values, errors or None, True))
 
 
@@ -334,8 +337,7 @@ def reset_signals() -> None:
 
     SIGINT gets :func:`.alarm.on_sigint`, which ignores a Ctrl-C (the parent
     handles it for the whole pool; a worker that raised KeyboardInterrupt would
-    print a traceback for every process) and raises a grace period's
-    TaskTimeoutError. A handler, not ``SIG_IGN``: an ignored signal stays ignored
+    print a traceback for every process). A handler, not ``SIG_IGN``: an ignored signal stays ignored
     across ``exec``, so a program a task starts could not be stopped with Ctrl-C,
     while ``exec`` resets a handler to the default.
 
@@ -427,7 +429,7 @@ def worker_main(
         if kind & m.GRACE:
             limits = m.GRACE_FIELD.unpack_from(data, at)
             at += m.GRACE_FIELD.size
-        marker[base + m.MARK_SINCE] = time.monotonic_ns()
+        since = marker[base + m.MARK_SINCE] = time.monotonic_ns()
         marker[base + m.MARK_ITEM] = 0
         marker[base + m.MARK_STOP] = 0
         marker[call_slot] = call_id
@@ -460,7 +462,7 @@ def worker_main(
         del data
         what = kind & m.KIND_MASK
         if what == m.CALL:
-            _run_call(call_id, fn, body[0], body[1], sender, started, limits)
+            _run_call(call_id, fn, body[0], body[1], sender, started, since, limits)
         else:
             _run_chunk(
                 call_id,
@@ -499,25 +501,39 @@ def _under_alarm(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    limits: tuple[float, float],
+    since: int,
+    timeout: float,
 ) -> Any:
-    """``fn(*args, **kwargs)`` with a time limit and a grace period (see ``.alarm``).
+    """``fn(*args, **kwargs)``, interrupted ``timeout`` s after ``since`` (see ``.alarm``).
 
-    A task the alarm interrupted has timed out, whatever it did next (it may have
-    caught the error and returned, or raised another): it ends in the alarm's
-    TaskTimeoutError.
+    A task that reached its deadline has timed out, whatever it did next (it may
+    have caught the interrupt and returned, or raised another error): it ends in
+    :class:`Expired`, chained to what it raised. The alarm raises only in the
+    task's own frames, never in this one.
     """
-    watch = alarm()
-    watch.arm(*limits)
+    watch = alarms.alarm()
+    watch.arm(since, timeout)
     try:
         value = fn(*args, **kwargs)
-    except BaseException:
+    except BaseException as exc:
         if watch.disarm():
-            raise watch.error() from None
+            raise Expired() from exc
         raise
     if watch.disarm():
-        raise watch.error()
+        raise Expired()
     return value
+
+
+def _failure(exc: BaseException) -> tuple[BaseException | None, str]:
+    """The reply body of a call (or an item) that raised ``exc``.
+
+    A timed-out task is reported as :class:`Expired` with the traceback of where
+    the interrupt found it (what it raised), not with procpool's own frames.
+    """
+    if isinstance(exc, Expired):
+        cause = exc.__cause__
+        return (Expired(), format_exception(cause) if cause is not None else "")
+    return exception_body(exc)
 
 
 def _let_go(call_id: int, kind: int, shared: CallBuffers | None, sender: _Sender) -> None:
@@ -535,11 +551,16 @@ def _run_call(
     kwargs: dict[str, Any],
     sender: _Sender,
     started: float,
+    since: int,
     limits: tuple[float, float] | None,
 ) -> None:
     try:
-        result = fn(*args, **kwargs) if limits is None else _under_alarm(fn, args, kwargs, limits)
+        result = (
+            fn(*args, **kwargs)
+            if limits is None
+            else _under_alarm(fn, args, kwargs, since, limits[0])
+        )
     except BaseException as exc:
-        sender.reply(call_id, m.ERROR, time.monotonic() - started, exception_body(exc))
+        sender.reply(call_id, m.ERROR, time.monotonic() - started, _failure(exc))
     else:
         sender.reply(call_id, m.OK, time.monotonic() - started, result)
