@@ -127,14 +127,18 @@ class DirectPath:
         if not d.workers.is_live(worker) or worker.dying:
             return True
         conn = worker.result_conn
-        try:
-            while worker.reply_waiting():
-                d.settler.on_reply(worker, d.workers.decode(worker, conn.recv_bytes()))
-                if not worker.outstanding or worker.outstanding[0] is not call:
-                    return True
-        except (EOFError, OSError):
-            return True  # exiting: the sentinel tells the dispatcher
-        return False
+        while True:
+            # Only the read means "exiting": an OSError out of applying a reply
+            # (an error type of the task's, say) must not pass for a broken pipe.
+            try:
+                if not worker.reply_waiting():
+                    return False
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return True  # exiting: the sentinel tells the dispatcher
+            d.settler.on_reply(worker, d.workers.decode(worker, data))
+            if not worker.outstanding or worker.outstanding[0] is not call:
+                return True
 
     def _unclaim(self, worker: Worker) -> None:
         """Give a claimed worker's result pipe back to the dispatcher (holding ``lock``)."""
