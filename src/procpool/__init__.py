@@ -108,4 +108,10 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names and the module's dunders; not what the package imports for itself.
+
+    ``importlib``, ``sys``, ``types``, ``TYPE_CHECKING`` and ``annotations`` are this
+    file's tools, and ``_publish``, ``_WHERE`` and loaded submodules are private.
+    """
+    dunders = {name for name in globals() if name.startswith("__") and name.endswith("__")}
+    return sorted(dunders | set(__all__))
