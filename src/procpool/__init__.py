@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._errors import SerializationError as SerializationError
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import WorkerLostError as WorkerLostError
+    from ._executor import Executor as Executor
     from ._future import Future as Future
     from ._mapfuture import MapFuture as MapFuture
     from ._pool import Pool as Pool
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DaskPool",
+    "Executor",
     "Future",
     "MapFuture",
     "Pool",
@@ -62,6 +64,7 @@ __all__ = (
 # which imports this package, and must not pay for the pool, asyncio or Dask.
 _WHERE = {
     "DaskPool": "._dask",
+    "Executor": "._executor",
     "Future": "._future",
     "MapFuture": "._mapfuture",
     "Pool": "._pool",
