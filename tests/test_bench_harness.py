@@ -2,11 +2,10 @@
 
 These are not timed tests: no figure is asserted, only that the harness runs to
 the end, prints its summary and its table with a status per target, writes the
-reports where it is told to (never over docs/), with a short page for users beside
-the full one, says why it skips what
-it cannot run here (the development venv has neither numpy nor the peer
-libraries), and measures a second copy of procpool (``--procpool-base``) whose
-workers are checked to run that copy.
+reports where it is told to (never over docs/), a short page for users beside the
+full one, says why it skips what it cannot run here (the development venv has
+neither numpy nor the peer libraries), and measures a second copy of procpool
+(``--procpool-base``) whose workers are checked to run that copy.
 """
 
 from __future__ import annotations
