@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest docs bench bench-quick test-all clean
+.PHONY: demo check test lint typecheck pytest docs bench bench-quick test-all clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ pytest: $(STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow"
 
 test: lint typecheck docs pytest
+
+# The quick inner loop (about a minute here): lint, mypy, pyright, and the tests a
+# change most likely breaks, under the fork start method only. `make test` is the gate.
+CHECK_TESTS := tests/test_pool.py tests/test_callbacks.py tests/test_faults.py \
+	tests/test_limits.py tests/test_process.py tests/test_properties.py \
+	tests/test_round_trip.py tests/test_layers.py tests/test_exports.py tests/test_cli.py \
+	tests/test_type_messages.py
+check: lint $(STAMP)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pyright
+	PROCPOOL_TEST_START_METHODS=fork $(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow" \
+		$(CHECK_TESTS)
 
 # The whole suite, slow stress tests included, on every supported Python, and
 # CPython's own executor tests against procpool.Pool on 3.13 (nox: tests, cpython).

@@ -969,8 +969,12 @@ def _quantity(v: float, unit: str) -> str:
     return f"{fmt(v)} {unit}"
 
 
-def _versus(row: Row, key: str) -> str:
-    """procpool against library ``key`` on ``row``, in words."""
+def _versus(row: Row, key: str, *, plain: bool = False) -> str:
+    """procpool against library ``key`` on ``row``, in words.
+
+    ``plain`` (the users' page): ratios to two digits, and "about as fast" within
+    5 %, less than a figure moves from one run to the next.
+    """
     pp, other = _value(row.cells), _value(row.cells, key)
     name = CONTENDERS[key].long_label
     if pp is None or other is None:
@@ -978,7 +982,14 @@ def _versus(row: Row, key: str) -> str:
     if row.unit == "x" or not pp or not other:  # already a ratio: just show theirs
         return f"{name} {_quantity(other, row.unit)}"
     times = other / pp if row.better == "lower" else pp / other  # > 1: procpool is better
-    if fmt(times) == "1.00":
+    if plain:
+        if 0.95 <= times <= 1.05:
+            phrase = f"about as fast as {name}"
+        elif times > 1:
+            phrase = f"{times:.2g}x faster than {name}"
+        else:
+            phrase = f"{1 / times:.2g}x slower than {name}"
+    elif fmt(times) == "1.00":
         phrase = f"as fast as {name}"
     elif times > 1:
         phrase = f"{fmt(times)}x faster than {name}"
@@ -1041,17 +1052,100 @@ def render_summary(rows: list[Row], sizes: Sizes, keys: list[str], quick: bool) 
             if r is not head:
                 clauses.append(f"{metric}: {figure}, target {r.goal} — {_verdict(r)}.")
                 continue
-            std = r.ref if _value(r.cells, r.ref) is not None else None
-            std = std or (_best_of(r.cells, r.better, STDLIB) or ("", 0.0))[0]
-            best = _best_of(r.cells, r.better, others)
-            compared = [_versus(r, std)] if std else []
-            if best:
-                compared.append(_versus(r, best[0]) + ", the best of the other libraries")
+            compared = _compared(r, others)
             clauses.append(
                 f"{metric}: {'; '.join([figure, *compared])}. Target: {r.goal} — {_verdict(r)}."
             )
         lines.append("- " + " ".join(clauses))
     return intro + "\n\n" + "\n".join(lines)
+
+
+def _compared(row: Row, others: list[str], *, plain: bool = False) -> list[str]:
+    """procpool against the standard library and the best other library, in words."""
+    std = row.ref if _value(row.cells, row.ref) is not None else None
+    std = std or (_best_of(row.cells, row.better, STDLIB) or ("", 0.0))[0]
+    best = _best_of(row.cells, row.better, others)
+    compared = [_versus(row, std, plain=plain)] if std else []
+    if best:
+        compared.append(
+            _versus(row, best[0], plain=plain)
+            + ("" if plain else ", the best of the other libraries")
+        )
+    return compared
+
+
+def _headlines(rows: list[Row]) -> list[Row]:
+    """One row per workload: the figure a user compares libraries by."""
+    heads = []
+    for group in dict.fromkeys(r.group for r in rows if r.group):
+        members = [r for r in rows if r.group == group and r.goal]
+        head = next((r for r in members if r.headline), members[0] if members else None)
+        if head is not None and _value(head.cells) is not None:
+            heads.append(head)
+    return heads
+
+
+def _machine_in_brief(machine: list[str]) -> str:
+    """CPU, cores, memory, OS and Python from the machine description, in one sentence."""
+    wanted = ("CPU", "Cores", "Memory", "Python")
+    parts = [m.split(": ", 1)[1] for m in machine if m.split(": ", 1)[0] in wanted]
+    return "; ".join(parts)
+
+
+def render_user_page(
+    rows: list[Row],
+    sizes: Sizes,
+    keys: list[str],
+    quick: bool,
+    machine: list[str],
+    full_page: str,
+    png: str | None,
+) -> str:
+    """docs/benchmarks.md: what to expect, one line per workload; the plot; how it was measured.
+
+    For users, on one laptop screen: no targets, no run logs, no table of every
+    library (those are on ``full_page``, for contributors).
+    """
+    others = [k for k in keys if k not in (*STDLIB, *OURS, "serial")]
+    peers = _and([CONTENDERS[k].label for k in others]) if others else ""
+    topics = _topics(sizes)
+    lines = []
+    for r in _headlines(rows):
+        title, _, what = topics.get(r.group, r.group).partition(": ")
+        metric = r.metric[:1].upper() + r.metric[1:]
+        compared = _compared(r, others, plain=True)
+        figure = f"procpool {_quantity(_value(r.cells) or 0.0, r.unit)}"
+        lines.append(f"- **{title}** ({what}). {metric}: {'; '.join([figure, *compared])}.")
+    intro = (
+        "What to expect from procpool next to the standard library's pools "
+        "(`multiprocessing.Pool`, `concurrent.futures.ProcessPoolExecutor`)"
+        + (f" and the best of {peers} on each workload" if peers else "")
+        + f", all with {WORKERS} worker processes on a {WORKERS}-core machine."
+    )
+    if quick:
+        intro += " **Quick mode: tiny sizes, the figures mean nothing.**"
+    parts = [
+        "# Benchmarks\n",
+        GENERATED_NOTE + "\n",
+        intro + "\n",
+        "\n".join(lines) + "\n",
+    ]
+    if png is not None:
+        parts.append(f"![procpool, the standard library and the best other pool]({png})\n")
+    parts += [
+        "## How it was measured\n",
+        f"Each figure is the median of {_runs_text(sizes)}, each in a fresh process, the "
+        "libraries taking turns so that a busy minute of the machine hits them all alike; "
+        f"every pool has {WORKERS} workers and uses the {COMPARISON_METHOD} start method "
+        "where it can (start-up is also measured with the others). Every result is checked "
+        "against the serial answer. On this shared machine a figure moves by 5-20 % from "
+        "one run to the next, so a difference smaller than that is a tie. "
+        f"Machine: {_machine_in_brief(machine)}.\n",
+        f"The figures of every library, procpool's targets, the run-to-run spread and "
+        f"what limits procpool where it is not ahead are in [{FULL_TITLE}]({full_page}), "
+        "for contributors; `make bench` measures them again.\n",
+    ]
+    return "\n".join(parts)
 
 
 def _ratio_range(a: Cell | None, b: Cell | None) -> str:
@@ -1231,6 +1325,14 @@ def machine_description(versions: dict[str, str]) -> list[str]:
     return lines
 
 
+#: Title of the contributors' page (docs/benchmarks-full.md).
+FULL_TITLE = "Benchmarks in full"
+GENERATED_NOTE = (
+    "<!-- Generated by `make bench` (benchmarks/run.py). Do not edit by hand: edit "
+    "benchmarks/notes.md, which is copied in at the end of the full report, and re-run "
+    "(or re-render a saved run with `run.py --from-json`). -->"
+)
+
 PLOT_COLORS = {"procpool": "#d62728", "dask": "#d62728", "procpool_base": "#ff7f0e"}
 PLOT_COLORS["serial"] = "#7f7f7f"
 
@@ -1306,6 +1408,57 @@ def plot(rows: list[Row], keys: list[str], path: Path) -> str | None:
     return None
 
 
+def plot_summary(rows: list[Row], keys: list[str], sizes: Sizes, path: Path) -> str | None:
+    """Write the users' PNG: one small panel per workload, procpool against the best
+    of the standard library and the best other library; return why not if it cannot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: matplotlib is not installed in this venv"
+    heads = _headlines(rows)
+    if not heads:
+        return "plot skipped: no figures"
+    others = [k for k in keys if k not in (*STDLIB, *OURS, "serial")]
+    topics = _topics(sizes)
+    ncols = min(4, len(heads))
+    nrows = math.ceil(len(heads) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 1.9 * nrows), squeeze=False)
+    for ax in axes.flat[len(heads) :]:
+        ax.set_visible(False)
+    for ax, row in zip(axes.flat, heads, strict=False):
+        bars = [("procpool", _value(row.cells))]
+        for group in (STDLIB, others):
+            best = _best_of(row.cells, row.better, group)
+            if best is not None:
+                bars.append((best[0], best[1]))
+        labels = [CONTENDERS[k].label for k, _ in bars]
+        values = [float(v or 0.0) for _, v in bars]
+        ax.barh(range(len(values)), values, color=[PLOT_COLORS.get(k, "#1f77b4") for k, _ in bars])
+        ax.set_yticks(range(len(values)), labels, fontsize=9)
+        ax.invert_yaxis()
+        for i, v in enumerate(values):
+            text = _quantity(v, row.unit)
+            ax.annotate(
+                text, (v, i), xytext=(2, 0), textcoords="offset points", va="center", fontsize=8
+            )
+        ax.margins(x=0.45)
+        ax.set_xticks([])
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+        title = topics.get(row.group, row.group).partition(": ")[0]
+        better = "lower is better" if row.better == "lower" else "higher is better"
+        short = row.metric.split(",")[0].split(" (")[0]  # "time against the ideal"
+        ax.set_title(f"{title}\n{short}, {better}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
 def write_report(
     path: Path,
     summary: str,
@@ -1316,12 +1469,14 @@ def write_report(
     png: Path | None,
     elapsed: float,
 ) -> None:
-    """docs/benchmarks.md: summary, (base comparison), full table, plot, machine, analysis."""
+    """The contributors' report: summary with targets, (base comparison), full table,
+    plot, machine, analysis (docs/benchmarks-full.md, or where ``--output`` says)."""
     parts = [
-        "# Benchmarks\n",
-        "<!-- Generated by `make bench` (benchmarks/run.py). Do not edit by hand: edit "
-        "benchmarks/notes.md, which is copied in at the end, and re-run (or re-render a "
-        "saved run with `run.py --from-json`). -->\n",
+        f"# {FULL_TITLE}\n",
+        GENERATED_NOTE + "\n",
+        "For contributors: every figure of every library, procpool's targets, and what "
+        "limits procpool where it misses one. What users read is the short "
+        "[benchmarks](benchmarks.md) page.\n",
         summary + "\n",
     ]
     if comparison:
@@ -1367,8 +1522,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--output",
         type=Path,
-        help="Markdown report (default docs/benchmarks.md; quick or --procpool-base: "
-        "benchmarks/results/quick.md or compare.md)",
+        help="full Markdown report, for contributors (default docs/benchmarks-full.md; "
+        "quick or --procpool-base: benchmarks/results/quick.md or compare.md)",
+    )
+    p.add_argument(
+        "--user-output",
+        type=Path,
+        help="the users' page: one line per workload, the summary plot, the method "
+        "(default docs/benchmarks.md; with --output, quick or --procpool-base: beside "
+        "the full report, named *-user.md)",
     )
     p.add_argument("--plot", type=Path, help="PNG (default docs/_static/benchmarks.png)")
     p.add_argument("--json", type=Path, help="raw results (default benchmarks/results/*.json)")
@@ -1511,8 +1673,12 @@ def collect(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any] | None:
     }
 
 
-def report(data: dict[str, Any], output: Path, png: Path) -> None:
-    """Print the summary, table and notes; write the Markdown report and the plot."""
+def report(data: dict[str, Any], output: Path, png: Path, user_output: Path) -> None:
+    """Print the summary, table and notes; write both Markdown reports and both plots.
+
+    ``output`` is the contributors' report (every figure, the targets), ``png`` its
+    plot; ``user_output`` the users' page, with a smaller plot beside ``png``.
+    """
     fields: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in data["sizes"].items()
     }
@@ -1533,6 +1699,8 @@ def report(data: dict[str, Any], output: Path, png: Path) -> None:
         if "rss_method" in r
     }
     notes = data["skip_notes"] + data["notes"] + footnotes(by_name, sizes, keys, rss_methods, base)
+    if "§" not in table and "✗" not in table:  # explain only marks the table shows
+        notes = [n for n in notes if not n.startswith("§ ")]
     why_no_plot = plot(rows, keys, png)
     if why_no_plot:
         notes.append(why_no_plot)
@@ -1542,6 +1710,20 @@ def report(data: dict[str, Any], output: Path, png: Path) -> None:
             print(part, end="\n\n")
     for n in notes:
         print(f"- {n}")
+    summary_png = png.with_name(png.stem + "-summary" + png.suffix)
+    why_no_summary_plot = plot_summary(rows, keys, sizes, summary_png)
+    user_output.parent.mkdir(parents=True, exist_ok=True)
+    user_output.write_text(
+        render_user_page(
+            rows,
+            sizes,
+            keys,
+            bool(data["quick"]),
+            data["machine"],
+            os.path.relpath(output, user_output.parent),
+            None if why_no_summary_plot else os.path.relpath(summary_png, user_output.parent),
+        )
+    )
     write_report(
         output,
         summary,
@@ -1552,7 +1734,10 @@ def report(data: dict[str, Any], output: Path, png: Path) -> None:
         None if why_no_plot else png,
         data["elapsed"],
     )
-    print(f"\nwrote {output} ({'no plot' if why_no_plot else png}) in {data['elapsed']:.0f} s")
+    print(
+        f"\nwrote {user_output} and {output} ({'no plot' if why_no_plot else png}) "
+        f"in {data['elapsed']:.0f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1572,14 +1757,19 @@ def main(argv: list[str] | None = None) -> int:
     # project's figures: by default neither overwrites the docs.
     name = "quick" if quick else ("compare" if compare else "")
     output = args.output or (
-        HERE / "results" / f"{name}.md" if name else ROOT / "docs" / "benchmarks.md"
+        HERE / "results" / f"{name}.md" if name else ROOT / "docs" / "benchmarks-full.md"
     )
     png = args.plot or (
         output.with_suffix(".png") if name else ROOT / "docs" / "_static" / "benchmarks.png"
     )
+    user_output = args.user_output or (
+        ROOT / "docs" / "benchmarks.md"
+        if not name and args.output is None
+        else output.with_name(output.stem + "-user" + output.suffix)
+    )
     if saved is not None:
         # Re-render a finished run (presentation changes need no 15-minute re-run).
-        report(saved, output, png)
+        report(saved, output, png, user_output)
         return 0
     data = collect(args, sizes)
     if data is None:
@@ -1587,7 +1777,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = args.json or HERE / "results" / f"{name or 'full'}.json"
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(data, indent=1, default=str))
-    report(data, output, png)
+    report(data, output, png, user_output)
     return 0
 
 

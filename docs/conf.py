@@ -6,6 +6,7 @@ error, and the build must work offline (so no intersphinx).
 
 from __future__ import annotations
 
+import abc
 import re
 import sys
 from pathlib import Path
@@ -67,11 +68,10 @@ html_theme_options = {
 
 
 # -- Base classes ----------------------------------------------------------------
-# Pool and DaskPool derive from a private class (procpool._executor.TypedExecutor)
-# that the reference does not document: "Bases: TypedExecutor" named a class
-# readers cannot look up. Show the first public ancestor instead
-# (concurrent.futures.Executor). The members inherited from the private class are
-# still documented on each pool (`:inherited-members: Executor` in api.md).
+# A base class defined in a private module is shown by its public path
+# (procpool.Executor, not procpool._executor.Executor), and a base that has no
+# public path by its first public ancestor: "Bases: _Something" would name a class
+# readers cannot look up.
 
 
 def _public_path(cls: type) -> str | None:
@@ -95,9 +95,15 @@ def _public_bases(app: Any, name: str, obj: object, options: object, bases: list
     """Replace each private base class by its first public ancestor (autodoc-process-bases)."""
     shown: list[Any] = []
     for base in bases:
+        if base is abc.ABC:
+            continue  # how the class is built, not what it is
         if isinstance(base, type) and _public_path(base) is None:
             path = next((p for p in map(_public_path, base.__mro__[1:]) if p is not None), "object")
             base = f":py:class:`{path}`"
+        elif isinstance(base, type) and base.__module__ not in ("builtins", "procpool"):
+            # In full: "Bases: concurrent.futures.Executor", not a bare "Executor"
+            # next to procpool's own Executor.
+            base = f":py:class:`{_public_path(base)}`"
         if base not in shown:
             shown.append(base)
     bases[:] = shown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,12 @@ import procpool
 START_METHODS = [
     m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
 ]
+# `make check` (the quick inner loop) runs each such test under fork only:
+# PROCPOOL_TEST_START_METHODS=fork. `make test` runs them under all three.
+if os.environ.get("PROCPOOL_TEST_START_METHODS"):
+    _ASKED = os.environ["PROCPOOL_TEST_START_METHODS"].split(",")
+    START_METHODS = [m for m in START_METHODS if m in _ASKED]
+    assert START_METHODS, f"PROCPOOL_TEST_START_METHODS={_ASKED}: none exists here"
 
 
 @pytest.fixture(params=START_METHODS)

@@ -2,10 +2,10 @@
 
 These are not timed tests: no figure is asserted, only that the harness runs to
 the end, prints its summary and its table with a status per target, writes the
-report where it is told to (never over docs/benchmarks.md), says why it skips what
-it cannot run here (the development venv has neither numpy nor the peer
-libraries), and measures a second copy of procpool (``--procpool-base``) whose
-workers are checked to run that copy.
+reports where it is told to (never over docs/), a short page for users beside the
+full one, says why it skips what it cannot run here (the development venv has
+neither numpy nor the peer libraries), and measures a second copy of procpool
+(``--procpool-base``) whose workers are checked to run that copy.
 """
 
 from __future__ import annotations
@@ -226,3 +226,40 @@ def test_judge_says_how_far_a_target_was_missed(run_module: ModuleType) -> None:
     assert (row.status, row.miss) == ("met", None)
     run_module._judge(row, None, 1.9)
     assert row.status == "n/a"
+
+
+@pytest.mark.timeout(120)
+def test_quick_run_writes_a_short_page_for_users(quick_run: QuickRun) -> None:
+    """The users' page: one line a workload in plain words, the plot, the method; no
+    targets, no statuses, no table (those are in the full report it links to)."""
+    proc, report = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = report.with_name("benchmarks-user.md").read_text()
+    assert page.startswith("# Benchmarks\n")
+    lines = [line for line in page.splitlines() if line.startswith("- **")]
+    assert any(line.startswith("- **Many tiny tasks** (") for line in lines), page
+    assert len(lines) == len({line.split("**")[1] for line in lines})  # one line a workload
+    for words in ("Target", "MISSED", "| workload", "§", "✗", "B7d", "run 5"):
+        assert words not in page, words
+    assert "## How it was measured" in page
+    assert "[Benchmarks in full](benchmarks.md)" in page  # the full report, beside it
+    if _procpool_ready():
+        b1 = next(line for line in lines if "Many tiny tasks" in line)
+        assert "procpool " in b1
+        assert "multiprocessing.Pool" in b1
+    summary_png = report.with_name("benchmarks-summary.png")
+    if summary_png.exists():  # matplotlib is in .venv-bench, not always in .venv
+        assert "](benchmarks-summary.png)" in page
+
+
+def test_users_ratios_have_two_digits_and_ties_within_5_percent(run_module: ModuleType) -> None:
+    row = run_module.Row("B1", "s", "lower")
+    row.cells = {"procpool": run_module.Cell(0.0347), "mp": run_module.Cell(0.0461)}
+    assert run_module._versus(row, "mp") == "1.33x faster than multiprocessing.Pool (46.1 ms)"
+    assert run_module._versus(row, "mp", plain=True) == (
+        "1.3x faster than multiprocessing.Pool (46.1 ms)"
+    )
+    row.cells["mp"] = run_module.Cell(0.0340)
+    assert run_module._versus(row, "mp", plain=True).startswith(
+        "about as fast as multiprocessing.Pool"
+    )

@@ -82,3 +82,13 @@ def test_importing_the_worker_loop_stays_light() -> None:
     code = f"import sys, procpool._child.worker; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_dir_shows_the_public_names_not_the_package_tools() -> None:
+    names = dir(procpool)
+    assert set(procpool.__all__) <= set(names)
+    for tool in ("importlib", "sys", "types", "annotations", "TYPE_CHECKING", "_publish", "_WHERE"):
+        assert tool not in names
+    assert [n for n in names if not n.startswith("__")] == sorted(
+        n for n in procpool.__all__ if not n.startswith("__")
+    )

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import TimeLimitInterrupt as TimeLimitInterrupt
     from ._errors import WorkerLostError as WorkerLostError
+    from ._executor import Executor as Executor
     from ._future import Future as Future
     from ._mapfuture import MapFuture as MapFuture
     from ._pool import Pool as Pool
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DaskPool",
+    "Executor",
     "Future",
     "MapFuture",
     "Pool",
@@ -64,6 +66,7 @@ __all__ = (
 # which imports this package, and must not pay for the pool, asyncio or Dask.
 _WHERE = {
     "DaskPool": "._dask",
+    "Executor": "._executor",
     "Future": "._future",
     "MapFuture": "._mapfuture",
     "Pool": "._pool",
@@ -111,4 +114,10 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names and the module's dunders; not what the package imports for itself.
+
+    ``importlib``, ``sys``, ``types``, ``TYPE_CHECKING`` and ``annotations`` are this
+    file's tools, and ``_publish``, ``_WHERE`` and loaded submodules are private.
+    """
+    dunders = {name for name in globals() if name.startswith("__") and name.endswith("__")}
+    return sorted(dunders | set(__all__))

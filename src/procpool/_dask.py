@@ -35,7 +35,7 @@ from ._dask_core import (
     private_local_cluster,
 )
 from ._errors import PoolClosedError, TaskTimeoutError
-from ._executor import Lifecycle, Options, TypedExecutor, check_count, check_timeout, finite
+from ._executor import Executor, Lifecycle, Options, check_count, check_timeout, finite
 from ._future import Future
 from ._imap import Launch
 from ._mapfuture import MapFuture
@@ -48,7 +48,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class DaskPool(TypedExecutor):
+class DaskPool(Executor):
     """A ``concurrent.futures.Executor`` that runs procpool's API on a Dask cluster.
 
     Args:

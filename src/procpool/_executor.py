@@ -4,31 +4,38 @@
 imap engine behind them, :mod:`._imap`), ``shutdown``/``join``, the argument
 checks, the lifecycle and the with-block are written once here, so the two pools
 cannot drift apart. Each pool supplies what differs, in the abstract methods at
-the end of :class:`TypedExecutor`: how to start a map and one imap chunk, how to
+the end of :class:`Executor`: how to start a map and one imap chunk, how to
 stop, and how to wait.
+
+:class:`Executor` is public as ``procpool.Executor``, so that users annotate with
+it (``def run(pool: procpool.Executor)`` takes a ``Pool`` or a ``DaskPool``) and
+type checkers name it in their messages.
 """
 
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import copy
 import enum
 import math
 import numbers
 import operator
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, overload
 
-from typing_extensions import Self
+from typing_extensions import ParamSpec, Self
 
 from ._callbacks import before_blocking
+from ._future import Future
 from ._imap import IMapFeed, Launch
 from ._mapfuture import MapFuture
 from ._progress import Progress, make_reporter
+from ._stats import PoolStats
 
+P = ParamSpec("P")
 R = TypeVar("R")
 T1 = TypeVar("T1")
 T2 = TypeVar("T2")
@@ -98,7 +105,7 @@ class Lifecycle(enum.Enum):
 class Engine(Protocol):
     """What runs a pool's work (the local dispatcher, Dask's client core).
 
-    :class:`TypedExecutor` builds ``imap``'s default, ``join()``, ``shutdown()``
+    :class:`Executor` builds ``imap``'s default, ``join()``, ``shutdown()``
     and the with-block from these.
     """
 
@@ -192,8 +199,20 @@ class Options:
     grace: float | None = None
 
 
-class TypedExecutor(Executor, abc.ABC):
-    """Base of the pools: the typed API, checked arguments, the with-block."""
+class Executor(concurrent.futures.Executor, abc.ABC):
+    """What every procpool pool is: :class:`Pool`, :class:`DaskPool`. Annotate with it.
+
+    A :class:`concurrent.futures.Executor` whose methods are typed: ``submit``
+    returns a :class:`~procpool.Future`, ``map`` a :class:`~procpool.MapFuture`,
+    and both check the function's arguments. Code that takes any pool names this
+    class, and runs unchanged on local processes or on a Dask cluster::
+
+        def total(pool: procpool.Executor, xs: list[int]) -> int:
+            return sum(pool.map(square, xs))
+
+    Not meant to be instantiated or subclassed by programs; a new backend
+    subclasses it (see "Writing a backend" in the API reference).
+    """
 
     _options: Options
     #: What runs the work; set by each pool's constructor.
@@ -203,6 +222,20 @@ class TypedExecutor(Executor, abc.ABC):
     @abc.abstractmethod
     def workers(self) -> int:
         """How many tasks the pool runs at once."""
+
+    @abc.abstractmethod
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` in a worker; return its future.
+
+        mypy and pyright check the arguments against ``fn``'s signature.
+
+        Raises:
+            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
+        """
+
+    @abc.abstractmethod
+    def stats(self) -> PoolStats:
+        """Return counts of the work so far (a frozen snapshot)."""
 
     # -- per-submission options -------------------------------------------------------
 
@@ -271,10 +304,10 @@ class TypedExecutor(Executor, abc.ABC):
 
     # -- map --------------------------------------------------------------------------
 
-    # Executor.map takes any number of iterables and `fn=` by keyword; these overloads
-    # check the types of 1-5 iterables against fn's parameters instead, as typeshed's
-    # builtins.map does, so a wrong argument type is an error. mypy calls that an
-    # incompatible override.
+    # concurrent.futures.Executor.map takes any number of iterables and `fn=` by
+    # keyword; these overloads check the types of 1-5 iterables against fn's
+    # parameters instead, as typeshed's builtins.map does, so a wrong argument type is
+    # an error. mypy calls that an incompatible override.
     @overload  # type: ignore[override]
     def map(
         self,

@@ -22,8 +22,8 @@ from ._child.codec import Unpicklable, encode_call
 from ._context import StartMethod, resolve_context
 from ._dispatcher import Dispatcher
 from ._executor import (
+    Executor,
     Options,
-    TypedExecutor,
     check_count,
     check_timeout,
     check_workers,
@@ -106,7 +106,7 @@ class _Handle:
         weakref.finalize(self, dispatcher.close)
 
 
-class Pool(TypedExecutor):
+class Pool(Executor):
     """A pool of worker processes; a typed :class:`concurrent.futures.Executor`.
 
     Args:
@@ -239,7 +239,7 @@ class Pool(TypedExecutor):
         dispatcher.add(SingleJob(future, fn, data, lease=lease, opts=opts))
         return future
 
-    # -- what the shared surface (TypedExecutor) asks of a pool ------------------------
+    # -- what the shared surface (Executor) asks of a pool ------------------------
 
     def _map(
         self,

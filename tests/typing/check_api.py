@@ -91,6 +91,26 @@ def check_pool(pool: procpool.Pool) -> None:
     procpool.Pool(context="thread")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
+def check_executor(pool: procpool.Executor) -> None:
+    """procpool.Executor: what users annotate with to take either pool."""
+    assert_type(pool.submit(square, 3), procpool.Future[int])
+    assert_type(pool.map(add, [1], ["a"]), procpool.MapFuture[str])
+    assert_type(pool.imap(square, [1]), Iterator[int])
+    assert_type(pool.options(timeout=1.0), procpool.Executor)
+    assert_type(pool.stats(), procpool.PoolStats)
+    assert_type(pool.workers, int)
+    executor: concurrent.futures.Executor = pool
+    del executor
+    pool.submit(square, "3")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.map(square, ["a"])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+def check_both_pools_are_executors(pool: procpool.Pool, dask_pool: procpool.DaskPool) -> None:
+    check_executor(pool)
+    check_executor(dask_pool)
+    check_executor(concurrent.futures.ProcessPoolExecutor())  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
 def check_spawn_and_task() -> None:
     handle = procpool.spawn(square, 2)
     assert_type(handle, procpool.ProcessHandle[int])
