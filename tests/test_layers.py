@@ -73,3 +73,18 @@ def test_children_load_nothing_of_the_parent_side(method: str) -> None:
         assert [name for name in modules if not _is_ours(name)] == [], who
         if who != "dask":  # the Dask check runs in a plain interpreter of its own
             assert heavy == [], (who, heavy)
+
+
+#: The parts of the dispatcher, in the order they may import each other: each may
+#: import only parts before it (issue 23: no part holds the whole dispatcher).
+PARTS = ("_queue", "_workers", "_staffing", "_settle", "_feeding", "_direct", "_dispatcher")
+
+
+def test_the_dispatchers_parts_import_only_the_parts_before_them() -> None:
+    package = Path(procpool.__file__).parent
+    for position, part in enumerate(PARTS):
+        # Every import counts, those under `if TYPE_CHECKING:` too: a part that
+        # names the dispatcher's type depends on all of it.
+        imported = {module for module, level in _imports(package / f"{part}.py") if level == 1}
+        later = set(PARTS[position + 1 :])
+        assert not imported & later, f"{part} imports {sorted(imported & later)}"

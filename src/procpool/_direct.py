@@ -7,24 +7,25 @@ future's wait hook): it *claims* the worker, so the dispatcher stops watching it
 result pipe for at most ``CLAIM_SECONDS``. Each thread hop saved costs a wake-up
 and a GIL hand-over, about 15-20 µs apiece here: most of a round trip.
 
-It owns only the ``claimed``/``claims`` fields of a worker. It may call the
-dispatcher (``send``, the queue, the lifecycle, ``wake``), the worker set (the
-selector, ``decode``) and the settler (``on_reply``), always under the
-dispatcher's lock but for the wait on the pipe itself.
+It owns only the ``claimed``/``claims`` fields of a worker. It is handed what it
+uses: the queue (it sends only when nothing waits there), the worker set (the
+selector, ``decode``), the lifecycle, the feeder (``send``) and the settler
+(``on_reply``), and a way to wake the dispatcher; it runs under the dispatcher's
+lock but for the wait on the pipe itself.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from ._executor import Lifecycle
+from ._executor import Lifecycle, PoolLife
+from ._feeding import Feeder
 from ._jobs import Call, Job, SingleJob
-from ._workers import CLAIMS, RESULT, Worker
-
-if TYPE_CHECKING:
-    from ._dispatcher import Dispatcher
+from ._queue import WorkQueue
+from ._settle import Settler
+from ._workers import CLAIMS, RESULT, Worker, WorkerSet
 
 #: Calls sent straight from a submitting thread stay below this size.
 DIRECT_MAX_BYTES = 32 * 1024
@@ -38,8 +39,25 @@ CLAIM_SECONDS = 0.1
 class DirectPath:
     """Sends from the submitting thread and reads in the waiting one (see the module docstring)."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.d = dispatcher
+    def __init__(
+        self,
+        queue: WorkQueue,
+        workers: WorkerSet,
+        life: PoolLife,
+        feeder: Feeder,
+        settler: Settler,
+        *,
+        size: int,
+        nudge: Callable[[], None],
+    ) -> None:
+        self._queue = queue
+        self._workers = workers
+        self._life = life
+        self._feeder = feeder
+        self._settler = settler
+        self._size = size
+        #: Wakes the dispatcher if it may have something to do once a worker is free.
+        self._nudge = nudge
 
     def send(self, job: Job) -> bool:
         """Give a small untimed task to an idle worker from the submitting thread.
@@ -48,28 +66,24 @@ class DirectPath:
         which is most of the latency of a lone ``submit().result()``. The caller
         holds ``lock``; the dispatcher sees the reply on the result pipe as usual.
         """
-        d = self.d
+        life = self._life
         if (
             not isinstance(job, SingleJob)
             or job.timeout is not None
-            or d.queue
-            or d.state is not Lifecycle.RUNNING
-            or d.exiting
+            or self._queue
+            or life.state is not Lifecycle.RUNNING
+            or life.exiting
         ):
             return False
-        for worker in d.workers.values():
-            if (
-                not worker.outstanding
-                and d.feeder.usable(worker)
-                and (d.max_tasks is None or worker.sent < d.max_tasks)
-            ):
-                call = job.next_call(d.size)
+        for worker in self._workers.values():
+            if not worker.outstanding and self._feeder.usable(worker):
+                call = job.next_call(self._size)
                 if call is None or len(call.data) > DIRECT_MAX_BYTES:
                     if call is not None:
                         job.requeue(call)
                     return False
-                # On failure _send has queued the call again; the caller wakes us.
-                if not d.feeder.send(worker, call):
+                # On failure send() has queued the call again; the caller wakes us.
+                if not self._feeder.send(worker, call):
                     return False
                 if CLAIMS:
                     job.future.set_wait_hook(functools.partial(self.read_here, worker, call))
@@ -84,12 +98,12 @@ class DirectPath:
         ended, the worker is gone, or ``CLAIM_SECONDS`` (or ``timeout``) passed;
         the caller then waits on the future as usual.
         """
-        d = self.d
-        with d.lock:
+        life, workers = self._life, self._workers
+        with life.lock:
             if not (
-                d.state is Lifecycle.RUNNING
-                and not d.exiting
-                and d.workers.is_live(worker)
+                life.state is Lifecycle.RUNNING
+                and not life.exiting
+                and workers.is_live(worker)
                 and not worker.dying
                 and not worker.claimed
                 and len(worker.outstanding) == 1
@@ -103,7 +117,7 @@ class DirectPath:
                     return
                 worker.claimed = True
                 worker.claims += 1
-            d.workers.waiter.unregister(worker.result_conn)
+            workers.waiter.unregister(worker.result_conn)
             poller = worker.wait_poll
             assert poller is not None
         try:
@@ -114,17 +128,17 @@ class DirectPath:
                 left = deadline - time.monotonic()
                 if left <= 0 or not poller.poll(left * 1000):
                     return
-                with d.lock:
+                with life.lock:
                     if self._read_claimed(worker, call):
                         return
         finally:
-            with d.lock:
+            with life.lock:
                 self._unclaim(worker)
 
     def _read_claimed(self, worker: Worker, call: Call) -> bool:
         """Apply what a claimed worker sent; True once there is nothing left to wait for."""
-        d = self.d
-        if not d.workers.is_live(worker) or worker.dying:
+        workers = self._workers
+        if not workers.is_live(worker) or worker.dying:
             return True
         conn = worker.result_conn
         while True:
@@ -136,18 +150,17 @@ class DirectPath:
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 return True  # exiting: the sentinel tells the dispatcher
-            d.settler.on_reply(worker, d.workers.decode(worker, data))
+            self._settler.on_reply(worker, workers.decode(worker, data))
             if not worker.outstanding or worker.outstanding[0] is not call:
                 return True
 
     def _unclaim(self, worker: Worker) -> None:
         """Give a claimed worker's result pipe back to the dispatcher (holding ``lock``)."""
-        d = self.d
         worker.claimed = False
-        if d.exiting or not d.workers.is_live(worker) or worker.dying:
+        if self._life.exiting or not self._workers.is_live(worker) or worker.dying:
             return  # its exit is the dispatcher's business, pipe or not
         # Level-triggered: a reply that came meanwhile wakes the dispatcher at once.
-        d.workers.waiter.register(worker.result_conn, (worker, RESULT))
-        if d.queue or d.commands or d.max_tasks is not None or d.state is not Lifecycle.RUNNING:
-            # The worker is free (or due to retire), or the pool may be done.
-            d.wake()
+        self._workers.waiter.register(worker.result_conn, (worker, RESULT))
+        # The worker is free: work may wait for it, or it may be due to retire, or
+        # the pool may be done.
+        self._nudge()

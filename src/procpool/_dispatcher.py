@@ -21,13 +21,18 @@ threads are never held up by unpickling.
 The dispatcher is the coordinator of small parts, each in its own module:
 
 ==================  =========================================================
+``_queue``          the jobs no worker has been handed all of yet
 ``_workers``        the processes, pipes, selector and marker (I/O, no policy)
+``_staffing``       starting, replacing and retiring workers; the broken verdict
 ``_settle``         what replies and deaths mean: outcomes, blame, retries, counts
-``_feeding``        which worker gets which call, read-ahead, retiring workers
+``_feeding``        which worker gets which call, read-ahead, spent workers
 ``_direct``         the submit-and-wait fast path on the user's threads
 ``_callbacks``      the thread that runs the futures' callbacks
-this module         the queue, the loop, deadlines, cancelling, the lifecycle
+this module         the loop, deadlines, cancelling, the lifecycle
 ==================  =========================================================
+
+Each part is handed the few others it uses (see their constructors), never the
+dispatcher itself; they share its lock through the lifecycle (:class:`PoolLife`).
 
 The lone ``submit().result()`` round trip skips the dispatcher thread both ways
 (:mod:`._direct`): a submitting thread writes a small call straight to an idle
@@ -49,7 +54,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 
@@ -58,27 +63,23 @@ from ._child.shm import ENABLED as SHARED_MEMORY
 from ._child.shm import SegmentPool
 from ._direct import DirectPath
 from ._errors import PoolClosedError, ProcpoolError
-from ._executor import Lifecycle
+from ._executor import Lifecycle, PoolLife
 from ._feeding import Feeder
 from ._jobs import Job
+from ._queue import WorkQueue
 from ._settle import Settler, items_left
+from ._staffing import Staffing
 from ._stats import Counters
 from ._workers import EXITED, RESULT, Reply, Worker, WorkerSet, WorkerSpec
 
 LOGGER = logging.getLogger("procpool")
 
-#: How long a worker told to exit may take before it is killed and its slot
-#: refilled. Exiting takes milliseconds; only a non-daemon thread a task left
-#: running (or an exit handler that hangs) takes longer.
-RETIRE_SECONDS = 1.0
-
 
 class Dispatcher:
     """Owns the queue and the lifecycle of one pool, and coordinates its parts.
 
-    See the module docstring. Fields the parts read or change, under ``lock``:
-    ``queue``, ``commands``, ``state``, ``broken``, ``exiting``, ``timed`` (calls
-    in flight that have a time limit), ``startup_failures``, ``stats``.
+    See the module docstring. Under ``lock``: ``queue``, ``commands``, ``life``
+    (state, broken, exiting), ``stats``, and every worker's state.
     """
 
     def __init__(
@@ -88,52 +89,53 @@ class Dispatcher:
         self.size = workers
         self.spec = spec
         self.name = spec.name
-        self.max_tasks = max_tasks_per_worker
 
         # Guards the queue, the commands and every worker's state. The dispatcher
         # holds it whenever it is not waiting, so a submitting thread may hand a
         # call straight to an idle worker (re-entrant: callbacks queued from the
         # dispatcher thread take it again).
         self.lock = threading.RLock()
-        self.state = Lifecycle.RUNNING
-        self.broken: BaseException | None = None
-        self.queue: OrderedDict[int, Job] = OrderedDict()
+        self.life = PoolLife(self.lock)
+        self.queue = WorkQueue()
         self.commands: deque[Callable[[], None]] = deque()
         #: Changed under ``lock`` (it is the counters' lock too).
         self.stats = Counters(workers, self.lock)
 
         self._wake_closed = False
-        #: Set (under lock) once the loop has decided to stop: nothing may be queued.
-        self.exiting = False
         self._woken = False
-        #: Outstanding calls with a time limit; deadlines are looked at only if any.
-        self.timed = 0
-        #: Workers told to exit (STOP, or over their memory limit), and when each is
-        #: killed if it is still there: a thread a task left behind can hold it.
-        self.retirements: dict[Worker, float] = {}
-        #: Emptied slots whose next worker starts later (monotonic time): after
-        #: deaths from outside, restarts back off instead of racing the killer.
-        self.restarts: dict[int, float] = {}
-        #: Consecutive workers killed from outside before they did any work.
-        self.outside_deaths = 0
 
         #: Shared memory for large call arguments (None where unsupported).
         self.segments = SegmentPool(workers) if SHARED_MEMORY else None
 
         #: The processes, their pipes and the selector (see ``_workers``).
         self.workers = WorkerSet(ctx, workers, spec)
-        #: Consecutive workers that died before they answered anything.
-        self.startup_failures = 0
-        self.settler = Settler(self)
-        self.feeder = Feeder(self)
-        self.direct = DirectPath(self)
+        self.staffing = Staffing(self.workers, self.stats, self.life, self._idle)
+        self.settler = Settler(self.queue, self.workers, self.stats, self.life, self.staffing)
+        self.feeder = Feeder(
+            self.queue,
+            self.workers,
+            self.life,
+            self.staffing,
+            self.settler,
+            size=workers,
+            max_tasks=max_tasks_per_worker,
+        )
+        self.direct = DirectPath(
+            self.queue,
+            self.workers,
+            self.life,
+            self.feeder,
+            self.settler,
+            size=workers,
+            nudge=self._nudge,
+        )
 
         #: Runs the futures' callbacks; the loop waits for them before a close ends.
         self.callbacks = CallbackRunner(self.name, after_each=self.wake)
 
         try:
             for slot in range(workers):
-                self._start_worker(slot)
+                self.staffing.start(slot)
         except BaseException:
             self.workers.abandon_start()
             if self.segments is not None:
@@ -145,6 +147,16 @@ class Dispatcher:
             target=self._run, name=f"{self.name}-dispatcher", daemon=True
         )
         self.thread.start()
+
+    @property
+    def state(self) -> Lifecycle:
+        """Where the pool is in its life."""
+        return self.life.state
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the pool is broken, if it is."""
+        return self.life.broken
 
     def wake(self) -> None:
         """Wake the dispatcher thread (thread-safe, never blocks)."""
@@ -164,7 +176,7 @@ class Dispatcher:
             return True
         # A callback of this pool may chain more work while the pool is closing:
         # close() + join() still waits for it, so nothing is lost.
-        return self.state is Lifecycle.CLOSED and self.callbacks.is_mine() and not self.exiting
+        return self.state is Lifecycle.CLOSED and self.callbacks.is_mine() and not self.life.exiting
 
     def check_open(self) -> None:
         """Raise if the pool takes no new work (thread-safe)."""
@@ -189,7 +201,7 @@ class Dispatcher:
             self.settler.count_failed_here(job)
             if self.direct.send(job):
                 return
-            self.queue[id(job)] = job
+            self.queue.add(job)
         self.wake()
 
     def command(self, action: Callable[[], None]) -> None:
@@ -201,15 +213,15 @@ class Dispatcher:
     def close(self) -> None:
         """Take no new work; finish what is queued, then stop the workers."""
         with self.lock:
-            if self.state is Lifecycle.RUNNING:
-                self.state = Lifecycle.CLOSED
+            if self.life.state is Lifecycle.RUNNING:
+                self.life.state = Lifecycle.CLOSED
         self.wake()
 
     def terminate(self) -> None:
         """Stop now: kill the workers, end every unfinished future."""
         with self.lock:
-            if self.state in (Lifecycle.RUNNING, Lifecycle.CLOSED):
-                self.state = Lifecycle.TERMINATED
+            if self.life.state in (Lifecycle.RUNNING, Lifecycle.CLOSED):
+                self.life.state = Lifecycle.TERMINATED
         self.wake()
 
     def parallelism(self) -> int:
@@ -246,17 +258,10 @@ class Dispatcher:
         lock, so a worker is never handed a future cancelled here (see ``_send``).
         """
         with self.lock:
-            jobs = list(self.queue.values())
+            jobs = self.queue.jobs()
         for job in jobs:
             # A map some of whose chunks run is one running future: it goes on.
             job.future.cancel_if_pending()
-
-    # ------------------------------------------------------------------------------
-    # workers
-
-    def _start_worker(self, slot: int) -> None:
-        self.workers.start(slot)
-        self.stats.workers_started += 1
 
     # ------------------------------------------------------------------------------
     # the loop
@@ -269,13 +274,12 @@ class Dispatcher:
             error = ProcpoolError(f"{self.name}: internal error in the dispatcher: {exc!r}")
             error.__cause__ = exc
             with self.lock:
-                self.broken = error
-                self.state = Lifecycle.BROKEN
+                self.life.break_with(error)
                 self.settler.fail_everything(error, cancel=False)
         finally:
             try:
                 with self.lock:
-                    self.exiting = True
+                    self.life.exiting = True
                 self.workers.stop_all(graceful=self.state is Lifecycle.CLOSED)
                 self.callbacks.close()
                 with self.lock:
@@ -305,10 +309,10 @@ class Dispatcher:
                 if self.queue:
                     self.feeder.fill()
                 if state is Lifecycle.CLOSED and self._idle():
-                    self.exiting = True
+                    self.life.exiting = True
                     return
                 timeout = (
-                    self._next_wakeup() if self.timed or self.retirements or self.restarts else None
+                    self._next_wakeup() if self.workers.timed or self.staffing.waiting() else None
                 )
             ready = self.workers.wait(timeout)
             # Replies are read and unpickled before taking the lock, so submitting
@@ -335,10 +339,11 @@ class Dispatcher:
                     else:
                         with contextlib.suppress(OSError):  # dead: its sentinel follows
                             self.workers.flush(worker)
-                if self.timed:
+                if self.workers.timed:
                     self._check_deadlines()
-                if self.retirements or self.restarts:
-                    self._check_timers()
+                if self.staffing.waiting():
+                    # Its calls went back to the queue when a retiree was told to exit.
+                    self.staffing.run_due(lambda worker: self.settler.kill(worker, "retired"))
 
     def _apply(self, replies: list[tuple[Worker, Reply | None]]) -> None:
         # A method of its own: the loop's variables would keep the last reply alive
@@ -359,47 +364,24 @@ class Dispatcher:
     # ------------------------------------------------------------------------------
     # deaths, time limits, cancellation
 
-    def replace(self, slot: int, delay: float = 0.0) -> None:
-        """Start a worker in an emptied ``slot`` (``delay`` s from now), unless the pool is stopping."""
-        if delay > 0:
-            self.restarts[slot] = time.monotonic() + delay
-            return
-        self.restarts.pop(slot, None)
-        if self.state not in (Lifecycle.RUNNING, Lifecycle.CLOSED):
-            return
-        if slot in self.workers:
-            return
-        if self.state is Lifecycle.CLOSED and self._idle():
-            return
-        self._start_worker(slot)
-        self.stats.workers_replaced += 1
-
-    def retire(self, worker: Worker) -> None:
-        """``worker`` was told to exit: kill it if it has not within ``RETIRE_SECONDS``."""
-        worker.retiring = True
-        self.retirements[worker] = time.monotonic() + RETIRE_SECONDS
-
-    def _check_timers(self) -> None:
-        now = time.monotonic()
-        for worker, due in list(self.retirements.items()):
-            if due <= now:
-                del self.retirements[worker]
-                # Its calls went back to the queue when it was told to exit.
-                self.settler.kill(worker, "retired")
-        for slot, due in list(self.restarts.items()):
-            if due <= now:
-                self.replace(slot)
+    def _nudge(self) -> None:
+        """Wake the dispatcher if a freed worker may be wanted (the direct path's hook)."""
+        if (
+            self.queue
+            or self.commands
+            or self.feeder.spends_workers()
+            or self.life.state is not Lifecycle.RUNNING
+        ):
+            self.wake()
 
     def _next_wakeup(self) -> float | None:
         """Seconds until the nearest deadline, retirement or restart (None: none)."""
-        waits = [
-            due - time.monotonic() for due in (*self.retirements.values(), *self.restarts.values())
-        ]
-        if self.timed:
+        waits = [due for due in (self.staffing.next_due(),) if due is not None]
+        if self.workers.timed:
             deadline = self._next_deadline()
             if deadline is not None:
                 waits.append(deadline)
-        return max(0.0, min(waits)) if waits else None
+        return min(waits) if waits else None
 
     def _timed_heads(self) -> Iterator[tuple[Worker, int, float, int, int]]:
         """Each live worker whose current call has a time limit, as (worker, call id,
@@ -437,7 +419,7 @@ class Dispatcher:
 
     def _cancel_job(self, job: Job) -> None:
         """The job's future was cancelled: drop it, and stop any worker running it."""
-        self.queue.pop(id(job), None)
+        self.queue.discard(job)
         self.stats.cancelled += items_left(job)
         for worker in list(self.workers.values()):
             # Only where the job is running. A call of it read ahead behind another

@@ -102,6 +102,31 @@ class Lifecycle(enum.Enum):
     BROKEN = "broken"
 
 
+class PoolLife:
+    """Where one pool is in its life, and why it broke: shared by the parts of its engine.
+
+    Fields change holding ``lock`` (the engine's lock); they may be read without it.
+    """
+
+    def __init__(self, lock: Any) -> None:
+        self.lock: Any = lock
+        self.state = Lifecycle.RUNNING
+        #: Why the pool is broken (set with ``state = BROKEN``).
+        self.broken: BaseException | None = None
+        #: Set once the engine has decided to stop: nothing more may be queued.
+        self.exiting = False
+
+    def break_with(self, error: BaseException) -> None:
+        """The pool can run nothing more: an initializer failed, workers cannot start."""
+        with self.lock:
+            self.broken = error
+            self.state = Lifecycle.BROKEN
+
+    def stopped(self) -> bool:
+        """Terminated or broken: nothing more may start."""
+        return self.state is Lifecycle.TERMINATED or self.state is Lifecycle.BROKEN
+
+
 class Engine(Protocol):
     """What runs a pool's work (the local dispatcher, Dask's client core).
 

@@ -7,25 +7,24 @@ busy worker's call of the same map or imap. A worker that has reached
 handed stays in the queue, where it can still be cancelled: a future is marked
 running, under its own lock, just before its call is written (:meth:`Feeder.send`).
 
-The feeder owns no state: it moves calls from the dispatcher's queue to workers'
+The feeder owns no state: it moves calls from the queue to workers'
 ``outstanding`` lists and back, on a thread that holds the dispatcher's lock. It
-may call the dispatcher (queue, lifecycle, counters), the worker set (``write``)
-and the settler (``count_failed_here``).
+is handed what it uses: the queue, the worker set (``write``), the lifecycle, the
+staffing (to retire a spent worker) and the settler (``count_failed_here``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 from ._child import messages as m
-from ._executor import Lifecycle
-from ._jobs import Call, MapJob, SingleJob
+from ._executor import PoolLife
+from ._jobs import Call, MapJob
+from ._queue import WorkQueue
+from ._settle import Settler
+from ._staffing import Staffing
 from ._waiting import NONBLOCKING_WRITES
-from ._workers import Worker
-
-if TYPE_CHECKING:
-    from ._dispatcher import Dispatcher
+from ._workers import Worker, WorkerSet
 
 #: Where writes block (Windows), calls larger than this go only to an idle worker:
 #: a worker blocked writing its result while we are blocked writing its next call
@@ -35,10 +34,31 @@ PREFETCH_MAX_BYTES = 32 * 1024
 
 
 class Feeder:
-    """Hands queued calls to workers (see the module docstring)."""
+    """Hands queued calls to workers (see the module docstring).
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.d = dispatcher
+    Args:
+        size: the pool's number of workers (a map's chunks are cut for it).
+        max_tasks: calls a worker runs before it is replaced (None: no limit).
+    """
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        workers: WorkerSet,
+        life: PoolLife,
+        staffing: Staffing,
+        settler: Settler,
+        *,
+        size: int,
+        max_tasks: int | None,
+    ) -> None:
+        self._queue = queue
+        self._workers = workers
+        self._life = life
+        self._staffing = staffing
+        self._settler = settler
+        self._size = size
+        self._max_tasks = max_tasks
 
     def send(self, worker: Worker, call: Call) -> bool:
         """Hand ``call`` to ``worker``; False if the worker is gone (the call is queued again).
@@ -48,7 +68,6 @@ class Feeder:
         dropped here: a cancelled task never starts) or finds the future running
         (its hook then stops this worker, which we hold the lock to record below).
         """
-        d = self.d
         if not call.job.future.try_start():
             self.drop(call)
             return True
@@ -56,14 +75,14 @@ class Feeder:
         # by a thread that does not hold the lock (see _decode).
         worker.outstanding.append(call)
         try:
-            d.workers.write(worker, call.data)
+            self._workers.write(worker, call.data)
         except OSError:
             # The worker is gone; its sentinel will tell us. The call never started.
             worker.outstanding.pop()
-            self.requeue(call)
+            self._queue.requeue(call)
             return False
         if call.timeout is not None:
-            d.timed += 1
+            self._workers.timed += 1
         worker.sent += 1
         return True
 
@@ -77,24 +96,31 @@ class Feeder:
             call.lease = None
 
     def usable(self, worker: Worker) -> bool:
-        return not worker.dying and not worker.retiring
+        """Whether ``worker`` may be handed more calls (neither dying, retiring nor spent)."""
+        return (
+            not worker.dying
+            and not worker.retiring
+            and (self._max_tasks is None or worker.sent < self._max_tasks)
+        )
+
+    def spends_workers(self) -> bool:
+        """Whether workers retire after ``max_tasks_per_worker`` calls."""
+        return self._max_tasks is not None
 
     def fill(self) -> None:
         """Hand queued calls to workers that have room."""
-        d = self.d
-        if d.state is Lifecycle.TERMINATED or d.state is Lifecycle.BROKEN:
+        if self._life.stopped():
             return
+        queue = self._queue
         # Idle workers first, then one call of read-ahead for busy map workers.
         for depth in (0, 1):
-            for worker in list(d.workers.values()):
-                while d.queue and self.usable(worker) and len(worker.outstanding) == depth:
-                    if d.max_tasks is not None and worker.sent >= d.max_tasks:
-                        break
-                    job = next(iter(d.queue.values()))
+            for worker in list(self._workers.values()):
+                while queue and self.usable(worker) and len(worker.outstanding) == depth:
+                    job = queue.head()
                     if job.future.done():
                         # Cancelled (the command its cancel hook queued comes later)
                         # or failed in the parent: none of it may start.
-                        d.queue.pop(id(job), None)
+                        queue.discard(job)
                         continue
                     if depth == 1 and (
                         job.group is not worker.outstanding[0].job.group
@@ -105,10 +131,10 @@ class Feeder:
                         )
                     ):
                         break
-                    call = job.next_call(d.size)
-                    d.settler.count_failed_here(job)
+                    call = job.next_call(self._size)
+                    self._settler.count_failed_here(job)
                     if call is None or job.exhausted:
-                        d.queue.pop(id(job), None)
+                        queue.discard(job)
                     if call is None:
                         continue
                     if (
@@ -116,39 +142,24 @@ class Feeder:
                         and not NONBLOCKING_WRITES
                         and len(call.data) > PREFETCH_MAX_BYTES
                     ):
-                        self.requeue(call)
+                        queue.requeue(call)
                         break
                     if not self.send(worker, call):
                         break
-            if not d.queue:
+            if not queue:
                 break
         self._retire_spent()
 
     def _retire_spent(self) -> None:
-        d = self.d
-        if d.max_tasks is None:
+        if self._max_tasks is None:
             return
-        for worker in d.workers.values():
+        for worker in self._workers.values():
             if (
                 not worker.retiring
                 and not worker.dying
                 and not worker.outstanding
-                and worker.sent >= d.max_tasks
+                and worker.sent >= self._max_tasks
             ):
-                d.retire(worker)
+                self._staffing.retire(worker)
                 with contextlib.suppress(OSError):
-                    d.workers.write(worker, m.CALL_HEADER.pack(0, m.STOP))
-
-    def requeue(self, call: Call) -> None:
-        """Give a call that never started back to its job, at the front of the queue."""
-        d = self.d
-        job = call.job
-        if job.future.done():
-            return
-        if isinstance(job, SingleJob):
-            job.requeue(call)
-        elif isinstance(job, MapJob):
-            job.in_flight -= 1
-            job.hand_back(call.start + call.worker_done, call.stop, exact=call.exact)
-        d.queue[id(job)] = job
-        d.queue.move_to_end(id(job), last=False)
+                    self._workers.write(worker, m.CALL_HEADER.pack(0, m.STOP))

@@ -10,11 +10,11 @@ item. ``terminate()`` and a broken pool end every
 unfinished future at once. Every outcome is counted once, and only if it
 reached its future.
 
-The settler owns no state of its own: it changes futures, the dispatcher's queue
-and counters, and the calls of the worker at hand, always on a thread that holds
-the dispatcher's lock. It may call the dispatcher (``requeue``, the queue, the
-counters, the lifecycle) and the worker set (the marker); it never writes to a
-worker.
+The settler owns no state of its own: it changes futures, the queue, the
+counters, and the calls of the worker at hand, always on a thread that holds the
+dispatcher's lock. It is handed what it uses: the queue, the worker set (the
+marker, draining a dead worker's pipe), the counters, the lifecycle and the
+staffing (a reply, a retirement, a death); it never writes to a worker.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
-import signal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._child import messages as m
 from ._child.errors import Expired, NotPickled
@@ -36,49 +35,33 @@ from ._errors import (
     describe_exitcode,
     loss_cause,
 )
-from ._executor import Lifecycle
+from ._executor import PoolLife
 from ._jobs import Call, Job, MapJob, SingleJob
 from ._mapfuture import MapFuture
-from ._workers import UNEXPECTED, Reply, Worker
-
-if TYPE_CHECKING:
-    from ._dispatcher import Dispatcher
+from ._queue import WorkQueue
+from ._staffing import Staffing
+from ._stats import Counters
+from ._workers import UNEXPECTED, Reply, Worker, WorkerSet
 
 LOGGER = logging.getLogger("procpool")
-
-#: Consecutive workers that die by the program's doing before answering anything
-#: before the pool gives up.
-MAX_STARTUP_FAILURES = 3
-#: After a worker killed from outside before doing any work, the next one starts
-#: this much later (s), doubling with each such death in a row, up to the maximum.
-FIRST_RESTART_DELAY = 0.01
-MAX_RESTART_DELAY = 1.0
-#: Signals a process gets by its own fault (native code crashing or aborting).
-_CRASH_SIGNALS = frozenset(
-    getattr(signal, name)
-    for name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE", "SIGILL", "SIGSYS", "SIGTRAP")
-    if hasattr(signal, name)
-)
-
-
-def caused_by_program(exitcode: int | None, oom: bool | None) -> bool:
-    """Whether a process that ended with ``exitcode`` ended by the program's doing.
-
-    An exit (any code), a crash signal, or the out-of-memory killer: yes. Any
-    other signal (SIGKILL, SIGTERM...) comes from outside.
-    """
-    if oom:
-        return True
-    if exitcode is None:
-        return False
-    return exitcode >= 0 or -exitcode in _CRASH_SIGNALS
 
 
 class Settler:
     """Turns what workers send, and their deaths, into outcomes (see the module docstring)."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.d = dispatcher
+    def __init__(
+        self,
+        queue: WorkQueue,
+        workers: WorkerSet,
+        stats: Counters,
+        life: PoolLife,
+        staffing: Staffing,
+    ) -> None:
+        self._queue = queue
+        self._workers = workers
+        self._stats = stats
+        self._life = life
+        self._staffing = staffing
 
     def on_reply(self, worker: Worker, reply: Reply) -> None:
         """Apply one reply. Takes its body out: a result yielded by an iterated map
@@ -87,7 +70,7 @@ class Settler:
         if status == UNEXPECTED:
             return
         worker.replied = True
-        self.d.startup_failures = self.d.outside_deaths = 0
+        self._staffing.replied()
         if status in (m.RELEASED, m.KEPT):
             lease = worker.leases.pop(call_id, None)
             if lease is not None:
@@ -97,9 +80,9 @@ class Settler:
             # Above its memory limit after a call: it exits before reading another,
             # so whatever it was sent meanwhile goes back to the queue now.
             worker.resident = int(elapsed)
-            self.d.stats.recycled += 1
+            self._stats.recycled += 1
             self.give_up_calls(worker, "retired", None)
-            self.d.retire(worker)
+            self._staffing.retire(worker)
             return
         if status == m.LOG:
             self._replay_log(reply.data)
@@ -112,7 +95,7 @@ class Settler:
         call = worker.outstanding[0]
         job = call.job
         worker.busy += elapsed
-        self.d.stats.busy[worker.slot] += elapsed
+        self._stats.busy[worker.slot] += elapsed
         body: Any = reply.body
         reply.body = None
         if reply.error is not None:
@@ -138,8 +121,8 @@ class Settler:
             call.worker_done = offset + len(values)
             # Counted only if stored: a cancelled map's items count as cancelled.
             if job.map_future.set_items(call.start + offset, values, failures):
-                self.d.stats.completed += len(values) - (len(failures) if failures else 0)
-                self.d.stats.failed += len(failures) if failures else 0
+                self._stats.completed += len(values) - (len(failures) if failures else 0)
+                self._stats.failed += len(failures) if failures else 0
             if final:
                 self.call_done(worker, call)
             return
@@ -173,7 +156,7 @@ class Settler:
             # within its grace period (see _child.alarm): the worker lives on. Only
             # this report counts as the pool's time limit: a TaskTimeoutError the
             # task raised itself is the task's own error.
-            self.d.stats.timed_out += 1
+            self._stats.timed_out += 1
             error = TaskTimeoutError(
                 f"{job.describe(call, index)} ran past its time limit of {call.timeout:g} s: "
                 "it was interrupted (TimeLimitInterrupt raised inside it) and stopped "
@@ -193,7 +176,7 @@ class Settler:
             # Reusable once the worker says nothing of the call holds on to it.
             worker.leases[call.id], call.lease = call.lease, None
         if call.timeout is not None:
-            self.d.timed -= 1
+            self._workers.timed -= 1
         job = call.job
         if isinstance(job, MapJob):
             job.in_flight -= 1
@@ -212,21 +195,21 @@ class Settler:
             else future.try_set_exception(exception)
         ):
             if exception is None:
-                self.d.stats.completed += 1
+                self._stats.completed += 1
             else:
-                self.d.stats.failed += 1
+                self._stats.failed += 1
 
     def count_failed_here(self, job: Job) -> None:
         """Count the items a map failed in the parent (unpicklable) while cutting calls."""
         if isinstance(job, MapJob) and job.failed_here:
-            self.d.stats.failed += job.failed_here
+            self._stats.failed += job.failed_here
             job.failed_here = 0
 
     def fail_call(self, job: Job, call: Call, first: int, error: BaseException) -> None:
         """Fail a whole call: a single job's future, or every unreported item of a chunk."""
         if isinstance(job, MapJob):
             for index in range(first, call.stop):
-                self.d.stats.failed += job.map_future.set_item_exception(index, error)
+                self._stats.failed += job.map_future.set_item_exception(index, error)
             if job.map_future.done():
                 job.release()
         else:
@@ -249,72 +232,45 @@ class Settler:
             exc = ProcpoolError(f"the initializer raised an exception that does not pickle:\n{tb}")
         elif tb:
             exc.__cause__ = RemoteTraceback(tb)
-        name = getattr(self.d.spec.initializer, "__qualname__", repr(self.d.spec.initializer))
+        spec = self._workers.spec
+        name = getattr(spec.initializer, "__qualname__", repr(spec.initializer))
         error = ProcpoolError(
-            f"{self.d.name}: the initializer {name} raised {type(exc).__name__}: {exc}; "
+            f"{spec.name}: the initializer {name} raised {type(exc).__name__}: {exc}; "
             "the pool is broken and starts no more workers (fix the initializer)"
         )
         error.__cause__ = exc
-        self.d.broken = error
-        with self.d.lock:
-            self.d.state = Lifecycle.BROKEN
+        self._life.break_with(error)
         self.fail_everything(error, cancel=False)
 
     def on_exit(self, worker: Worker) -> None:
-        """A worker's sentinel fired: account for its calls, reap it, replace it.
-
-        A worker that dies before doing any work counts toward the broken-pool
-        verdict only if the program killed it (an exit, a crash in native code,
-        the out-of-memory killer): an unimportable main module or an initializer
-        that ends the process fails every worker alike. A signal from outside
-        says nothing about the program; the next worker then starts after a
-        delay that doubles with each such death in a row.
-        """
-        self.d.workers.drain(worker, self.on_reply)
+        """A worker's sentinel fired: account for its calls, reap it, let staffing refill
+        its slot (or break the pool: then every unfinished future fails)."""
+        self._workers.drain(worker, self.on_reply)
         worker.process.join()
         exitcode = worker.process.exitcode
-        self.d.retirements.pop(worker, None)
         oom: bool | None = None
-        delay = 0.0
+        before_work = False
         if not worker.dying:
             # Calls are written to a worker as soon as it starts, so a worker that
             # dies while starting up has calls too; only the marker (reset when the
             # worker was started) says whether it began one.
             began = bool(worker.outstanding) and (
-                self.d.workers.marker(worker)[0] == worker.outstanding[0].id
+                self._workers.marker(worker)[0] == worker.outstanding[0].id
             )
             oom = worker.oom.killed(exitcode)
             self.give_up_calls(worker, "died", exitcode, oom)
-            if worker.retiring and exitcode == 0:
-                pass
-            elif not worker.replied and not began:
-                if caused_by_program(exitcode, oom):
-                    self.d.startup_failures += 1
-                else:
-                    self.d.outside_deaths += 1
-                    delay = min(
-                        MAX_RESTART_DELAY, FIRST_RESTART_DELAY * 2 ** (self.d.outside_deaths - 1)
-                    )
-        self.d.workers.discard(worker)
-        if self.d.startup_failures >= MAX_STARTUP_FAILURES:
-            error = ProcpoolError(
-                f"{self.d.name}: {self.d.startup_failures} workers in a row died before doing any "
-                f"work (last one {describe_exitcode(exitcode, oom=oom)}). Under spawn or "
-                "forkserver the main module must be importable and guard its code with "
-                "`if __name__ == '__main__':`; and an initializer must not end the process"
-            )
-            self.d.broken = error
-            with self.d.lock:
-                self.d.state = Lifecycle.BROKEN
-            self.fail_everything(error, cancel=False)
-            return
-        self.d.replace(worker.slot, delay)
+            retired = worker.retiring and exitcode == 0
+            before_work = not retired and not worker.replied and not began
+        self._workers.discard(worker)
+        broken = self._staffing.exited(worker, exitcode, before_work=before_work, oom=oom)
+        if broken is not None:
+            self.fail_everything(broken, cancel=False)
 
     def kill(self, worker: Worker, reason: str) -> None:
         """Kill a worker now and settle its calls; the sentinel reaps it later."""
         if worker.dying:
             return
-        self.d.workers.drain(worker, self.on_reply)
+        self._workers.drain(worker, self.on_reply)
         worker.dying = True
         with contextlib.suppress(Exception):
             worker.process.kill()
@@ -329,20 +285,20 @@ class Settler:
         """
         calls = list(worker.outstanding)
         worker.outstanding.clear()
-        self.d.timed -= sum(call.timeout is not None for call in calls)
+        self._workers.timed -= sum(call.timeout is not None for call in calls)
         if not calls:
             return
-        mark_call, mark_item, _ = self.d.workers.marker(worker)
+        mark_call, mark_item, _ = self._workers.marker(worker)
         head = calls[0]
         for call in calls[1:]:
-            self.d.feeder.requeue(call)
+            self._queue.requeue(call)
         job = head.job
         if job.future.done():
             if isinstance(job, MapJob):
                 job.in_flight -= 1
             return
         if mark_call != head.id:
-            self.d.feeder.requeue(head)  # it never started
+            self._queue.requeue(head)  # it never started
             return
         pid = worker.process.pid
         if isinstance(job, MapJob):
@@ -351,7 +307,7 @@ class Settler:
             # A block of tiny items is marked as a whole (see _worker._run_chunk):
             # any of it may have been the one running. A bound at or below the
             # next item is an earlier block's, left behind by per-item marking.
-            block_stop = max(head.start + self.d.workers.block_stop(worker), running + 1)
+            block_stop = max(head.start + self._workers.block_stop(worker), running + 1)
             # Handed back back to front: the queue serves them in input order.
             job.hand_back(block_stop, head.stop)
             if block_stop == running + 1:
@@ -367,8 +323,7 @@ class Settler:
             if job.map_future.done():
                 job.release()
             elif not job.exhausted:
-                self.d.queue[id(job)] = job
-                self.d.queue.move_to_end(id(job), last=False)
+                self._queue.to_front(job)
         else:
             self._blame(job, head, head.start, reason, exitcode, pid, oom)
 
@@ -387,14 +342,14 @@ class Settler:
             return
         timed_out = reason == "timeout"
         if timed_out:
-            self.d.stats.timed_out += 1
+            self._stats.timed_out += 1
         if isinstance(job, SingleJob):
             attempts = job.attempts
         else:
             assert isinstance(job, MapJob)
             attempts = job.attempts.get(index, 0)
         if attempts < job.retries and (not timed_out or job.retry_timeouts):
-            self.d.stats.retried += 1
+            self._stats.retried += 1
             if isinstance(job, SingleJob):
                 job.attempts += 1
                 job.requeue(call)
@@ -402,8 +357,7 @@ class Settler:
                 assert isinstance(job, MapJob)
                 job.attempts[index] = attempts + 1
                 job.hand_back(index, index + 1)
-            self.d.queue[id(job)] = job
-            self.d.queue.move_to_end(id(job), last=False)
+            self._queue.to_front(job)
             return
         error: BaseException
         if timed_out:
@@ -428,18 +382,15 @@ class Settler:
                 cause=loss_cause(exitcode, oom=oom),
             )
         if isinstance(job, MapJob):
-            self.d.stats.failed += job.map_future.set_item_exception(index, error)
+            self._stats.failed += job.map_future.set_item_exception(index, error)
         else:
             self.resolve(job, exception=error)
 
     def fail_everything(self, error: BaseException | None, *, cancel: bool) -> None:
         """End every unfinished future: cancel it, or fail it with ``error``."""
-        jobs: dict[int, Job] = {}
-        with self.d.lock:
-            for job in self.d.queue.values():
-                jobs[id(job)] = job
-            self.d.queue.clear()
-        for worker in self.d.workers.values():
+        with self._life.lock:
+            jobs = {id(job): job for job in self._queue.take_all()}
+        for worker in self._workers.values():
             for call in worker.outstanding:
                 jobs[id(call.job)] = call.job
                 if call.lease is not None:
@@ -449,16 +400,16 @@ class Settler:
                     call.lease = None
             worker.outstanding.clear()
             worker.dying = True
-        self.d.timed = 0
+        self._workers.timed = 0
         for job in jobs.values():
             fut = job.future
             if fut.done():
                 continue
             if cancel or error is None:
-                self.d.stats.cancelled += items_left(job)
+                self._stats.cancelled += items_left(job)
                 fut.abandon()
             else:
-                self.d.stats.failed += items_left(job)
+                self._stats.failed += items_left(job)
                 if isinstance(fut, MapFuture):
                     fut.fail_unfinished(error)
                 else:

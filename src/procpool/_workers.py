@@ -211,6 +211,9 @@ class WorkerSet:
         self.ctx = ctx
         self.spec = spec
         self.by_slot: dict[int, Worker] = {}
+        #: Calls written to workers and not yet settled that have a time limit:
+        #: the dispatcher looks at deadlines only while there are some.
+        self.timed = 0
         #: Shared with the workers: each says in its slot what it runs (see ``_child``).
         self.marks = ctx.RawArray("q", m.MARK_WIDTH * size)
         self._mark = memoryview(self.marks).cast("B").cast("q")
