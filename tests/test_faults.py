@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -459,3 +460,26 @@ def test_forward_logs_replays_worker_records_in_the_parent(
     assert [r.getMessage() for r in records] == ["hello from a worker"]
     assert records[0].process == pid
     assert pid != os.getpid()
+
+
+# -- a main module without `if __name__ == "__main__":` ----------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+@pytest.mark.parametrize("what", ["pool", "spawn"])
+def test_an_unguarded_main_module_fails_with_one_message(what: str, method: str) -> None:
+    # Every child imports the main module again and would start pools of its own:
+    # the standard library printed a RuntimeError traceback per worker, interleaved
+    # (271 lines for four workers). Each child now leaves quietly, and the program
+    # fails once, saying what to do.
+    script = Path(__file__).parent / "scripts" / "unguarded_main.py"
+    proc = helpers.run_python(script, what, method, timeout=100)
+    assert proc.returncode == 1
+    assert "An attempt has been made to start a new process" not in proc.stderr
+    assert proc.stderr.count("Traceback (most recent call last)") == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("procpool.ProcpoolError: ")
+    assert "unguarded_main.py) starts a pool or a process when it is imported" in last
+    assert 'under `if __name__ == "__main__":`' in last
+    assert len(proc.stderr.splitlines()) < 15

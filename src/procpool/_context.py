@@ -44,6 +44,43 @@ def resolve_context(context: StartMethod | BaseContext | None) -> BaseContext:
     return multiprocessing.get_context(context)
 
 
+#: The exit code of a child that found its main module starting processes while
+#: it imported that module (see :func:`leave_if_importing_main`).
+UNGUARDED_MAIN_EXIT = 86
+
+
+def leave_if_importing_main() -> None:
+    """Exit quietly if this is a child process that is importing its main module.
+
+    Under spawn and forkserver a child imports the program's main module before
+    it runs anything; a module that starts a pool at import (no
+    ``if __name__ == "__main__":``) would have every worker start a pool of its
+    own. The standard library raises a RuntimeError in each child, which prints
+    a long traceback per worker, interleaved. Instead the child exits at once
+    with :data:`UNGUARDED_MAIN_EXIT` and prints nothing; the parent, which sees
+    that code, fails the pool with one message that says what to do.
+    """
+    from multiprocessing import process
+
+    if getattr(process.current_process(), "_inheriting", False):
+        # os._exit, not SystemExit: a forkserver child turns SystemExit into code 1.
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        os._exit(UNGUARDED_MAIN_EXIT)
+
+
+def unguarded_main_error(what: str) -> str:
+    """The parent's message for a child that exited with :data:`UNGUARDED_MAIN_EXIT`."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    module = f"the main module ({main})" if main else "the main module"
+    return (
+        f"{what}: {module} starts a pool or a process when it is imported, and under "
+        "spawn and forkserver every new process imports it first. Put the code that "
+        'starts pools and processes under `if __name__ == "__main__":`'
+    )
+
+
 def new_process(
     ctx: BaseContext,
     target: Callable[..., object],
@@ -52,7 +89,12 @@ def new_process(
     name: str | None,
     daemon: bool | None,
 ) -> BaseProcess:
-    """An unstarted process of ``ctx`` (typeshed does not type ``ctx.Process``)."""
+    """An unstarted process of ``ctx`` (typeshed does not type ``ctx.Process``).
+
+    In a child that is still importing its main module, exit instead (see
+    :func:`leave_if_importing_main`).
+    """
+    leave_if_importing_main()
     factory: Callable[..., BaseProcess] = getattr(ctx, "Process")  # noqa: B009
     return factory(target=target, args=args, name=name, daemon=daemon)
 

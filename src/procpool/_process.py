@@ -25,8 +25,16 @@ from ._callbacks import before_blocking
 from ._child import messages as m
 from ._child.codec import describe_callable, diagnose_call
 from ._child.spawned import child_main
-from ._context import PARENT_FDS, StartMethod, new_process, resolve_context
+from ._context import (
+    PARENT_FDS,
+    UNGUARDED_MAIN_EXIT,
+    StartMethod,
+    new_process,
+    resolve_context,
+    unguarded_main_error,
+)
 from ._errors import (
+    ProcpoolError,
     RemoteTraceback,
     SerializationError,
     WorkerLostError,
@@ -128,6 +136,11 @@ class ProcessHandle(Future[R]):
             with contextlib.suppress(ValueError):
                 process.close()
             self._reaped.set()
+        if data is None and self._exitcode == UNGUARDED_MAIN_EXIT:
+            self.try_set_exception(
+                ProcpoolError(unguarded_main_error(f"the process for {self._fn_name}"))
+            )
+            return
         if data is None:
             oom = self._oom.killed(self._exitcode)
             self.try_set_exception(

@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from ._context import UNGUARDED_MAIN_EXIT, unguarded_main_error
 from ._errors import ProcpoolError, describe_exitcode
 from ._executor import Lifecycle, PoolLife
 from ._stats import Counters
@@ -128,6 +129,11 @@ class Staffing:
         """
         self._retirements.pop(worker, None)
         delay = 0.0
+        if before_work and exitcode == UNGUARDED_MAIN_EXIT:
+            # Every worker will do the same: say why now, once.
+            error = ProcpoolError(unguarded_main_error(self._workers.spec.name))
+            self._life.break_with(error)
+            return error
         if before_work:
             if caused_by_program(exitcode, oom):
                 self._startup_failures += 1
