@@ -65,7 +65,7 @@ from ._direct import DirectPath
 from ._errors import PoolClosedError, ProcpoolError
 from ._executor import Lifecycle, PoolLife
 from ._feeding import Feeder
-from ._jobs import Job
+from ._jobs import Job, MapJob
 from ._queue import WorkQueue
 from ._settle import Settler, items_left
 from ._staffing import Staffing
@@ -83,7 +83,14 @@ class Dispatcher:
     """
 
     def __init__(
-        self, ctx: BaseContext, workers: int, spec: WorkerSpec, *, max_tasks_per_worker: int | None
+        self,
+        ctx: BaseContext,
+        workers: int,
+        spec: WorkerSpec,
+        *,
+        max_tasks_per_worker: int | None,
+        min_workers: int = 0,
+        idle_timeout: float | None = None,
     ) -> None:
         self.ctx = ctx
         self.size = workers
@@ -109,7 +116,15 @@ class Dispatcher:
 
         #: The processes, their pipes and the selector (see ``_workers``).
         self.workers = WorkerSet(ctx, workers, spec)
-        self.staffing = Staffing(self.workers, self.stats, self.life, self._idle)
+        self.staffing = Staffing(
+            self.workers,
+            self.stats,
+            self.life,
+            self._idle,
+            size=workers,
+            min_workers=min_workers,
+            idle_timeout=idle_timeout,
+        )
         self.settler = Settler(self.queue, self.workers, self.stats, self.life, self.staffing)
         self.feeder = Feeder(
             self.queue,
@@ -306,13 +321,20 @@ class Dispatcher:
                     return
                 if state is Lifecycle.BROKEN:
                     return
+                if self.queue.parked():
+                    self.queue.unpark_due()
                 if self.queue:
+                    if self.staffing.idle_timeout is not None:
+                        self.staffing.grow(self._workers_wanted())
                     self.feeder.fill()
                 if state is Lifecycle.CLOSED and self._idle():
                     self.life.exiting = True
                     return
+                self.staffing.watch_idle(self.feeder.usable)
                 timeout = (
-                    self._next_wakeup() if self.workers.timed or self.staffing.waiting() else None
+                    self._next_wakeup()
+                    if self.workers.timed or self.staffing.waiting() or self.queue.parked()
+                    else None
                 )
             ready = self.workers.wait(timeout)
             # Replies are read and unpickled before taking the lock, so submitting
@@ -357,7 +379,7 @@ class Dispatcher:
 
     def _idle(self) -> bool:
         with self.lock:
-            if self.queue or self.commands or self.callbacks.pending():
+            if self.queue or self.queue.parked() or self.commands or self.callbacks.pending():
                 return False
         return not any(w.outstanding for w in self.workers.values())
 
@@ -368,15 +390,24 @@ class Dispatcher:
         """Wake the dispatcher if a freed worker may be wanted (the direct path's hook)."""
         if (
             self.queue
+            or self.queue.parked()
             or self.commands
             or self.feeder.spends_workers()
             or self.life.state is not Lifecycle.RUNNING
         ):
             self.wake()
 
+    def _workers_wanted(self) -> int:
+        """How many more workers the queued work could use now (an elastic pool)."""
+        free = sum(1 for w in self.workers.values() if not w.outstanding and self.feeder.usable(w))
+        demand = sum(self.size if isinstance(job, MapJob) else 1 for job in self.queue.jobs())
+        return max(0, min(demand, self.size) - free)
+
     def _next_wakeup(self) -> float | None:
         """Seconds until the nearest deadline, retirement or restart (None: none)."""
-        waits = [due for due in (self.staffing.next_due(),) if due is not None]
+        waits = [
+            due for due in (self.staffing.next_due(), self.queue.next_due()) if due is not None
+        ]
         if self.workers.timed:
             deadline = self._next_deadline()
             if deadline is not None:

@@ -21,10 +21,11 @@ import enum
 import math
 import numbers
 import operator
+import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeAlias, TypeVar, overload
 
 from typing_extensions import ParamSpec, Self
 
@@ -222,6 +223,49 @@ class Options:
     #: Seconds between interrupting a task at its time limit and killing it (None:
     #: kill at the limit; ``math.inf``: never kill an interrupted task).
     grace: float | None = None
+    #: Exception types a task may raise and still be run again (``retries`` times).
+    retry_on: tuple[type[BaseException], ...] = ()
+    #: Seconds before the first retry; each next one waits twice as long (jittered).
+    backoff: float = 0.0
+    #: Queued work starts highest priority first (FIFO within a level).
+    priority: int = 0
+
+
+#: What ``retry_on=`` accepts: one exception type, or a tuple of them.
+RetryOn: TypeAlias = "type[BaseException] | tuple[type[BaseException], ...]"
+#: The longest a retry waits, however many came before it (s).
+MAX_BACKOFF = 60.0
+
+
+def retry_types(value: RetryOn | None) -> tuple[type[BaseException], ...] | None:
+    """Check ``retry_on=``: an exception type or a tuple of them (None: not given)."""
+    if value is None:
+        return None
+    types = value if isinstance(value, tuple) else (value,)
+    for kind in types:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"retry_on must be an exception type or a tuple of them, not {value!r}")
+    return types
+
+
+def check_priority(value: int | None) -> None:
+    """Check ``priority=``: an int (negative ones included), not a bool."""
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool)  # pyright: ignore[reportUnnecessaryIsInstance]
+    ):
+        raise TypeError(f"priority must be an int, not {value!r}")
+
+
+def backoff_delay(backoff: float, attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): exponential, jittered.
+
+    ``backoff * 2**(attempt - 1)``, at most :data:`MAX_BACKOFF`, times a random factor
+    from 0.5 to 1.5 so that tasks that failed together do not all retry together.
+    """
+    if backoff <= 0:
+        return 0.0
+    longest: float = min(MAX_BACKOFF, backoff * 2.0 ** (attempt - 1))
+    return longest * random.uniform(0.5, 1.5)
 
 
 class Executor(concurrent.futures.Executor, abc.ABC):
@@ -272,6 +316,9 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         retry_timeouts: bool | None = None,
         max_memory_per_worker: int | str | None = None,
         grace: float | None = None,
+        retry_on: RetryOn | None = None,
+        backoff: float | None = None,
+        priority: int | None = None,
     ) -> Self:
         """A view of this pool whose submissions carry their own limits.
 
@@ -285,8 +332,18 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         Args:
             timeout: time limit per task (per item of a map), in seconds;
                 ``math.inf`` lifts the pool's ``task_timeout``.
-            retries: how many times to run again a task whose worker died.
+            retries: how many times to run a task again when its worker dies,
+                or when it raises one of ``retry_on``.
             retry_timeouts: also run again tasks that ran out of time.
+            retry_on: exception types (one, or a tuple) after which a task runs
+                again, up to ``retries`` times; its final error, if it keeps
+                failing, carries a note saying how many attempts were made.
+            backoff: seconds before the first retry; each next retry waits
+                twice as long (at most 60 s), times a random factor from 0.5 to
+                1.5. The wait is spent in the pool's queue, holding no worker.
+            priority: queued work starts highest priority first, in the order
+                it came within one priority (default 0; negative is allowed).
+                The items of one ``map`` keep their order.
             max_memory_per_worker: after each of these tasks, a worker whose
                 resident memory is above this many bytes (or ``"2 GiB"``...)
                 delivers the result and is replaced before it takes another
@@ -305,6 +362,9 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         check_timeout("timeout", timeout)
         check_count("retries", retries, 0)
         check_timeout("grace", grace)
+        check_timeout("backoff", backoff)
+        check_priority(priority)
+        retry_on_types = retry_types(retry_on)
         memory = memory_bytes("max_memory_per_worker", max_memory_per_worker)
         if memory is not None:
             self._check_memory_limit()
@@ -321,6 +381,9 @@ class Executor(concurrent.futures.Executor, abc.ABC):
             retry_timeouts if retry_timeouts is not None else current.retry_timeouts,
             memory if memory is not None else current.max_memory,
             grace if grace is not None else current.grace,
+            retry_on_types if retry_on_types is not None else current.retry_on,
+            backoff if backoff is not None else current.backoff,
+            priority if priority is not None else current.priority,
         )
         return view
 

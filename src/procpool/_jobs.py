@@ -119,6 +119,12 @@ class Job(abc.ABC):
     timeout: float | None
     retries: int
     retry_timeouts: bool
+    #: Exception types after which a call runs again (up to ``retries`` times).
+    retry_on: tuple[type[BaseException], ...]
+    #: Seconds the first retry waits (see ``_executor.backoff_delay``).
+    backoff: float
+    #: Higher runs first (see ``_queue``).
+    priority: int
     grace: float | None
     #: The MEMORY and GRACE flags of the job's calls, and their fields.
     limit_flags: int
@@ -128,6 +134,9 @@ class Job(abc.ABC):
         self.timeout = opts.timeout
         self.retries = opts.retries
         self.retry_timeouts = opts.retry_timeouts
+        self.retry_on = opts.retry_on
+        self.backoff = opts.backoff
+        self.priority = opts.priority
         self.grace = opts.grace
         self.limit_flags, self.limit_fields = limit_fields(opts)
 
@@ -145,6 +154,14 @@ class Job(abc.ABC):
     @abc.abstractmethod
     def describe(self, call: Call, index: int) -> str:
         """Name the task (and item) for error messages."""
+
+    @abc.abstractmethod
+    def attempts_of(self, index: int) -> int:
+        """How many times item ``index`` (the task) has been run again so far."""
+
+    @abc.abstractmethod
+    def count_attempt(self, index: int) -> int:
+        """Item ``index`` (the task) runs again: return its number of retries so far."""
 
     def read_ahead_pays(self) -> bool:
         """Whether a busy worker should get this job's next call already.
@@ -191,6 +208,13 @@ class SingleJob(Job):
     def requeue(self, call: Call) -> None:
         """Hand the same call out again (it never started, or it is being retried)."""
         self._data, self._lease = call.data, call.lease
+
+    def attempts_of(self, index: int) -> int:
+        return self.attempts
+
+    def count_attempt(self, index: int) -> int:
+        self.attempts += 1
+        return self.attempts
 
     @property
     def exhausted(self) -> bool:
@@ -364,6 +388,13 @@ class MapJob(Job):
         per_item = timing.seconds / timing.items
         size = self.fixed if self.fixed is not None else 1
         return per_item * size < READ_AHEAD_BELOW_SECONDS or per_item < READ_AHEAD_BELOW_SECONDS / 4
+
+    def attempts_of(self, index: int) -> int:
+        return self.attempts.get(index, 0)
+
+    def count_attempt(self, index: int) -> int:
+        attempt = self.attempts[index] = self.attempts.get(index, 0) + 1
+        return attempt
 
     def hand_back(self, start: int, stop: int, *, exact: bool = False) -> None:
         """Queue items ``start..stop`` again, ahead of the rest (``exact``: see ``pending``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import CancelledError, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, TypeVar, cast
@@ -74,10 +74,15 @@ class MapFuture(Future[list[R]], Iterator[R]):
         self._on_progress = report
 
     def set_items(
-        self, start: int, values: list[Any], errors: dict[int, BaseException] | None
+        self,
+        start: int,
+        values: list[Any],
+        errors: dict[int, BaseException] | None,
+        pending: Collection[int] = (),
     ) -> bool:
         """For executors: results of items ``start`` on; ``errors`` maps batch indices to failures.
 
+        ``pending`` lists batch indices that have no outcome yet (they run again).
         Returns False, storing nothing, if the map is done already (cancelled).
         """
         with self._condition:
@@ -88,13 +93,15 @@ class MapFuture(Future[list[R]], Iterator[R]):
             if errors:
                 for index, exc in errors.items():
                     self._errors[start + index] = exc
-            self._received += len(values)
+            for index in pending:
+                self._values[start + index] = _MISSING
+            self._received += len(values) - len(pending)
             complete = self._received >= self._size
             # Only iterators care about single items; a thread in result() waking
             # for every batch would take the GIL from the dispatcher each time.
             if not complete and self._item_waiters:
                 self._condition.notify_all()
-        self._progressed(len(values))
+        self._progressed(len(values) - len(pending))
         if complete:
             self._complete()
         return True

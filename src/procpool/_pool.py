@@ -24,11 +24,13 @@ from ._dispatcher import Dispatcher
 from ._executor import (
     Executor,
     Options,
+    RetryOn,
     check_count,
     check_timeout,
     check_workers,
     finite,
     memory_bytes,
+    retry_types,
 )
 from ._future import Future
 from ._imap import Launch
@@ -130,8 +132,19 @@ class Pool(Executor):
             task's result and is replaced before it takes another task. Bounds
             workers that grow (leaks in C extensions, caches, fragmentation).
         retries: run a task again, up to this many times, when its worker dies
-            (only for tasks that are safe to run twice). Default 0.
+            or it raises one of ``retry_on`` (only for tasks that are safe to
+            run twice). Default 0.
         retry_timeouts: also retry tasks that ran past their time limit.
+        retry_on: exception types (one, or a tuple) after which a task is run
+            again, up to ``retries`` times. Default: none (only worker deaths).
+        backoff: seconds a retry waits in the queue before it runs again; each
+            next retry of the same task waits twice as long (at most 60 s),
+            jittered by a factor from 0.5 to 1.5. Default 0: at once.
+        min_workers: with ``idle_timeout``, the pool shrinks to this many
+            workers when idle (default 0).
+        idle_timeout: seconds after which a worker that has had nothing to do
+            exits (down to ``min_workers``); a new one starts when work
+            arrives, in the lowest free slot. None (default): workers stay.
         cloudpickle: send functions with cloudpickle, so lambdas and closures work
             (arguments and results stay on pickle). Needs ``procpool[cloudpickle]``
             and the same Python version in the workers.
@@ -163,14 +176,22 @@ class Pool(Executor):
         max_memory_per_worker: int | str | None = None,
         retries: int = 0,
         retry_timeouts: bool = False,
+        retry_on: RetryOn = (),
+        backoff: float = 0.0,
+        min_workers: int = 0,
+        idle_timeout: float | None = None,
         cloudpickle: bool = False,
         forward_logs: bool = False,
     ) -> None:
         check_workers(workers)
         check_count("max_tasks_per_worker", max_tasks_per_worker, 1)
         check_count("retries", retries, 0)
+        check_count("min_workers", min_workers, 0)
         check_timeout("task_timeout", task_timeout)
         check_timeout("task_grace", task_grace)
+        check_timeout("backoff", backoff)
+        check_timeout("idle_timeout", idle_timeout)
+        retry_on_types = retry_types(retry_on) or ()
         memory = memory_bytes("max_memory_per_worker", max_memory_per_worker)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
@@ -185,12 +206,32 @@ class Pool(Executor):
                     "Pool(cloudpickle=True) needs cloudpickle: pip install 'procpool[cloudpickle]'"
                 ) from exc
         self._workers = workers if workers is not None else _usable_cpus()
+        if min_workers > self._workers:
+            raise ValueError(
+                f"min_workers={min_workers} is more than workers={self._workers}; "
+                "min_workers is how far an idle pool shrinks"
+            )
         self._cloud = cloudpickle
-        self._options = Options(finite(task_timeout), retries, retry_timeouts, memory, task_grace)
+        self._options = Options(
+            finite(task_timeout),
+            retries,
+            retry_timeouts,
+            memory,
+            task_grace,
+            retry_on_types,
+            backoff,
+        )
         self._name = f"procpool.Pool-{next(_pool_numbers)}"
         _install_exit_hook()
         spec = WorkerSpec(self._name, initializer, initargs, forward_logs)
-        dispatcher = Dispatcher(ctx, self._workers, spec, max_tasks_per_worker=max_tasks_per_worker)
+        dispatcher = Dispatcher(
+            ctx,
+            self._workers,
+            spec,
+            max_tasks_per_worker=max_tasks_per_worker,
+            min_workers=min_workers,
+            idle_timeout=finite(idle_timeout),
+        )
         _live.add(dispatcher)
         self._handle = _Handle(dispatcher)
         self._dispatcher = self._engine = dispatcher

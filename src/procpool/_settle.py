@@ -20,8 +20,10 @@ staffing (a reply, a retirement, a death); it never writes to a worker.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from ._child import messages as m
@@ -35,7 +37,7 @@ from ._errors import (
     describe_exitcode,
     loss_cause,
 )
-from ._executor import PoolLife
+from ._executor import PoolLife, backoff_delay
 from ._jobs import Call, Job, MapJob, SingleJob
 from ._mapfuture import MapFuture
 from ._queue import WorkQueue
@@ -110,32 +112,83 @@ class Settler:
             offset, values, errors, final = body
             assert isinstance(job, MapJob)
             job.record_timing(len(values), elapsed)
-            failures = (
-                {
-                    index - offset: self._remote_error(job, call, call.start + index, e)
-                    for index, e in errors.items()
-                }
-                if errors
-                else None
-            )
+            failures: dict[int, BaseException] | None = None
+            retried: list[int] = []
+            if errors:
+                failures = {}
+                for index, e in errors.items():
+                    error = self._remote_error(job, call, call.start + index, e)
+                    if self._may_retry(job, call.start + index, error):
+                        retried.append(index - offset)
+                    else:
+                        failures[index - offset] = error
             call.worker_done = offset + len(values)
             # Counted only if stored: a cancelled map's items count as cancelled.
-            if job.map_future.set_items(call.start + offset, values, failures):
-                self._stats.completed += len(values) - (len(failures) if failures else 0)
-                self._stats.failed += len(failures) if failures else 0
+            if job.map_future.set_items(call.start + offset, values, failures, retried):
+                failed = len(failures) if failures else 0
+                self._stats.completed += len(values) - failed - len(retried)
+                self._stats.failed += failed
+                for index in retried:
+                    self._retry(job, call, call.start + offset + index)
             if final:
                 self.call_done(worker, call)
+            return
+        if status == m.ERROR:
+            error = self._remote_error(job, call, call.start, body)
+            retry = self._may_retry(job, call.start, error)
+            # A task run again needs its call's shared segment as it is: it stays.
+            self.call_done(worker, call, keep_lease=retry)
+            if retry:
+                self._retry(job, call, call.start)
+            else:
+                self.resolve(job, exception=error)
             return
         self.call_done(worker, call)
         if status == m.OK:
             self.resolve(job, result=body)
-        elif status == m.ERROR:
-            self.resolve(job, exception=self._remote_error(job, call, call.start, body))
         else:  # BAD_PICKLE
             index = call.start + call.worker_done
             self.fail_call(
                 job, call, index, SerializationError(f"{job.describe(call, index)}: {body}")
             )
+
+    def _may_retry(self, job: Job, index: int, error: BaseException) -> bool:
+        """Whether item ``index`` (the task) runs again after raising ``error``.
+
+        If not, and ``error`` is of a type to retry, it gets a note saying how many
+        attempts were made (all of them failed).
+        """
+        if not job.retry_on or not isinstance(error, job.retry_on):
+            return False
+        attempts = job.attempts_of(index)
+        if attempts < job.retries:
+            return True
+        if attempts:
+            note = f"procpool: {attempts + 1} attempts were made; this is the error of the last"
+            add_note: Callable[[str], None] | None = getattr(error, "add_note", None)
+            if add_note is not None:
+                add_note(note)
+            else:  # Python 3.10: tracebacks do not show notes, but they are there
+                notes: list[str] = [*getattr(error, "__notes__", ()), note]
+                setattr(error, "__notes__", notes)  # noqa: B010
+        return False
+
+    def _retry(self, job: Job, call: Call, index: int) -> None:
+        """Run item ``index`` of ``job`` (the task) again, after its backoff (see ``_queue``)."""
+        self._stats.retried += 1
+        attempt = job.count_attempt(index)
+        resume: Callable[[], None]
+        if isinstance(job, SingleJob):
+            resume = functools.partial(job.requeue, call)
+        else:
+            assert isinstance(job, MapJob)
+            resume = functools.partial(job.hand_back, index, index + 1)
+        delay = backoff_delay(job.backoff, attempt)
+        if delay > 0:
+            self._queue.park(job, delay, resume)
+        else:
+            resume()
+            self._queue.to_front(job)
 
     def _remote_error(
         self, job: Job, call: Call, index: int, body: tuple[BaseException | None, str]
@@ -170,9 +223,9 @@ class Settler:
         exc.__cause__ = RemoteTraceback(tb)
         return exc
 
-    def call_done(self, worker: Worker, call: Call) -> None:
+    def call_done(self, worker: Worker, call: Call, *, keep_lease: bool = False) -> None:
         worker.outstanding.popleft()
-        if call.lease is not None:
+        if call.lease is not None and not keep_lease:
             # Reusable once the worker says nothing of the call holds on to it.
             worker.leases[call.id], call.lease = call.lease, None
         if call.timeout is not None:
@@ -343,21 +396,9 @@ class Settler:
         timed_out = reason == "timeout"
         if timed_out:
             self._stats.timed_out += 1
-        if isinstance(job, SingleJob):
-            attempts = job.attempts
-        else:
-            assert isinstance(job, MapJob)
-            attempts = job.attempts.get(index, 0)
+        attempts = job.attempts_of(index)
         if attempts < job.retries and (not timed_out or job.retry_timeouts):
-            self._stats.retried += 1
-            if isinstance(job, SingleJob):
-                job.attempts += 1
-                job.requeue(call)
-            else:
-                assert isinstance(job, MapJob)
-                job.attempts[index] = attempts + 1
-                job.hand_back(index, index + 1)
-            self._queue.to_front(job)
+            self._retry(job, call, index)
             return
         error: BaseException
         if timed_out:

@@ -12,6 +12,10 @@ killer) break the pool after ``MAX_STARTUP_FAILURES`` in a row. A worker told to
 exit (``max_tasks_per_worker``, a memory limit) that is still there after
 ``RETIRE_SECONDS`` is killed, and its slot refilled.
 
+An elastic pool (``idle_timeout``) tells a worker that has had nothing to do for
+that long to exit, down to ``min_workers``, and leaves its slot empty; when work
+waits and no worker is free, it starts workers in the lowest empty slots again.
+
 It owns the retirement and restart timers and the counts of deaths in a row; it
 calls the worker set (start) and reads the lifecycle; everything runs holding the
 dispatcher's lock.
@@ -19,10 +23,12 @@ dispatcher's lock.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable
 
+from ._child import messages as m
 from ._context import UNGUARDED_MAIN_EXIT, unguarded_main_error
 from ._errors import ProcpoolError, describe_exitcode
 from ._executor import Lifecycle, PoolLife
@@ -67,15 +73,35 @@ class Staffing:
     Args:
         idle: whether the pool has nothing left to do (a closed, idle pool
             replaces no worker).
+        size: the most workers the pool runs.
+        min_workers: with ``idle_timeout``, the fewest.
+        idle_timeout: seconds after which a worker with nothing to do exits
+            (None: workers stay).
     """
 
     def __init__(
-        self, workers: WorkerSet, stats: Counters, life: PoolLife, idle: Callable[[], bool]
+        self,
+        workers: WorkerSet,
+        stats: Counters,
+        life: PoolLife,
+        idle: Callable[[], bool],
+        *,
+        size: int,
+        min_workers: int = 0,
+        idle_timeout: float | None = None,
     ) -> None:
         self._workers = workers
         self._stats = stats
         self._life = life
         self._idle = idle
+        self._size = size
+        self._min_workers = min_workers
+        self.idle_timeout = idle_timeout
+        #: Each idle worker: since when, and its count of calls then (a call sent
+        #: and finished between two looks means it was not idle all along).
+        self._idle_since: dict[Worker, tuple[float, int]] = {}
+        #: Workers told to exit for idleness: their slots stay empty.
+        self._idled: set[Worker] = set()
         #: Workers told to exit, and when each is killed if it is still there.
         self._retirements: dict[Worker, float] = {}
         #: Emptied slots whose next worker starts later (monotonic time).
@@ -128,6 +154,11 @@ class Staffing:
             The error the pool broke with, if this death broke it.
         """
         self._retirements.pop(worker, None)
+        self._idle_since.pop(worker, None)
+        if worker in self._idled:
+            self._idled.discard(worker)
+            if exitcode == 0 or worker.dying:
+                return None  # the slot stays empty until work needs it
         delay = 0.0
         if before_work and exitcode == UNGUARDED_MAIN_EXIT:
             # Every worker will do the same: say why now, once.
@@ -156,13 +187,53 @@ class Staffing:
         return None
 
     def waiting(self) -> bool:
-        """Whether a retirement or a restart is due later (see :meth:`next_due`)."""
-        return bool(self._retirements or self._restarts)
+        """Whether a retirement, a restart or an idle exit may be due later (see :meth:`next_due`)."""
+        return bool(self._retirements or self._restarts or self._idle_since)
 
     def next_due(self) -> float | None:
-        """Seconds until the next retirement or restart is due (None: none)."""
-        dues = (*self._retirements.values(), *self._restarts.values())
+        """Seconds until the next retirement, restart or idle exit is due (None: none)."""
+        dues = [*self._retirements.values(), *self._restarts.values()]
+        if self._idle_since and self.idle_timeout is not None:
+            dues.append(min(since for since, _ in self._idle_since.values()) + self.idle_timeout)
         return max(0.0, min(dues) - time.monotonic()) if dues else None
+
+    # -- an elastic pool -------------------------------------------------------------
+
+    def watch_idle(self, usable: Callable[[Worker], bool]) -> None:
+        """Note which workers have nothing to do; tell those idle too long to exit."""
+        timeout = self.idle_timeout
+        if timeout is None:
+            return
+        now = time.monotonic()
+        live = [w for w in self._workers.values() if not w.dying and not w.retiring]
+        staying = len(live)
+        for worker in live:
+            if worker.outstanding or not usable(worker):
+                self._idle_since.pop(worker, None)
+                continue
+            since, sent = self._idle_since.get(worker, (now, worker.sent))
+            if sent != worker.sent:
+                since, sent = now, worker.sent
+            self._idle_since[worker] = (since, sent)
+            if now - since >= timeout and staying > self._min_workers:
+                staying -= 1
+                del self._idle_since[worker]
+                self._idled.add(worker)
+                self._stats.idle_exits += 1
+                self.retire(worker)
+                with contextlib.suppress(OSError):  # gone already: its sentinel follows
+                    self._workers.write(worker, m.CALL_HEADER.pack(0, m.STOP))
+
+    def grow(self, wanted: int) -> None:
+        """Start up to ``wanted`` workers in the lowest empty slots (an elastic pool)."""
+        if self.idle_timeout is None or self._life.state is not Lifecycle.RUNNING:
+            return
+        for slot in range(self._size):
+            if wanted <= 0:
+                return
+            if slot not in self._workers and slot not in self._restarts:
+                self.start(slot)
+                wanted -= 1
 
     def run_due(self, kill: Callable[[Worker], None]) -> None:
         """``kill`` the workers overdue to exit; start the workers due to restart."""

@@ -41,6 +41,10 @@ class PoolStats:
     #: Each is replaced (and counted in ``workers_replaced`` too) unless the pool is
     #: closed and has nothing left to run, as after a closed pool's last task.
     recycled: int = 0
+    #: Workers that exited after ``idle_timeout`` seconds with nothing to do (an
+    #: elastic pool); the workers started again when work came back are counted in
+    #: ``workers_started``.
+    idle_exits: int = 0
 
 
 class Counters:
@@ -63,6 +67,7 @@ class Counters:
         self.workers_started = 0
         self.workers_replaced = 0
         self.recycled = 0
+        self.idle_exits = 0
         self.busy = [0.0] * slots
 
     def add(self, **counts: int) -> None:
@@ -85,4 +90,5 @@ class Counters:
                 workers_replaced=self.workers_replaced,
                 busy_seconds=tuple(self.busy),
                 recycled=self.recycled,
+                idle_exits=self.idle_exits,
             )

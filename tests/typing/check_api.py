@@ -175,3 +175,18 @@ def check_limits(pool: procpool.Pool, dask_pool: procpool.DaskPool) -> None:
     assert_type(lost.cause, Literal["oom", "signal", "exit", "timeout", "cancel", "unknown"])
     procpool.WorkerLostError("gone", cause="tired")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     assert_type(procpool.TaskTimeoutError("late", killed=False).killed, bool)
+
+
+def check_policy(pool: procpool.Pool) -> None:
+    """Issues 25 and 26: retries by exception type, backoff, priority, elastic pools."""
+    assert_type(pool.options(retries=3, retry_on=ConnectionError, backoff=0.5), procpool.Pool)
+    assert_type(pool.options(retries=3, retry_on=(ConnectionError, TimeoutError)), procpool.Pool)
+    assert_type(pool.options(priority=-2).submit(square, 2), procpool.Future[int])
+    assert_type(procpool.Pool(4, min_workers=1, idle_timeout=30.0), procpool.Pool)
+    assert_type(procpool.Pool(retries=2, retry_on=OSError, backoff=1), procpool.Pool)
+    assert_type(pool.stats().idle_exits, int)
+    pool.options(retry_on="OSError")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.options(retry_on=(ConnectionError, int))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.options(retry_on=[ConnectionError])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.options(priority="high")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.Pool(idle_timeout="30")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
