@@ -17,7 +17,7 @@ import pytest
 
 import helpers
 import procpool
-from procpool._executor import memory_bytes
+from procpool._options import memory_bytes
 
 SCRIPTS = Path(__file__).parent / "scripts"
 pytestmark = pytest.mark.timeout(180)

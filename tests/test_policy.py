@@ -75,7 +75,7 @@ def test_a_retry_waits_in_the_queue_holding_no_worker(tmp_path: Path) -> None:
 
 
 def test_backoff_doubles_with_jitter() -> None:
-    from procpool._executor import MAX_BACKOFF, backoff_delay
+    from procpool._options import MAX_BACKOFF, backoff_delay
 
     for attempt, base in [(1, 0.1), (2, 0.2), (3, 0.4)]:
         delays = [backoff_delay(0.1, attempt) for _ in range(200)]
@@ -177,3 +177,54 @@ def test_elastic_arguments_are_checked() -> None:
         procpool.Pool(2, min_workers=3, idle_timeout=1)
     with pytest.raises(ValueError, match="idle_timeout"):
         procpool.Pool(2, idle_timeout=-1)
+
+
+# -- per-item outcomes -------------------------------------------------------------
+
+
+def test_return_exceptions_keeps_each_failure_in_its_place(start_method: str) -> None:
+    import helpers
+
+    with procpool.Pool(2, context=start_method) as pool:
+        got = pool.map(helpers.fail_on, range(6), [frozenset({1, 4})] * 6, return_exceptions=True)
+        values = got.result()
+        assert got.exception() is None
+        assert [v for i, v in enumerate(values) if i not in (1, 4)] == [0, 2, 3, 5]
+        for i in (1, 4):
+            error = values[i]
+            assert isinstance(error, ValueError)
+            assert isinstance(error.__cause__, procpool.RemoteTraceback)
+            assert "fail_on" in str(error.__cause__)
+        streamed = list(
+            pool.map(helpers.fail_on, range(6), [frozenset({1})] * 6, return_exceptions=True)
+        )
+        assert isinstance(streamed[1], ValueError)
+        assert streamed[2] == 2
+
+
+def test_return_exceptions_in_imap_unordered_names_the_failed_item() -> None:
+    import helpers
+
+    with procpool.Pool(2) as pool:
+        out = list(
+            pool.imap_unordered(helpers.fail_on, range(10), chunksize=3, return_exceptions=True)
+        )
+    errors = [v for v in out if isinstance(v, BaseException)]
+    assert len(errors) == 1  # fail_on fails item 3
+    notes = getattr(errors[0], "__notes__", [])
+    assert notes == ["procpool: raised by item 3 of the input"]
+    assert sorted(v for v in out if not isinstance(v, BaseException)) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+def test_return_exceptions_still_cancels_and_terminates() -> None:
+    with procpool.Pool(1) as pool:
+        pool.submit(ph.nap, 0.3)
+        queued = pool.map(ph.nap, [0.0] * 3, return_exceptions=True)
+        assert queued.cancel()
+        with pytest.raises(concurrent.futures.CancelledError):
+            queued.result()
+        running = pool.map(ph.nap, [5.0] * 2, return_exceptions=True)
+        time.sleep(0.5)
+        pool.terminate()
+        with pytest.raises(concurrent.futures.CancelledError):
+            running.result(timeout=10)

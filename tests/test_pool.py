@@ -281,9 +281,9 @@ def test_imap_breaking_out_spares_the_worker_running_an_earlier_chunk(
 
 
 def test_imap_chunks_share_their_timing_so_read_ahead_starts_after_one_reply() -> None:
-    from procpool._executor import Options
     from procpool._jobs import MapJob, Timing
     from procpool._mapfuture import MapFuture
+    from procpool._options import Options
 
     timing = Timing()
 

@@ -118,3 +118,46 @@ def test_map_of_two_iterables_equals_serial(
     assert pool.map(helpers.add, xs, ys, chunksize=chunksize).result(timeout=60) == list(
         map(helpers.add, xs, ys)
     )
+
+
+def caught(x: int) -> object:
+    """What a serial loop that catches each item's exception gives for ``x``."""
+    try:
+        return helpers.poly(x)
+    except Exception as exc:
+        return exc
+
+
+def same(a: object, b: object) -> bool:
+    """Equal values, or exceptions of one type and message."""
+    if isinstance(a, BaseException) or isinstance(b, BaseException):
+        return type(a) is type(b) and str(a) == str(b)
+    return a == b
+
+
+@common
+@given(
+    xs=inputs,
+    method=methods,
+    n=workers,
+    chunksize=chunksizes,
+    imap_chunksize=st.integers(min_value=1, max_value=20),
+)
+def test_return_exceptions_equals_a_serial_loop_that_catches(
+    xs: list[int], method: str, n: int, chunksize: int | None, imap_chunksize: int
+) -> None:
+    # Issue 25: every item in its place, the failed ones as their exception.
+    pool = get_pool(method, n)
+    expected = [caught(x) for x in xs]
+    got = pool.map(helpers.poly, xs, chunksize=chunksize, return_exceptions=True)
+    as_list = got.result(timeout=60)
+    assert len(as_list) == len(expected)
+    assert all(same(a, b) for a, b in zip(as_list, expected, strict=True))
+    streamed = list(pool.imap(helpers.poly, xs, chunksize=imap_chunksize, return_exceptions=True))
+    assert all(same(a, b) for a, b in zip(streamed, expected, strict=True))
+    assert len(streamed) == len(expected)
+    unordered = list(
+        pool.imap_unordered(helpers.poly, xs, chunksize=imap_chunksize, return_exceptions=True)
+    )
+    key = lambda v: (type(v).__name__, str(v))  # noqa: E731
+    assert sorted(map(key, unordered)) == sorted(map(key, expected))

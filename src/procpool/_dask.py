@@ -35,10 +35,12 @@ from ._dask_core import (
     private_local_cluster,
 )
 from ._errors import PoolClosedError, TaskTimeoutError
-from ._executor import Executor, Lifecycle, Options, check_count, check_timeout, finite
+from ._executor import Executor
 from ._future import Future
 from ._imap import Launch
+from ._lifecycle import Lifecycle
 from ._mapfuture import MapFuture
+from ._options import Options, check_count, check_timeout, finite
 from ._progress import Progress, make_reporter
 from ._stats import PoolStats
 

@@ -57,9 +57,10 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from ._executor import Lifecycle, Options
 from ._future import Future
+from ._lifecycle import Lifecycle
 from ._mapfuture import MapFuture
+from ._options import Options
 from ._stats import Counters
 
 LOGGER = logging.getLogger("procpool")

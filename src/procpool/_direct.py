@@ -20,9 +20,9 @@ import functools
 import time
 from collections.abc import Callable
 
-from ._executor import Lifecycle, PoolLife
 from ._feeding import Feeder
 from ._jobs import Call, Job, SingleJob
+from ._lifecycle import Lifecycle, PoolLife
 from ._queue import WorkQueue
 from ._settle import Settler
 from ._workers import CLAIMS, RESULT, Worker, WorkerSet

@@ -63,9 +63,9 @@ from ._child.shm import ENABLED as SHARED_MEMORY
 from ._child.shm import SegmentPool
 from ._direct import DirectPath
 from ._errors import PoolClosedError, ProcpoolError
-from ._executor import Lifecycle, PoolLife
 from ._feeding import Feeder
 from ._jobs import Job, MapJob
+from ._lifecycle import Lifecycle, PoolLife
 from ._queue import WorkQueue
 from ._settle import Settler, items_left
 from ._staffing import Staffing

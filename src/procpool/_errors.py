@@ -19,6 +19,7 @@ the way :mod:`concurrent.futures` does it.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Literal
 
@@ -33,6 +34,7 @@ __all__ = [
     "TaskTimeoutError",
     "TimeLimitInterrupt",
     "WorkerLostError",
+    "add_note",
     "describe_exitcode",
     "loss_cause",
 ]
@@ -160,3 +162,13 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, also on Python 3.10 (which has no add_note and shows no notes)."""
+    method: Callable[[str], None] | None = getattr(exc, "add_note", None)
+    if method is not None:
+        method(note)
+    else:
+        notes: list[str] = [*getattr(exc, "__notes__", ()), note]
+        setattr(exc, "__notes__", notes)  # noqa: B010

@@ -1,9 +1,9 @@
 """The typed surface that :class:`~procpool.Pool` and :class:`~procpool.DaskPool` share.
 
 ``options()``, the overloads of ``map``, ``imap``/``imap_unordered`` (and the one
-imap engine behind them, :mod:`._imap`), ``shutdown``/``join``, the argument
-checks, the lifecycle and the with-block are written once here, so the two pools
-cannot drift apart. Each pool supplies what differs, in the abstract methods at
+imap engine behind them, :mod:`._imap`), ``shutdown``/``join`` and the with-block
+are written once here (the argument checks in :mod:`._options`, the lifecycle in
+:mod:`._lifecycle`), so the pools cannot drift apart. Each pool supplies what differs, in the abstract methods at
 the end of :class:`Executor`: how to start a map and one imap chunk, how to
 stop, and how to wait.
 
@@ -17,22 +17,28 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import copy
-import enum
-import math
-import numbers
 import operator
-import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from typing_extensions import ParamSpec, Self
 
 from ._callbacks import before_blocking
 from ._future import Future
 from ._imap import IMapFeed, Launch
+from ._lifecycle import Engine, Lifecycle
 from ._mapfuture import MapFuture
+from ._options import (
+    Options,
+    RetryOn,
+    check_count,
+    check_priority,
+    check_timeout,
+    finite,
+    memory_bytes,
+    retry_types,
+)
 from ._progress import Progress, make_reporter
 from ._stats import PoolStats
 
@@ -43,229 +49,6 @@ T2 = TypeVar("T2")
 T3 = TypeVar("T3")
 T4 = TypeVar("T4")
 T5 = TypeVar("T5")
-
-
-def check_timeout(name: str, value: float | None) -> None:
-    """Reject anything but None or a number of seconds >= 0, naming the argument.
-
-    Raises:
-        TypeError: not a number (a bool or a string such as ``"1"`` included).
-        ValueError: a negative number, or NaN.
-    """
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be None or a number of seconds, not {value!r}")
-    if not value >= 0:  # `not >=` also rejects NaN
-        raise ValueError(f"{name} must be None or a number of seconds >= 0, not {value!r}")
-
-
-def check_count(name: str, value: int | None, minimum: int) -> None:
-    """Reject anything but an int of at least ``minimum`` (a bool too), naming the argument."""
-    if value is not None and (
-        not isinstance(value, int)  # pyright: ignore[reportUnnecessaryIsInstance]
-        or isinstance(value, bool)
-        or value < minimum
-    ):
-        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
-
-
-#: More workers than this is a mistake, not a plan: each is a process with two
-#: pipes and a slot in the dispatcher's tables.
-MAX_WORKERS = 4096
-
-
-def check_workers(workers: int | None) -> None:
-    """Check ``Pool(workers=...)``: None, or an int from 1 to :data:`MAX_WORKERS`."""
-    check_count("workers", workers, 1)
-    if workers is not None and workers > MAX_WORKERS:
-        raise ValueError(
-            f"workers={workers} is more processes than one pool can hold (at most "
-            f"{MAX_WORKERS}); use None for one per CPU, or DaskPool to spread work "
-            "over several machines"
-        )
-
-
-def finite(timeout: float | None) -> float | None:
-    """``math.inf`` means no limit: then no deadline needs watching."""
-    return None if timeout is None or math.isinf(timeout) else timeout
-
-
-class Lifecycle(enum.Enum):
-    """Where a pool is in its life; it only moves down this list."""
-
-    RUNNING = "running"
-    #: close(): no new work; what was submitted still runs.
-    CLOSED = "closed"
-    #: terminate(): no new work; what was submitted is stopped.
-    TERMINATED = "terminated"
-    #: Its initializer failed, or its workers kept dying at start-up.
-    BROKEN = "broken"
-
-
-class PoolLife:
-    """Where one pool is in its life, and why it broke: shared by the parts of its engine.
-
-    Fields change holding ``lock`` (the engine's lock); they may be read without it.
-    """
-
-    def __init__(self, lock: Any) -> None:
-        self.lock: Any = lock
-        self.state = Lifecycle.RUNNING
-        #: Why the pool is broken (set with ``state = BROKEN``).
-        self.broken: BaseException | None = None
-        #: Set once the engine has decided to stop: nothing more may be queued.
-        self.exiting = False
-
-    def break_with(self, error: BaseException) -> None:
-        """The pool can run nothing more: an initializer failed, workers cannot start."""
-        with self.lock:
-            self.broken = error
-            self.state = Lifecycle.BROKEN
-
-    def stopped(self) -> bool:
-        """Terminated or broken: nothing more may start."""
-        return self.state is Lifecycle.TERMINATED or self.state is Lifecycle.BROKEN
-
-
-class Engine(Protocol):
-    """What runs a pool's work (the local dispatcher, Dask's client core).
-
-    :class:`Executor` builds ``imap``'s default, ``join()``, ``shutdown()``
-    and the with-block from these.
-    """
-
-    @property
-    def state(self) -> Lifecycle:
-        """Where the pool is in its life."""
-        ...
-
-    def check_open(self) -> None:
-        """Raise ``PoolClosedError`` (or why the pool is broken) if it takes no new work."""
-        ...
-
-    def parallelism(self) -> int:
-        """How many items run at once (imap's default read-ahead is four times that)."""
-        ...
-
-    def cancel_unstarted(self) -> None:
-        """Cancel the work that has not started (``shutdown(cancel_futures=True)``)."""
-        ...
-
-    def wait_for_end(self, timeout: float | None) -> bool:
-        """Wait, after close or terminate, until everything has ended; False on timeout."""
-        ...
-
-
-_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-#: The largest memory limit a worker can be told (a signed 64-bit field, 8 EiB).
-MAX_MEMORY_BYTES = 2**63 - 1
-
-
-def memory_bytes(name: str, value: int | str | None) -> int | None:
-    """Read a memory size: bytes as an int, or a string such as ``"2 GiB"`` or ``"500MB"``.
-
-    Units: B, kB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of
-    1024), in any case.
-
-    Raises:
-        ValueError: naming the argument, for anything else, a size below 1 byte,
-            or one above :data:`MAX_MEMORY_BYTES`.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = text[len(number) :] or "b"
-        try:
-            size = float(number) * _UNITS[unit]
-        except (KeyError, ValueError):
-            size = math.nan
-        if not math.isfinite(size):  # "1e400 B", "nan MB"
-            raise ValueError(
-                f"{name} must be a number of bytes or a size such as '2 GiB' or '500 MB', "
-                f"not {value!r}"
-            )
-        value = min(int(size), MAX_MEMORY_BYTES + 1)
-    elif isinstance(value, bool) or not isinstance(value, int):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(
-            f"{name} must be a number of bytes or a size such as '2 GiB', not {value!r}"
-        )
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1 byte, not {value!r}")
-    if value > MAX_MEMORY_BYTES:
-        raise ValueError(f"{name} must be at most 2**63 - 1 bytes (8 EiB), not {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class Options:
-    """The defaults a pool (or an ``options()`` view of it) gives new work."""
-
-    timeout: float | None
-    retries: int
-    retry_timeouts: bool
-    #: Resident bytes above which a worker is replaced after a call (None: no limit).
-    max_memory: int | None = None
-    #: Seconds between interrupting a task at its time limit and killing it (None:
-    #: kill at the limit; ``math.inf``: never kill an interrupted task).
-    grace: float | None = None
-    #: Exception types a task may raise and still be run again (``retries`` times).
-    retry_on: tuple[type[BaseException], ...] = ()
-    #: Seconds before the first retry; each next one waits twice as long (jittered).
-    backoff: float = 0.0
-    #: Queued work starts highest priority first (FIFO within a level).
-    priority: int = 0
-
-
-#: What ``retry_on=`` accepts: one exception type, or a tuple of them.
-RetryOn: TypeAlias = "type[BaseException] | tuple[type[BaseException], ...]"
-#: The longest a retry waits, however many came before it (s).
-MAX_BACKOFF = 60.0
-
-
-def retry_types(value: RetryOn | None) -> tuple[type[BaseException], ...] | None:
-    """Check ``retry_on=``: an exception type or a tuple of them (None: not given)."""
-    if value is None:
-        return None
-    types = value if isinstance(value, tuple) else (value,)
-    for kind in types:
-        if not (isinstance(kind, type) and issubclass(kind, BaseException)):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(f"retry_on must be an exception type or a tuple of them, not {value!r}")
-    return types
-
-
-def check_priority(value: int | None) -> None:
-    """Check ``priority=``: an int (negative ones included), not a bool."""
-    if value is not None and (
-        not isinstance(value, int) or isinstance(value, bool)  # pyright: ignore[reportUnnecessaryIsInstance]
-    ):
-        raise TypeError(f"priority must be an int, not {value!r}")
-
-
-def backoff_delay(backoff: float, attempt: int) -> float:
-    """Seconds to wait before retry number ``attempt`` (1, 2, ...): exponential, jittered.
-
-    ``backoff * 2**(attempt - 1)``, at most :data:`MAX_BACKOFF`, times a random factor
-    from 0.5 to 1.5 so that tasks that failed together do not all retry together.
-    """
-    if backoff <= 0:
-        return 0.0
-    longest: float = min(MAX_BACKOFF, backoff * 2.0 ** (attempt - 1))
-    return longest * random.uniform(0.5, 1.5)
 
 
 class Executor(concurrent.futures.Executor, abc.ABC):
@@ -406,6 +189,32 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: Progress = False,
+        return_exceptions: Literal[False] = False,
+    ) -> MapFuture[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: Literal[True],
+    ) -> MapFuture[R | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: Literal[False] = False,
     ) -> MapFuture[R]: ...
     @overload
     def map(
@@ -418,6 +227,21 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: Progress = False,
+        return_exceptions: Literal[True],
+    ) -> MapFuture[R | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: Literal[False] = False,
     ) -> MapFuture[R]: ...
     @overload
     def map(
@@ -431,6 +255,22 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: Progress = False,
+        return_exceptions: Literal[True],
+    ) -> MapFuture[R | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3, T4], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        iter4: Iterable[T4],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: Literal[False] = False,
     ) -> MapFuture[R]: ...
     @overload
     def map(
@@ -445,6 +285,23 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: Progress = False,
+        return_exceptions: Literal[True],
+    ) -> MapFuture[R | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T1, T2, T3, T4, T5], R],
+        iterable: Iterable[T1],
+        iter2: Iterable[T2],
+        iter3: Iterable[T3],
+        iter4: Iterable[T4],
+        iter5: Iterable[T5],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: Literal[False] = False,
     ) -> MapFuture[R]: ...
     @overload
     def map(
@@ -460,6 +317,24 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: Progress = False,
+        return_exceptions: Literal[True],
+    ) -> MapFuture[R | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Any],
+        iter2: Iterable[Any],
+        iter3: Iterable[Any],
+        iter4: Iterable[Any],
+        iter5: Iterable[Any],
+        iter6: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: Literal[False] = False,
     ) -> MapFuture[R]: ...
     @overload
     def map(
@@ -476,7 +351,8 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: Progress = False,
-    ) -> MapFuture[R]: ...
+        return_exceptions: Literal[True],
+    ) -> MapFuture[R | BaseException]: ...
     def map(
         self,
         fn: Callable[..., R],
@@ -484,7 +360,8 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: Progress = False,
-    ) -> MapFuture[R]:
+        return_exceptions: bool = False,
+    ) -> MapFuture[R] | MapFuture[R | BaseException]:
         """Apply ``fn`` to every item (of zipped iterables), in parallel, in input order.
 
         The inputs are read at once (as ``Executor.map`` does; use :meth:`imap` for
@@ -505,6 +382,11 @@ class Executor(concurrent.futures.Executor, abc.ABC):
                 a round trip each; ``DaskPool`` makes about four chunks per worker
                 thread.
             progress: True for a tqdm bar, or a callback ``(done, total)``.
+            return_exceptions: as in :func:`asyncio.gather`: an item that
+                raised gives its exception in its place (with its worker-side
+                traceback as ``__cause__``) instead of failing the map, whose
+                list then holds ``R | BaseException``. Cancelling the map, or
+                ``terminate()``, still cancels it.
 
         Raises:
             PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
@@ -515,10 +397,14 @@ class Executor(concurrent.futures.Executor, abc.ABC):
             raise TypeError("map() needs at least one iterable")
         check_count("chunksize", chunksize, 1)
         check_timeout("timeout", timeout)
-        return self._map(fn, iterables, timeout=timeout, chunksize=chunksize, progress=progress)
+        future = self._map(fn, iterables, timeout=timeout, chunksize=chunksize, progress=progress)
+        if return_exceptions:
+            future.set_return_exceptions()
+        return future
 
     # -- imap -------------------------------------------------------------------------
 
+    @overload
     def imap(
         self,
         fn: Callable[[T1], R],
@@ -527,14 +413,38 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         chunksize: int = 1,
         buffersize: int | None = None,
         progress: Progress = False,
-    ) -> Iterator[R]:
+        return_exceptions: Literal[False] = False,
+    ) -> Iterator[R]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: Literal[True],
+    ) -> Iterator[R | BaseException]: ...
+    def imap(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: bool = False,
+    ) -> Iterator[R] | Iterator[R | BaseException]:
         """Lazily apply ``fn`` to each item; yield results in input order.
 
         At most ``buffersize`` items are read ahead of the consumer (default:
         ``4 * workers * chunksize``; a larger ``chunksize`` is cut down to
         ``buffersize``), so an endless generator works in bounded
         memory. An item that raised raises its exception when reached; the iterator
-        can be resumed after it with ``next()``. Breaking out of the loop early,
+        can be resumed after it with ``next()``. With ``return_exceptions=True``
+        (as in :func:`asyncio.gather`) the exception is yielded in the item's
+        place instead. Breaking out of the loop early,
         or dropping the last reference to the iterator, cancels the work not yet
         started. The first ``buffersize`` items are read and sent at once, as
         :meth:`concurrent.futures.Executor.map` does::
@@ -547,8 +457,11 @@ class Executor(concurrent.futures.Executor, abc.ABC):
                 if the pool closes during the loop, once the items sent before are
                 yielded.
         """
-        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=True)
+        return self._imap(
+            fn, iterable, chunksize, buffersize, progress, return_exceptions, ordered=True
+        )
 
+    @overload
     def imap_unordered(
         self,
         fn: Callable[[T1], R],
@@ -557,9 +470,39 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         chunksize: int = 1,
         buffersize: int | None = None,
         progress: Progress = False,
-    ) -> Iterator[R]:
-        """Like :meth:`imap`, but yield results as they complete, in any order."""
-        return self._imap(fn, iterable, chunksize, buffersize, progress, ordered=False)
+        return_exceptions: Literal[False] = False,
+    ) -> Iterator[R]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: Literal[True],
+    ) -> Iterator[R | BaseException]: ...
+    def imap_unordered(
+        self,
+        fn: Callable[[T1], R],
+        iterable: Iterable[T1],
+        *,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+        return_exceptions: bool = False,
+    ) -> Iterator[R] | Iterator[R | BaseException]:
+        """Like :meth:`imap`, but yield results as they complete, in any order.
+
+        With ``return_exceptions=True`` a failed item's exception is yielded too;
+        each such exception carries a note naming its item (``item 17 of
+        imap(fn, ...)``), and to know in code which input failed, have ``fn``
+        raise an exception that carries its input.
+        """
+        return self._imap(
+            fn, iterable, chunksize, buffersize, progress, return_exceptions, ordered=False
+        )
 
     def _imap(
         self,
@@ -568,6 +511,7 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         chunksize: int,
         buffersize: int | None,
         progress: Progress,
+        return_exceptions: bool,
         *,
         ordered: bool,
     ) -> Iterator[R]:
@@ -589,6 +533,7 @@ class Executor(concurrent.futures.Executor, abc.ABC):
             buffersize,
             ordered,
             reporter,
+            return_exceptions=return_exceptions,
         )
         return feed.stream()
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 
 from ._child import messages as m
-from ._executor import PoolLife
 from ._jobs import Call, MapJob
+from ._lifecycle import PoolLife
 from ._queue import WorkQueue
 from ._settle import Settler
 from ._staffing import Staffing

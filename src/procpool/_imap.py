@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import wait as _wait_futures
 from typing import Any, Generic, TypeVar, cast
 
-from ._errors import PoolClosedError
+from ._errors import PoolClosedError, add_note
 from ._mapfuture import MapFuture
 from ._progress import Reporter
 
@@ -126,8 +126,12 @@ class IMapFeed(Generic[R]):
         buffersize: int,
         ordered: bool,
         reporter: Reporter | None,
+        *,
+        return_exceptions: bool = False,
     ) -> None:
         self._launch = launch
+        #: Yield a failed item's exception in its place instead of raising it.
+        self._return_exceptions = return_exceptions
         self._source: Iterator[Any] | None = source
         self._chunksize = chunksize
         self._buffersize = buffersize
@@ -136,6 +140,8 @@ class IMapFeed(Generic[R]):
         self._ahead = 0  # items read from the source and not yet used up
         self._read = 0
         self._chunks: deque[MapFuture[R]] = deque()
+        #: Unordered: where each chunk starts in the input (its failures name their item).
+        self._bases: dict[int, int] = {}
         #: The results being yielded, stopped by close() so that iteration stops.
         self._current: _Popper[R] | _Items[R] | None = None
         self._source_error: BaseException | None = None
@@ -170,6 +176,8 @@ class IMapFeed(Generic[R]):
                 self._source_error = exc
                 self._source = None
                 return
+            if not self._ordered:
+                self._bases[id(future)] = self._read
             self._read += len(chunk)
             self._ahead += len(chunk)
             self._chunks.append(future)
@@ -191,15 +199,26 @@ class IMapFeed(Generic[R]):
                     if source_error is not None:
                         raise source_error
                     return
+                base = 0  # only unordered results need it
                 if self._ordered:
                     chunk = self._chunks.popleft()
                 else:
                     _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
                     chunk = next(c for c in self._chunks if c.done())
                     self._chunks.remove(chunk)
+                    base = self._bases.pop(id(chunk))
                 # A whole chunk at once: its items are then yielded without a lock each.
                 values, errors = chunk.take_all()
                 used = len(values)
+                if errors and not self._ordered:
+                    # Out of order, an exception alone would not say which input it
+                    # belongs to.
+                    for index, exc in errors.items():
+                        add_note(exc, f"procpool: raised by item {base + index} of the input")
+                if errors and self._return_exceptions:
+                    for index, exc in errors.items():
+                        values[index] = cast("R", exc)
+                    errors = {}
                 if not errors and self._reporter is None:
                     popper = self._current = _Popper(values)
                     del values

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, cast
 from ._child import messages as m
 from ._child.codec import Unpicklable, describe_callable, diagnose_call, encode_call
 from ._errors import SerializationError
-from ._executor import Options
 from ._future import Future
 from ._mapfuture import MapFuture
+from ._options import Options
 
 if TYPE_CHECKING:
     from ._child.shm import Lease, SegmentPool
@@ -121,7 +121,7 @@ class Job(abc.ABC):
     retry_timeouts: bool
     #: Exception types after which a call runs again (up to ``retries`` times).
     retry_on: tuple[type[BaseException], ...]
-    #: Seconds the first retry waits (see ``_executor.backoff_delay``).
+    #: Seconds the first retry waits (see ``_options.backoff_delay``).
     backoff: float
     #: Higher runs first (see ``_queue``).
     priority: int

@@ -57,6 +57,8 @@ class MapFuture(Future[list[R]], Iterator[R]):
         self._item_waiters = 0
         self._keep = False
         self._released = False
+        #: ``map(..., return_exceptions=True)``: failed items hold their exception.
+        self._return_exceptions = False
         # Executor.map semantics: the deadline counts from the call, for every item.
         self._deadline: float | None = None
         #: Told how many more items arrived (progress reporting).
@@ -68,6 +70,25 @@ class MapFuture(Future[list[R]], Iterator[R]):
             self._state = FINISHED
 
     # -- for executors ------------------------------------------------------------
+
+    def set_return_exceptions(self) -> None:
+        """For the pools' shared surface: failed items give their exception in place.
+
+        Called before the future reaches the caller; if it has finished already
+        (its items failed at once), its outcome is rewritten as if the flag had
+        been set from the start: nobody can have seen it.
+        """
+        with self._condition:
+            self._return_exceptions = True
+            if self._state == FINISHED and self._exception is not None:
+                self._exception = None
+                self._place_errors()
+
+    def _place_errors(self) -> None:
+        """Holding the condition: put each failed item's exception in its place."""
+        for index, exc in self._errors.items():
+            if self._values[index] is not _RELEASED:
+                self._values[index] = exc
 
     def set_progress(self, report: Callable[[int], object] | None) -> None:
         """For executors: call ``report(count)`` as each batch of items arrives."""
@@ -152,6 +173,8 @@ class MapFuture(Future[list[R]], Iterator[R]):
             if self._state in DONE_STATES:
                 return
             first_error = self._first_error()
+            if self._return_exceptions:
+                self._place_errors()
             if first_error is not None:
                 self._exception = first_error
                 for waiter in self._waiters:
@@ -164,7 +187,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
         self._run_callbacks()
 
     def _first_error(self) -> BaseException | None:
-        if not self._errors:
+        if not self._errors or self._return_exceptions:
             return None
         return self._errors[min(self._errors)]
 
@@ -290,5 +313,7 @@ class MapFuture(Future[list[R]], Iterator[R]):
             self.cancel()
             raise concurrent.futures.TimeoutError()
         if error is not None:
+            if self._return_exceptions:
+                return cast("R", error)
             raise error
         return cast("R", value)

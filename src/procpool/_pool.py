@@ -21,8 +21,12 @@ from ._child import messages as m
 from ._child.codec import Unpicklable, encode_call
 from ._context import StartMethod, resolve_context
 from ._dispatcher import Dispatcher
-from ._executor import (
-    Executor,
+from ._executor import Executor
+from ._future import Future
+from ._imap import Launch
+from ._jobs import MapJob, SingleJob, Timing, limit_fields, new_call_id, not_picklable
+from ._mapfuture import MapFuture
+from ._options import (
     Options,
     RetryOn,
     check_count,
@@ -32,10 +36,6 @@ from ._executor import (
     memory_bytes,
     retry_types,
 )
-from ._future import Future
-from ._imap import Launch
-from ._jobs import MapJob, SingleJob, Timing, limit_fields, new_call_id, not_picklable
-from ._mapfuture import MapFuture
 from ._progress import Progress, make_reporter
 from ._stats import PoolStats
 from ._workers import WorkerSpec

@@ -34,12 +34,14 @@ from ._errors import (
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
+    add_note,
     describe_exitcode,
     loss_cause,
 )
-from ._executor import PoolLife, backoff_delay
 from ._jobs import Call, Job, MapJob, SingleJob
+from ._lifecycle import PoolLife
 from ._mapfuture import MapFuture
+from ._options import backoff_delay
 from ._queue import WorkQueue
 from ._staffing import Staffing
 from ._stats import Counters
@@ -165,12 +167,7 @@ class Settler:
             return True
         if attempts:
             note = f"procpool: {attempts + 1} attempts were made; this is the error of the last"
-            add_note: Callable[[str], None] | None = getattr(error, "add_note", None)
-            if add_note is not None:
-                add_note(note)
-            else:  # Python 3.10: tracebacks do not show notes, but they are there
-                notes: list[str] = [*getattr(error, "__notes__", ()), note]
-                setattr(error, "__notes__", notes)  # noqa: B010
+            add_note(error, note)
         return False
 
     def _retry(self, job: Job, call: Call, index: int) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from ._child import messages as m
 from ._context import UNGUARDED_MAIN_EXIT, unguarded_main_error
 from ._errors import ProcpoolError, describe_exitcode
-from ._executor import Lifecycle, PoolLife
+from ._lifecycle import Lifecycle, PoolLife
 from ._stats import Counters
 from ._workers import Worker, WorkerSet
 

@@ -190,3 +190,30 @@ def check_policy(pool: procpool.Pool) -> None:
     pool.options(retry_on=[ConnectionError])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     pool.options(priority="high")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     procpool.Pool(idle_timeout="30")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+def check_return_exceptions(pool: procpool.Pool, dask_pool: procpool.DaskPool) -> None:
+    """Issue 25: per-item outcomes, typed R | BaseException only with the flag."""
+    assert_type(pool.map(square, [1]), procpool.MapFuture[int])
+    assert_type(
+        pool.map(square, [1], return_exceptions=True), procpool.MapFuture[int | BaseException]
+    )
+    assert_type(
+        pool.map(add, [1], ["2"], return_exceptions=True).result(), list[str | BaseException]
+    )
+    assert_type(pool.map(square, [1], return_exceptions=False), procpool.MapFuture[int])
+    assert_type(pool.imap(square, [1], return_exceptions=True), Iterator[int | BaseException])
+    assert_type(pool.imap(square, [1]), Iterator[int])
+    assert_type(
+        pool.imap_unordered(square, [1], return_exceptions=True), Iterator[int | BaseException]
+    )
+    assert_type(
+        dask_pool.map(square, [1], return_exceptions=True), procpool.MapFuture[int | BaseException]
+    )
+    for item in pool.map(square, [1, 2], return_exceptions=True):
+        if isinstance(item, BaseException):
+            assert_type(item, BaseException)
+        else:
+            assert_type(item, int)
+    pool.map(square, ["x"], return_exceptions=True)  # type: ignore[call-overload]  # pyright: ignore[reportCallIssue, reportArgumentType]
+    pool.map(square, [1], return_exceptions=1)  # type: ignore[call-overload]  # pyright: ignore[reportCallIssue, reportArgumentType]
