@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import TimeLimitInterrupt as TimeLimitInterrupt
     from ._errors import WorkerLostError as WorkerLostError
+    from ._events import PoolEvent as PoolEvent
+    from ._events import TaskFinished as TaskFinished
+    from ._events import TaskQueued as TaskQueued
+    from ._events import TaskStarted as TaskStarted
+    from ._events import WorkerExited as WorkerExited
+    from ._events import WorkerStarted as WorkerStarted
     from ._executor import Executor as Executor
     from ._future import Future as Future
     from ._mapfuture import MapFuture as MapFuture
@@ -47,6 +53,7 @@ __all__ = (
     "MapFuture",
     "Pool",
     "PoolClosedError",
+    "PoolEvent",
     "PoolStats",
     "ProcessHandle",
     "ProcessTask",
@@ -55,9 +62,14 @@ __all__ = (
     "RemoteTraceback",
     "SerializationError",
     "StartMethod",
+    "TaskFinished",
+    "TaskQueued",
+    "TaskStarted",
     "TaskTimeoutError",
     "TimeLimitInterrupt",
+    "WorkerExited",
     "WorkerLostError",
+    "WorkerStarted",
     "__version__",
     "spawn",
 )
@@ -83,6 +95,12 @@ _WHERE = {
     "TimeLimitInterrupt": "._errors",
     "WorkerLostError": "._errors",
     "spawn": "._process",
+    "PoolEvent": "._events",
+    "TaskQueued": "._events",
+    "TaskStarted": "._events",
+    "TaskFinished": "._events",
+    "WorkerStarted": "._events",
+    "WorkerExited": "._events",
 }
 
 

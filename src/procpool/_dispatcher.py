@@ -63,6 +63,8 @@ from ._child.shm import ENABLED as SHARED_MEMORY
 from ._child.shm import SegmentPool
 from ._direct import DirectPath
 from ._errors import PoolClosedError, ProcpoolError
+from ._events import EventHook, Events, ExitCause, TaskQueued, WorkerExited
+from ._events import now as events_now
 from ._feeding import Feeder
 from ._jobs import Job, MapJob
 from ._lifecycle import Lifecycle, PoolLife
@@ -91,6 +93,7 @@ class Dispatcher:
         max_tasks_per_worker: int | None,
         min_workers: int = 0,
         idle_timeout: float | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         self.ctx = ctx
         self.size = workers
@@ -116,22 +119,30 @@ class Dispatcher:
 
         #: The processes, their pipes and the selector (see ``_workers``).
         self.workers = WorkerSet(ctx, workers, spec)
+        #: Runs the futures' callbacks; the loop waits for them before a close ends.
+        self.callbacks = CallbackRunner(self.name, after_each=self.wake)
+        #: The on_event hook's deliveries (on the callback thread).
+        self.events = Events(self.name, on_event, self.callbacks)
         self.staffing = Staffing(
             self.workers,
             self.stats,
             self.life,
             self._idle,
+            self.events,
             size=workers,
             min_workers=min_workers,
             idle_timeout=idle_timeout,
         )
-        self.settler = Settler(self.queue, self.workers, self.stats, self.life, self.staffing)
+        self.settler = Settler(
+            self.queue, self.workers, self.stats, self.life, self.staffing, self.events
+        )
         self.feeder = Feeder(
             self.queue,
             self.workers,
             self.life,
             self.staffing,
             self.settler,
+            self.events,
             size=workers,
             max_tasks=max_tasks_per_worker,
         )
@@ -144,9 +155,6 @@ class Dispatcher:
             size=workers,
             nudge=self._nudge,
         )
-
-        #: Runs the futures' callbacks; the loop waits for them before a close ends.
-        self.callbacks = CallbackRunner(self.name, after_each=self.wake)
 
         try:
             for slot in range(workers):
@@ -210,6 +218,12 @@ class Dispatcher:
         fut = job.future
         fut.set_callback_runner(self.callbacks)
         fut.set_cancel_hook(lambda was_running: self.command(lambda: self._cancel_job(job)))
+        if self.events.on:
+            # Before the lock: a direct send below reports its start at once, and
+            # the hook must hear of the task first. Not for a closed pool's work.
+            self.check_open()
+            job.queued_at = time.monotonic()
+            self.events.emit(TaskQueued(self.name, job.title, count, job.priority, events_now()))
         with self.lock:
             self.check_open()
             self.stats.submitted += count
@@ -295,7 +309,14 @@ class Dispatcher:
             try:
                 with self.lock:
                     self.life.exiting = True
-                self.workers.stop_all(graceful=self.state is Lifecycle.CLOSED)
+                graceful = self.state is Lifecycle.CLOSED
+                stopped = self.workers.stop_all(graceful=graceful)
+                if self.events.on:
+                    for slot, pid, exitcode in stopped:
+                        cause: ExitCause = "stopped" if graceful else "terminated"
+                        self.events.emit(
+                            WorkerExited(self.name, slot, pid, exitcode, cause, events_now())
+                        )
                 self.callbacks.close()
                 with self.lock:
                     self._wake_closed = True

@@ -16,8 +16,10 @@ staffing (to retire a spent worker) and the settler (``count_failed_here``).
 from __future__ import annotations
 
 import contextlib
+import time
 
 from ._child import messages as m
+from ._events import Events, TaskStarted, now
 from ._jobs import Call, MapJob
 from ._lifecycle import PoolLife
 from ._queue import WorkQueue
@@ -48,10 +50,12 @@ class Feeder:
         life: PoolLife,
         staffing: Staffing,
         settler: Settler,
+        events: Events,
         *,
         size: int,
         max_tasks: int | None,
     ) -> None:
+        self._events = events
         self._queue = queue
         self._workers = workers
         self._life = life
@@ -84,6 +88,19 @@ class Feeder:
         if call.timeout is not None:
             self._workers.timed += 1
         worker.sent += 1
+        if self._events.on:
+            call.sent_at = time.monotonic()
+            self._events.emit(
+                TaskStarted(
+                    self._events.pool,
+                    call.job.title,
+                    call.stop - call.start,
+                    worker.process.pid,
+                    worker.slot,
+                    call.sent_at - call.job.queued_at,
+                    now(),
+                )
+            )
         return True
 
     def drop(self, call: Call) -> None:
@@ -160,6 +177,6 @@ class Feeder:
                 and not worker.outstanding
                 and worker.sent >= self._max_tasks
             ):
-                self._staffing.retire(worker)
+                self._staffing.retire(worker, "stopped")
                 with contextlib.suppress(OSError):
                     self._workers.write(worker, m.CALL_HEADER.pack(0, m.STOP))

@@ -74,10 +74,13 @@ class Call:
     __slots__ = (
         "data",
         "exact",
+        "failed",
         "grace",
         "id",
         "job",
         "lease",
+        "ran",
+        "sent_at",
         "start",
         "stop",
         "timeout",
@@ -106,6 +109,11 @@ class Call:
         self.worker_done = 0
         #: A chunk whose items the worker marks one by one, however fast (EXACT).
         self.exact = exact
+        #: For events: when it was written to a worker, seconds it ran there, and
+        #: how many of its items failed.
+        self.sent_at = 0.0
+        self.ran = 0.0
+        self.failed = 0
         self.timeout = job.timeout
         #: Seconds between the worker interrupting the call at ``timeout`` and a kill.
         self.grace = job.grace if job.timeout is not None else None
@@ -129,6 +137,9 @@ class Job(abc.ABC):
     #: The MEMORY and GRACE flags of the job's calls, and their fields.
     limit_flags: int
     limit_fields: bytes
+
+    #: ``time.monotonic()`` when it was submitted (events report its time queued).
+    queued_at: float = 0.0
 
     def _take_options(self, opts: Options) -> None:
         self.timeout = opts.timeout
@@ -154,6 +165,11 @@ class Job(abc.ABC):
     @abc.abstractmethod
     def describe(self, call: Call, index: int) -> str:
         """Name the task (and item) for error messages."""
+
+    @property
+    @abc.abstractmethod
+    def title(self) -> str:
+        """Name the task for events: ``mod.fn``, or ``map(mod.fn, ...)``."""
 
     @abc.abstractmethod
     def attempts_of(self, index: int) -> int:
@@ -223,6 +239,10 @@ class SingleJob(Job):
     def describe(self, call: Call, index: int) -> str:
         return f"task {self.name}"
 
+    @property
+    def title(self) -> str:
+        return self.name
+
     def release(self) -> None:
         self.fn = None
         self._data = None
@@ -262,11 +282,12 @@ class MapJob(Job):
         base_index: int = 0,
         group: object = None,
         timing: Timing | None = None,
+        name: str | None = None,
     ) -> None:
         self.future = future
         self.map_future = future
         self.fn = fn
-        self.name = describe_callable(fn)
+        self.name = name if name is not None else describe_callable(fn)
         self.items: list[Any] | None = items
         self.star = star
         self.fixed = chunksize
@@ -403,6 +424,10 @@ class MapJob(Job):
 
     def describe(self, call: Call, index: int) -> str:
         return f"item {self.base_index + index} of map({self.name}, ...)"
+
+    @property
+    def title(self) -> str:
+        return f"map({self.name}, ...)"
 
     def release(self) -> None:
         self.fn = None

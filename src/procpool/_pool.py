@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 from typing_extensions import ParamSpec
 
 from ._child import messages as m
-from ._child.codec import Unpicklable, encode_call
+from ._child.codec import Unpicklable, describe_callable, encode_call
 from ._context import StartMethod, resolve_context
 from ._dispatcher import Dispatcher
+from ._events import EventHook, TraceTask
 from ._executor import Executor
 from ._future import Future
 from ._imap import Launch
@@ -150,6 +151,10 @@ class Pool(Executor):
             and the same Python version in the workers.
         forward_logs: send log records emitted in workers to the parent's logging
             handlers (the record's ``process`` is the worker's pid).
+        on_event: called with each :data:`~procpool.PoolEvent` (a task queued,
+            started, finished; a worker started, exited), on the pool's
+            callback thread, in order; an exception it raises is logged. See
+            docs/production.md.
 
     Raises:
         ValueError: ``workers < 1``, an unknown start method, a negative timeout,
@@ -182,6 +187,7 @@ class Pool(Executor):
         idle_timeout: float | None = None,
         cloudpickle: bool = False,
         forward_logs: bool = False,
+        on_event: EventHook | None = None,
     ) -> None:
         check_workers(workers)
         check_count("max_tasks_per_worker", max_tasks_per_worker, 1)
@@ -193,6 +199,8 @@ class Pool(Executor):
         check_timeout("idle_timeout", idle_timeout)
         retry_on_types = retry_types(retry_on) or ()
         memory = memory_bytes("max_memory_per_worker", max_memory_per_worker)
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be callable, not {on_event!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         if not isinstance(initargs, tuple):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -206,6 +214,8 @@ class Pool(Executor):
                     "Pool(cloudpickle=True) needs cloudpickle: pip install 'procpool[cloudpickle]'"
                 ) from exc
         self._workers = workers if workers is not None else _usable_cpus()
+        #: ``on_event.trace_task`` (procpool.otel.Tracing): wraps each submission.
+        self._trace_task: TraceTask | None = getattr(on_event, "trace_task", None)
         if min_workers > self._workers:
             raise ValueError(
                 f"min_workers={min_workers} is more than workers={self._workers}; "
@@ -231,6 +241,7 @@ class Pool(Executor):
             max_tasks_per_worker=max_tasks_per_worker,
             min_workers=min_workers,
             idle_timeout=finite(idle_timeout),
+            on_event=on_event,
         )
         _live.add(dispatcher)
         self._handle = _Handle(dispatcher)
@@ -264,11 +275,14 @@ class Pool(Executor):
         future: Future[R] = Future()
         opts = self._options
         flags, fields = limit_fields(opts)
+        sent: Callable[..., Any] = fn
+        if self._trace_task is not None:
+            sent = self._trace_task(fn, future, describe_callable(fn))
         try:
             data, lease = encode_call(
                 new_call_id(),
                 m.CALL | flags,
-                fn,
+                sent,
                 (args, kwargs),
                 self._cloud,
                 dispatcher.segments,
@@ -305,13 +319,14 @@ class Pool(Executor):
         opts = self._options
         job = MapJob(
             future,
-            fn,
+            self._traced(fn, future),
             items,
             star=star,
             chunksize=chunksize,
             opts=opts,
             cloud=self._cloud,
             segments=dispatcher.segments,
+            name=self._name_if_traced(fn),
         )
         dispatcher.add(job, len(items))
         return future
@@ -331,7 +346,7 @@ class Pool(Executor):
             future: MapFuture[R] = MapFuture(len(items))
             job = MapJob(
                 future,
-                fn,
+                self._traced(fn, future),
                 items,
                 star=False,
                 chunksize=len(items),
@@ -341,6 +356,7 @@ class Pool(Executor):
                 base_index=base_index,
                 group=group,
                 timing=timing,
+                name=self._name_if_traced(fn),
             )
             # Pickled here, in the consumer's thread, not on the dispatcher's.
             job.prepare(workers)
@@ -348,6 +364,16 @@ class Pool(Executor):
             return future
 
         return launch
+
+    def _traced(self, fn: Callable[..., R], future: MapFuture[R]) -> Callable[..., R]:
+        """``fn`` as a map sends it: wrapped by the tracing hook, if there is one."""
+        if self._trace_task is None:
+            return fn
+        return self._trace_task(fn, future, f"map({describe_callable(fn)}, ...)")
+
+    def _name_if_traced(self, fn: Callable[..., Any]) -> str | None:
+        """A traced map sends a wrapper: its errors must still name ``fn``."""
+        return describe_callable(fn) if self._trace_task is not None else None
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from ._errors import (
     describe_exitcode,
     loss_cause,
 )
+from ._events import Events, ExitCause, Outcome, TaskFinished, WorkerExited, exit_cause, now
 from ._jobs import Call, Job, MapJob, SingleJob
 from ._lifecycle import PoolLife
 from ._mapfuture import MapFuture
@@ -48,6 +50,15 @@ from ._stats import Counters
 from ._workers import UNEXPECTED, Reply, Worker, WorkerSet
 
 LOGGER = logging.getLogger("procpool")
+
+#: A worker's exit cause when procpool killed it, by the reason it was killed.
+_KILLED_FOR: dict[str, ExitCause] = {
+    "timeout": "timeout",
+    "cancelled": "cancel",
+    "retired": "stuck",
+}
+#: The outcome of the call a worker ran when it was stopped, by the reason.
+_ENDED_BY: dict[str, Outcome] = {"timeout": "timed_out", "cancelled": "cancelled", "died": "lost"}
 
 
 class Settler:
@@ -60,7 +71,9 @@ class Settler:
         stats: Counters,
         life: PoolLife,
         staffing: Staffing,
+        events: Events,
     ) -> None:
+        self._events = events
         self._queue = queue
         self._workers = workers
         self._stats = stats
@@ -86,7 +99,7 @@ class Settler:
             worker.resident = int(elapsed)
             self._stats.recycled += 1
             self.give_up_calls(worker, "retired", None)
-            self._staffing.retire(worker)
+            self._staffing.retire(worker, "recycled")
             return
         if status == m.LOG:
             self._replay_log(reply.data)
@@ -114,6 +127,7 @@ class Settler:
             offset, values, errors, final = body
             assert isinstance(job, MapJob)
             job.record_timing(len(values), elapsed)
+            call.ran += elapsed
             failures: dict[int, BaseException] | None = None
             retried: list[int] = []
             if errors:
@@ -128,6 +142,7 @@ class Settler:
             # Counted only if stored: a cancelled map's items count as cancelled.
             if job.map_future.set_items(call.start + offset, values, failures, retried):
                 failed = len(failures) if failures else 0
+                call.failed += failed + len(retried)
                 self._stats.completed += len(values) - failed - len(retried)
                 self._stats.failed += failed
                 for index in retried:
@@ -135,16 +150,23 @@ class Settler:
             if final:
                 self.call_done(worker, call)
             return
+        call.ran = elapsed
         if status == m.ERROR:
             error = self._remote_error(job, call, call.start, body)
             retry = self._may_retry(job, call.start, error)
+            call.failed = 1
             # A task run again needs its call's shared segment as it is: it stays.
-            self.call_done(worker, call, keep_lease=retry)
+            timed_out = isinstance(error, TaskTimeoutError) and isinstance(body[0], Expired)
+            self.call_done(
+                worker, call, keep_lease=retry, outcome="timed_out" if timed_out else None
+            )
             if retry:
                 self._retry(job, call, call.start)
             else:
                 self.resolve(job, exception=error)
             return
+        if status != m.OK:
+            call.failed = 1
         self.call_done(worker, call)
         if status == m.OK:
             self.resolve(job, result=body)
@@ -220,8 +242,21 @@ class Settler:
         exc.__cause__ = RemoteTraceback(tb)
         return exc
 
-    def call_done(self, worker: Worker, call: Call, *, keep_lease: bool = False) -> None:
+    def call_done(
+        self,
+        worker: Worker,
+        call: Call,
+        *,
+        keep_lease: bool = False,
+        outcome: Outcome | None = None,
+    ) -> None:
+        """A call has ended with its worker's last reply: take it off the worker.
+
+        ``outcome``: for the event, if not told by ``call.failed``.
+        """
         worker.outstanding.popleft()
+        if self._events.on:
+            self._finished(worker, call, outcome or ("failed" if call.failed else "completed"))
         if call.lease is not None and not keep_lease:
             # Reusable once the worker says nothing of the call holds on to it.
             worker.leases[call.id], call.lease = call.lease, None
@@ -232,6 +267,24 @@ class Settler:
             job.in_flight -= 1
             if job.map_future.done():
                 job.release()
+
+    def _finished(self, worker: Worker | None, call: Call, outcome: Outcome) -> None:
+        """Tell the event hook that ``call`` ended."""
+        job = call.job
+        started = call.sent_at or time.monotonic()
+        self._events.emit(
+            TaskFinished(
+                self._events.pool,
+                job.title,
+                outcome,
+                call.stop - call.start,
+                call.failed if outcome != "cancelled" else 0,
+                started - job.queued_at if call.sent_at else 0.0,
+                call.ran,
+                worker.process.pid if worker is not None else None,
+                now(),
+            )
+        )
 
     def resolve(
         self, job: Job, *, result: object = None, exception: BaseException | None = None
@@ -311,6 +364,17 @@ class Settler:
             self.give_up_calls(worker, "died", exitcode, oom)
             retired = worker.retiring and exitcode == 0
             before_work = not retired and not worker.replied and not began
+        if self._events.on:
+            cause = (
+                worker.exit_cause
+                if worker.exit_cause is not None and (worker.dying or exitcode == 0)
+                else exit_cause(loss_cause(exitcode, oom=oom))
+            )
+            self._events.emit(
+                WorkerExited(
+                    self._events.pool, worker.slot, worker.process.pid, exitcode, cause, now()
+                )
+            )
         self._workers.discard(worker)
         broken = self._staffing.exited(worker, exitcode, before_work=before_work, oom=oom)
         if broken is not None:
@@ -322,6 +386,7 @@ class Settler:
             return
         self._workers.drain(worker, self.on_reply)
         worker.dying = True
+        worker.exit_cause = _KILLED_FOR.get(reason, "unknown")
         with contextlib.suppress(Exception):
             worker.process.kill()
         self.give_up_calls(worker, reason, None)
@@ -343,6 +408,13 @@ class Settler:
         for call in calls[1:]:
             self._queue.requeue(call)
         job = head.job
+        if self._events.on and mark_call == head.id:
+            cancelled = reason == "cancelled" or job.future.cancelled()
+            head.failed = 0 if cancelled else 1
+            head.ran += (time.monotonic_ns() - self._workers.marker(worker)[2]) / 1e9
+            self._finished(
+                worker, head, "cancelled" if cancelled else _ENDED_BY.get(reason, "lost")
+            )
         if job.future.done():
             if isinstance(job, MapJob):
                 job.in_flight -= 1
@@ -431,6 +503,10 @@ class Settler:
         for worker in self._workers.values():
             for call in worker.outstanding:
                 jobs[id(call.job)] = call.job
+                if self._events.on and not call.job.future.done():
+                    self._finished(
+                        worker, call, "cancelled" if cancel or error is None else "failed"
+                    )
                 if call.lease is not None:
                     # Its segment goes now, not when the call object is collected
                     # (a future's wait hook may hold it for as long as the future).

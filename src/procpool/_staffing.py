@@ -31,6 +31,7 @@ from collections.abc import Callable
 from ._child import messages as m
 from ._context import UNGUARDED_MAIN_EXIT, unguarded_main_error
 from ._errors import ProcpoolError, describe_exitcode
+from ._events import Events, ExitCause, WorkerStarted, now
 from ._lifecycle import Lifecycle, PoolLife
 from ._stats import Counters
 from ._workers import Worker, WorkerSet
@@ -85,6 +86,7 @@ class Staffing:
         stats: Counters,
         life: PoolLife,
         idle: Callable[[], bool],
+        events: Events,
         *,
         size: int,
         min_workers: int = 0,
@@ -94,6 +96,7 @@ class Staffing:
         self._stats = stats
         self._life = life
         self._idle = idle
+        self._events = events
         self._size = size
         self._min_workers = min_workers
         self.idle_timeout = idle_timeout
@@ -113,8 +116,10 @@ class Staffing:
 
     def start(self, slot: int) -> None:
         """Start a worker in ``slot``."""
-        self._workers.start(slot)
+        worker = self._workers.start(slot)
         self._stats.workers_started += 1
+        if self._events.on:
+            self._events.emit(WorkerStarted(self._events.pool, slot, worker.process.pid, now()))
 
     def replace(self, slot: int, delay: float = 0.0) -> None:
         """Start a worker in an emptied ``slot`` (``delay`` s from now), unless the pool is stopping."""
@@ -132,9 +137,10 @@ class Staffing:
         self.start(slot)
         self._stats.workers_replaced += 1
 
-    def retire(self, worker: Worker) -> None:
-        """``worker`` was told to exit: kill it if it has not within ``RETIRE_SECONDS``."""
+    def retire(self, worker: Worker, cause: ExitCause) -> None:
+        """``worker`` was told to exit (``cause``): kill it if it has not within ``RETIRE_SECONDS``."""
         worker.retiring = True
+        worker.exit_cause = cause
         self._retirements[worker] = time.monotonic() + RETIRE_SECONDS
 
     def replied(self) -> None:
@@ -220,7 +226,7 @@ class Staffing:
                 del self._idle_since[worker]
                 self._idled.add(worker)
                 self._stats.idle_exits += 1
-                self.retire(worker)
+                self.retire(worker, "idle")
                 with contextlib.suppress(OSError):  # gone already: its sentinel follows
                     self._workers.write(worker, m.CALL_HEADER.pack(0, m.STOP))
 

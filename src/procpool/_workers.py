@@ -39,6 +39,7 @@ from ._child.shm import Lease, drop_reply, load_reply, reply_prefix, unlink_pref
 from ._child.worker import worker_main
 from ._context import PARENT_FDS, new_process
 from ._errors import SerializationError
+from ._events import ExitCause
 from ._jobs import Call
 from ._oom import OomWatch
 from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup, widen_pipe
@@ -107,6 +108,7 @@ class Worker:
         "claimed",
         "claims",
         "dying",
+        "exit_cause",
         "leases",
         "oom",
         "out",
@@ -151,6 +153,8 @@ class Worker:
         self.dying = False
         #: Sent STOP after max_tasks_per_worker calls; expected to exit.
         self.retiring = False
+        #: Why procpool stopped it, if it did (for the event hook).
+        self.exit_cause: ExitCause | None = None
         #: Shared segments of finished calls, until the worker says it let go.
         self.leases: dict[int, Lease] = {}
         #: The names of this worker's result segments start with this (see ``_shm``).
@@ -472,9 +476,14 @@ class WorkerSet:
         with contextlib.suppress(ValueError):
             worker.process.close()
 
-    def stop_all(self, graceful: bool) -> None:
-        """Stop, reap and discard every worker: STOP (graceful) or SIGTERM, then kill."""
+    def stop_all(self, graceful: bool) -> list[tuple[int, int | None, int | None]]:
+        """Stop, reap and discard every worker: STOP (graceful) or SIGTERM, then kill.
+
+        Returns:
+            (slot, pid, exit code) of each worker stopped.
+        """
         workers = list(self.by_slot.values())
+        stopped: list[tuple[int, int | None, int | None]] = []
         for worker in workers:
             if graceful and not worker.dying and not worker.retiring:
                 with contextlib.suppress(OSError):
@@ -489,4 +498,6 @@ class WorkerSet:
                 with contextlib.suppress(Exception):
                     worker.process.kill()
                 worker.process.join()
+            stopped.append((worker.slot, worker.process.pid, worker.process.exitcode))
             self.discard(worker)
+        return stopped

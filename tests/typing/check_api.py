@@ -217,3 +217,22 @@ def check_return_exceptions(pool: procpool.Pool, dask_pool: procpool.DaskPool) -
             assert_type(item, int)
     pool.map(square, ["x"], return_exceptions=True)  # type: ignore[call-overload]  # pyright: ignore[reportCallIssue, reportArgumentType]
     pool.map(square, [1], return_exceptions=1)  # type: ignore[call-overload]  # pyright: ignore[reportCallIssue, reportArgumentType]
+
+
+def check_events() -> None:
+    """Issue 25: the on_event hook is typed by the event union."""
+
+    def hook(event: procpool.PoolEvent) -> None:
+        if isinstance(event, procpool.TaskFinished):
+            assert_type(
+                event.outcome, Literal["completed", "failed", "timed_out", "lost", "cancelled"]
+            )
+            assert_type(event.run_seconds, float)
+        elif isinstance(event, procpool.WorkerExited):
+            assert_type(event.exitcode, int | None)
+
+    def wrong(event: int) -> None: ...
+
+    assert_type(procpool.Pool(2, on_event=hook), procpool.Pool)
+    assert_type(procpool.Pool(2, on_event=print), procpool.Pool)
+    procpool.Pool(2, on_event=wrong)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
