@@ -128,7 +128,7 @@ def test_forty_tasks_logging_at_their_deadline_are_all_interrupted(
         procpool.Pool(1, context=start_method, forward_logs=True) as pool,  # type: ignore[arg-type]
     ):
         pid = pool.submit(helpers.getpid).result(timeout=60)
-        limited = pool.options(timeout=0.1, grace=5)
+        limited = pool.options(timeout=0.1, grace=2)
         for _ in range(40):
             try:
                 limited.submit(task, 30).result(timeout=60)
