@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -71,7 +72,7 @@ def check_crasher_error(error: BaseException | None, index: int, how: str) -> No
     words, exitcode = DEATHS[how]
     assert isinstance(error, WorkerLostError), repr(error)
     message = str(error)
-    assert f"item {index} " in message, message
+    assert re.search(rf"\bitem {index}\b", message), message
     assert words in message, message
     assert error.exitcode == exitcode, message
 
