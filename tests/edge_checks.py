@@ -124,14 +124,40 @@ def check_interrupted(got: list[str], records: list[str], tasks: int, grace: flo
     assert lateness[-1] < grace / 2, f"interrupt {lateness[-1] * 1000:.0f} ms late"
 
 
+def judge_limited(record: str, outcome: object) -> str | None:
+    """What is wrong with the ``outcome`` of an ``io_and_compute`` task (or map item)
+    under a time limit with a grace period, given its ``record`` (None: nothing).
+
+    The task's record says, by its own clock, when its work ended or the interrupt
+    came, relative to its deadline. A result only if its work ended before the
+    deadline; an interrupt never before the deadline; a TaskTimeoutError
+    (``killed=False``) for a task that ended well before its deadline is another
+    task's interrupt. A few ms of slack each way cover the µs between the pool's
+    clock and the task's, and a worker descheduled at that very moment.
+    """
+    lines = eh.read_records(record)
+    how, late = (lines[0].split()[0], float(lines[0].split()[1])) if lines else ("none", 0.0)
+    if isinstance(outcome, TaskTimeoutError) and not outcome.killed:
+        if how == "returned" and late < -0.01:
+            return f"ended {-late * 1000:.1f} ms before its deadline, yet timed out: {outcome}"
+    elif isinstance(outcome, BaseException):
+        return f"{outcome!r}"[:300]
+    elif how != "returned" or late > 0.005:
+        return f"returned a result, yet its record says {lines}"
+    if how not in ("returned", "none") and late < -0.005:
+        return f"interrupted {-late * 1000:.1f} ms before its deadline: {lines}"
+    return None
+
+
 def deadlines_around_task_ends(
-    start_method: str, folder: Path, rounds: int, seed: int
+    start_method: str, folder: Path, rounds: int, seed: int, payloads: tuple[int, ...] = (0,)
 ) -> tuple[dict[str, int], list[str]]:
     """``rounds`` times on one worker: a task limited to 0.05 s (grace 1 s) that writes
     and computes for 0.8x-1.2x its limit, so that its end and its deadline fall within
-    a few ms of each other, in either order; then a task with no limit and one with a
-    long limit, which nothing may disturb. Returns the limited tasks' outcomes
-    counted, and what went wrong."""
+    a few ms of each other, in either order, and returns a result of one of
+    ``payloads`` bytes (0: a float); then a task with no limit and one with a long
+    limit, which nothing may disturb. Returns the limited tasks' outcomes counted,
+    and what went wrong."""
     rng = random.Random(seed)
     counts = {"returned": 0, "interrupted": 0}
     wrong: list[str] = []
@@ -143,25 +169,20 @@ def deadlines_around_task_ends(
         for i in range(rounds):
             record = str(folder / f"record-{i}")
             run_for = limit * rng.uniform(0.8, 1.2)
-            edge = limited.submit(eh.io_and_compute, os.devnull, record, limit, run_for)
+            payload = payloads[i % len(payloads)]
+            edge = limited.submit(
+                eh.io_and_compute, os.devnull, record, limit, run_for, 1.0, payload
+            )
             plain = pool.submit(eh.triple, i)
             timed = long.submit(eh.triple, i, 0.5)
             try:
-                edge.result(timeout=60)
-            except TaskTimeoutError as exc:
-                counts["interrupted"] += 1
-                if exc.killed:
-                    wrong.append(f"round {i}: killed: {exc}")
+                got: object = edge.result(timeout=60)
             except Exception as exc:
-                wrong.append(f"round {i}: {exc!r}")
-            else:
-                counts["returned"] += 1
-                # A result only if the task's work ended before its deadline (give
-                # or take the few µs between its last clock read and its return).
-                (line,) = eh.read_records(record) or ["none 1e9 0"]
-                how, late, _ = line.split()
-                if how != "returned" or float(late) > 0.005:
-                    wrong.append(f"round {i}: returned a result, yet its record says {line}")
+                got = exc
+            counts["returned" if not isinstance(got, BaseException) else "interrupted"] += 1
+            why = judge_limited(record, got)
+            if why:
+                wrong.append(f"round {i}: {why}")
             for name, fut in (("no limit", plain), ("long limit", timed)):
                 try:
                     got = fut.result(timeout=60)
@@ -236,3 +257,44 @@ def under_fire(start_method: str, seconds: float, seed: int) -> tuple[int, int, 
         after = pool.submit(helpers.square, 7).result(timeout=60)
         assert after == 49, f"square(7) gave {after}"
     return kills, lost_tasks, lost_items
+
+
+def deadlines_in_a_map(
+    start_method: str, folder: Path, items: int, seed: int
+) -> tuple[dict[str, int], list[str]]:
+    """One map of ``items`` items, each limited to 0.05 s (grace 1 s), in chunks of 10
+    on two workers: every even item writes and computes for 0.8x-1.2x the limit (its
+    end and its deadline a few ms apart), every odd one for a tenth of it. A late
+    interrupt of an item must not land in the next one (see ``judge_limited``).
+    Returns the items' outcomes counted, and what went wrong."""
+    rng = random.Random(seed)
+    limit = 0.05
+    runs = [limit * (rng.uniform(0.8, 1.2) if i % 2 == 0 else 0.1) for i in range(items)]
+    records = [str(folder / f"item-{i}") for i in range(items)]
+    counts = {"returned": 0, "interrupted": 0, "quick items failed": 0}
+    wrong: list[str] = []
+    with procpool.Pool(2, context=start_method) as pool:  # type: ignore[arg-type]
+        fut = pool.options(timeout=limit, grace=1.0).map(
+            eh.io_and_compute,
+            [os.devnull] * items,
+            records,
+            [limit] * items,
+            runs,
+            chunksize=10,
+        )
+        for i, got in enumerate(outcomes(fut)):
+            if i % 2 == 0:
+                counts["returned" if not isinstance(got, BaseException) else "interrupted"] += 1
+            elif isinstance(got, BaseException):
+                # 5 ms of work against a 50 ms limit: only a stall of the worker of
+                # 45 ms would make this its own timeout.
+                counts["quick items failed"] += 1
+                wrong.append(f"quick item {i} failed: {got!r}"[:300])
+                continue
+            why = judge_limited(records[i], got)
+            if why:
+                wrong.append(f"item {i} (ran {runs[i] * 1000:.0f} ms): {why}")
+        replaced = pool.stats().workers_replaced
+        if replaced:
+            wrong.append(f"{replaced} workers replaced")
+    return counts, wrong

@@ -327,10 +327,16 @@ def describe_interrupt(path: str, seconds: float) -> str:
 
 
 def io_and_compute(
-    out: str, record: str, limit: float, run_for: float, compute_ms: float = 1.0
-) -> float:
+    out: str,
+    record: str,
+    limit: float,
+    run_for: float,
+    compute_ms: float = 1.0,
+    payload: int = 0,
+) -> Any:
     """Write a line to ``out`` (a system call), compute ``compute_ms``, and again, for
-    ``run_for`` seconds; return the time it ran.
+    ``run_for`` seconds; return the time it ran, or with ``payload``, that many bytes
+    (a result whose sending takes a while).
 
     Appends to ``record`` one line, ``<how> <seconds after start + limit> <run_for>``:
     how is the exception that ended it (the interrupt), or ``returned`` if it ran
@@ -351,6 +357,8 @@ def io_and_compute(
     finally:
         os.close(fd)
     append_record(record, f"returned {time.monotonic() - deadline:.6f} {run_for}")
+    if payload:
+        return b"r" * payload
     return time.monotonic() - start
 
 

@@ -181,15 +181,35 @@ def test_300_deadlines_around_task_ends_never_disturb_the_next_tasks(
     start_method: str, burners: int, tmp_path: Path
 ) -> None:
     """300 rounds of ``edge_checks.deadlines_around_task_ends``: a task that ends within
-    a few ms of its deadline (either side), then two tasks nothing may disturb. A
-    kernel timer that fires as the task returns must neither reach the next task nor
-    the worker's loop, nor let a task past its deadline return a result. Failed on
-    0e3ce03 in some runs (a task that ran 2x its limit returned a result)."""
+    a few ms of its deadline (either side) and returns a float, 64 KiB or 4 MiB (a
+    reply still being sent when a late interrupt comes), then two tasks nothing may
+    disturb. A kernel timer that fires as the task returns must reach neither the
+    next task nor the worker's loop or its pipe, nor let a task past its deadline
+    return a result. Failed on 0e3ce03 in every run here: tasks 5-12 ms past their
+    deadline returned results (the watchdog thread starved of the GIL)."""
     with eh.cpu_burners(burners):
-        counts, wrong = ec.deadlines_around_task_ends(start_method, tmp_path, 300, seed=burners)
+        counts, wrong = ec.deadlines_around_task_ends(
+            start_method, tmp_path, 300, seed=burners, payloads=(0, 0, 2**16, 2**22)
+        )
     print(f"\n{start_method} burners={burners}: {counts}")
     assert not wrong, (counts, wrong[:10])
     assert counts["returned"] > 0
+    assert counts["interrupted"] > 0
+
+
+@pytest.mark.parametrize("burners", BURNERS, ids=["idle", "burners"])
+def test_deadlines_around_the_ends_of_map_items_never_reach_the_next_item(
+    start_method: str, burners: int, tmp_path: Path
+) -> None:
+    """A map of 300 items with a per-item limit and a grace: items ending within a few
+    ms of their deadline (either side) alternate with quick items, ten to a chunk. A
+    late interrupt must not fail the next item, and an item past its deadline must
+    not return a result. Failed on 0e3ce03 in some runs (items past their deadline
+    returned results)."""
+    with eh.cpu_burners(burners):
+        counts, wrong = ec.deadlines_in_a_map(start_method, tmp_path, 300, seed=burners)
+    print(f"\n{start_method} burners={burners}: {counts}")
+    assert not wrong, (counts, wrong[:10])
     assert counts["interrupted"] > 0
 
 
