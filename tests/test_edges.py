@@ -275,6 +275,17 @@ def test_deadlines_around_task_ends_never_disturb_the_next_tasks(
     assert not wrong, (counts, wrong[:10])
 
 
+def test_deadlines_around_the_ends_of_map_items_never_reach_the_next_item(tmp_path: Path) -> None:
+    """A map of 40 items limited to 0.05 s each (grace 1 s), in chunks of 10: items
+    that end within a few ms of their deadline alternate with 5 ms items. Failed on
+    0e3ce03 in most runs: an item past its deadline returned a result, an interrupt
+    came before an item's own deadline, or a 5 ms item failed with "ran past its
+    time limit of 0.05 s" (another item's late interrupt). Default start method; the
+    stress suite runs 300 items under each, with and without burners."""
+    counts, wrong = ec.deadlines_in_a_map("forkserver", tmp_path, 40, seed=5)
+    assert not wrong, (counts, wrong[:10])
+
+
 # =============================================================================================
 # 4. A task's own TaskTimeoutError is its own
 # =============================================================================================
