@@ -30,6 +30,10 @@ from procpool import TaskTimeoutError, WorkerLostError
 
 pytestmark = pytest.mark.timeout(120)
 
+#: Where the start method cannot matter, the fast tests run under the default one only
+#: (the stress suite runs every start method).
+DEFAULT = "forkserver"
+
 
 @pytest.fixture
 def burners() -> Iterator[list[int]]:
@@ -43,7 +47,16 @@ def burners() -> Iterator[list[int]]:
 # =============================================================================================
 
 
-@pytest.mark.parametrize("how", list(ec.DEATHS))
+@pytest.mark.parametrize(
+    ("start_method", "how"),
+    [
+        ("fork", "exit"),
+        ("spawn", "exit"),
+        (DEFAULT, "exit"),
+        (DEFAULT, "sigkill"),
+        (DEFAULT, "segv"),
+    ],
+)
 def test_a_crash_in_a_map_fails_only_the_crasher(start_method: str, how: str) -> None:
     """Issue 22's own example: ``pool.map(f, range(10))`` where item 5 dies. Failed on
     0e3ce03: items 2-4 (run in one chunk with 5, finished, results not yet sent)
@@ -91,7 +104,11 @@ def test_a_crash_among_tiny_items_blames_only_the_crasher(start_method: str) -> 
     ec.check_crasher_error(error, bad, "exit")
 
 
-@pytest.mark.parametrize("ms", [0.0, 0.3], ids=["tiny-items", "sub-ms-items"])
+@pytest.mark.parametrize(
+    ("start_method", "ms"),
+    [("fork", 0.0), ("spawn", 0.0), (DEFAULT, 0.0), (DEFAULT, 0.3)],
+    ids=["fork-tiny-items", "spawn-tiny-items", "forkserver-tiny-items", "forkserver-sub-ms-items"],
+)
 def test_with_one_retry_a_crasher_runs_twice_and_everything_else_succeeds(
     start_method: str, tmp_path: Path, ms: float
 ) -> None:
@@ -257,7 +274,7 @@ def test_a_task_past_its_limit_never_returns_a_result_on_a_loaded_machine(
     """The same with two CPU burners running (default start method; the stress suite
     runs every start method). Failed on 0e3ce03 in some runs only: see the stress suite."""
     tasks = 30
-    got, records = ec.interrupt_run("forkserver", tmp_path, tasks)
+    got, records = ec.interrupt_run(DEFAULT, tmp_path, tasks)
     ec.check_interrupted(got, records, tasks, grace=1.0)
 
 
@@ -265,13 +282,13 @@ def test_deadlines_around_task_ends_never_disturb_the_next_tasks(
     start_method: str, tmp_path: Path
 ) -> None:
     """A guard for the fix of item 3 above all (a kernel timer must be disarmed, and a
-    late signal must land neither in the worker's loop nor in the next task): 12
+    late signal must land neither in the worker's loop nor in the next task): 8
     rounds of a task ending within a few ms of its deadline, each followed by a task
     with no limit and one with a long limit. Every limited task returns (only if its
     work ended before the deadline) or is interrupted (``killed=False``); every other
     task returns its result; the worker is never replaced. Failed on 0e3ce03 in some
     runs: a task that ran 2x its limit returned a result (the watchdog starved)."""
-    counts, wrong = ec.deadlines_around_task_ends(start_method, tmp_path, 12, seed=3)
+    counts, wrong = ec.deadlines_around_task_ends(start_method, tmp_path, 8, seed=3)
     assert not wrong, (counts, wrong[:10])
 
 
@@ -282,7 +299,7 @@ def test_deadlines_around_the_ends_of_map_items_never_reach_the_next_item(tmp_pa
     came before an item's own deadline, or a 5 ms item failed with "ran past its
     time limit of 0.05 s" (another item's late interrupt). Default start method; the
     stress suite runs 300 items under each, with and without burners."""
-    counts, wrong = ec.deadlines_in_a_map("forkserver", tmp_path, 40, seed=5)
+    counts, wrong = ec.deadlines_in_a_map(DEFAULT, tmp_path, 40, seed=5)
     assert not wrong, (counts, wrong[:10])
 
 
@@ -312,10 +329,10 @@ def test_a_tasks_own_timeout_error_is_not_the_pools(start_method: str) -> None:
         assert pool.stats().timed_out == 0
 
 
-def test_a_tasks_own_killed_timeout_error_is_not_the_pools(start_method: str) -> None:
+def test_a_tasks_own_killed_timeout_error_is_not_the_pools() -> None:
     """Regression guard: the same with the constructor's default ``killed=True``
-    (0e3ce03 kept that one as it was)."""
-    with procpool.Pool(1, context=start_method) as pool:  # type: ignore[arg-type]
+    (0e3ce03 kept that one as it was). Default start method."""
+    with procpool.Pool(1, context=DEFAULT) as pool:  # type: ignore[arg-type]
         fut = pool.options(timeout=10, grace=5).submit(eh.raise_own_timeout, True)
         with pytest.raises(TaskTimeoutError) as info:
             fut.result(timeout=60)
@@ -323,11 +340,12 @@ def test_a_tasks_own_killed_timeout_error_is_not_the_pools(start_method: str) ->
         assert pool.stats().timed_out == 0
 
 
-def test_a_nested_pools_timeout_reaches_the_caller_as_it_was(start_method: str) -> None:
+def test_a_nested_pools_timeout_reaches_the_caller_as_it_was() -> None:
     """A task (limit 30 s, grace 5 s) uses a spawn pool whose task times out (limit
     0.2 s, interrupted) and lets that TaskTimeoutError go. Failed on 0e3ce03: rewritten
-    to "... ran past its time limit of 30 s ..." and counted in ``timed_out``."""
-    with procpool.Pool(1, context=start_method) as pool:  # type: ignore[arg-type]
+    to "... ran past its time limit of 30 s ..." and counted in ``timed_out``. Default
+    start method; the stress suite runs every outer and inner start method."""
+    with procpool.Pool(1, context=DEFAULT) as pool:  # type: ignore[arg-type]
         fut = pool.options(timeout=30, grace=5).submit(eh.nested_timeout_propagates, "spawn")
         with pytest.raises(TaskTimeoutError) as info:
             fut.result(timeout=90)
@@ -353,11 +371,12 @@ def test_a_nested_fork_pool_interrupts_its_task_at_the_limit(start_method: str) 
     assert report["killed"] is False, report
 
 
-def test_a_nested_fork_pool_with_endless_grace_never_returns_a_result(start_method: str) -> None:
+def test_a_nested_fork_pool_with_endless_grace_never_returns_a_result() -> None:
     """``grace=math.inf`` (interrupt, never kill), inner task sleeping 3 s past a 0.2 s
     limit. Failed on 0e3ce03: no interrupt came, and the inner task returned its
-    result after 3 s (with a longer sleep it would run for ever)."""
-    with procpool.Pool(1, context=start_method) as pool:  # type: ignore[arg-type]
+    result after 3 s (with a longer sleep it would run for ever). Default start
+    method; the stress suite runs every outer and inner start method."""
+    with procpool.Pool(1, context=DEFAULT) as pool:  # type: ignore[arg-type]
         ec.after_a_grace_task(pool)
         report = pool.submit(eh.nested_interrupt, "fork", 0.2, math.inf, 3.0).result(timeout=90)
     assert report["outcome"] == "timeout", report
@@ -421,20 +440,21 @@ def test_outside_kills_of_workers_that_ran_nothing_never_break_the_pool(start_me
 @pytest.mark.usefixtures("burners")
 def test_outside_kills_on_a_loaded_machine_never_break_the_pool(start_method: str) -> None:
     """Two CPU burners; workers SIGKILLed at random every 10-50 ms, at any moment of
-    their lives, during 1.5 s of submits and maps. Failed on 0e3ce03 (most runs, spawn
+    their lives, during 1 s of submits and maps. Failed on 0e3ce03 (most runs, spawn
     and forkserver above all): the pool declared itself broken ("3 workers in a row
     died before doing any work"). Required: every future ends with its result or a
     WorkerLostError; the pool keeps working."""
-    kills, _, _ = ec.under_fire(start_method, 1.5, seed=22)
+    kills, _, _ = ec.under_fire(start_method, 1.0, seed=22)
     assert kills > 0
 
 
-def test_a_worker_that_exits_at_start_up_still_breaks_the_pool(start_method: str) -> None:
+def test_a_worker_that_exits_at_start_up_still_breaks_the_pool() -> None:
     """Regression guard: deaths the program causes (an initializer that calls
-    ``os._exit``) still break the pool after three in a row."""
+    ``os._exit``) still break the pool after three in a row. Default start method
+    (test_faults.py has every start method)."""
     with procpool.Pool(
         1,
-        context=start_method,  # type: ignore[arg-type]
+        context=DEFAULT,  # type: ignore[arg-type]
         initializer=helpers.exit_with,
         initargs=(1,),
     ) as pool:
@@ -493,14 +513,15 @@ def test_a_grace_without_any_time_limit_is_refused() -> None:
         assert "time limit" in str(info.value) or "timeout" in str(info.value), str(info.value)
 
 
-def test_a_grace_with_a_time_limit_somewhere_stays_valid(start_method: str) -> None:
+def test_a_grace_with_a_time_limit_somewhere_stays_valid() -> None:
     """Regression guard: a pool ``task_timeout`` with ``options(grace=...)``, and a
-    pool-wide ``task_grace`` with only per-call timeouts, both interrupt the task."""
-    with procpool.Pool(1, context=start_method, task_timeout=0.3) as pool:  # type: ignore[arg-type]
+    pool-wide ``task_grace`` with only per-call timeouts, both interrupt the task.
+    Default start method."""
+    with procpool.Pool(1, context=DEFAULT, task_timeout=0.3) as pool:  # type: ignore[arg-type]
         with pytest.raises(TaskTimeoutError) as info:
             pool.options(grace=5).submit(helpers.sleep_then, 30).result(timeout=60)
         assert info.value.killed is False
-    with procpool.Pool(1, context=start_method, task_grace=5) as pool:  # type: ignore[arg-type]
+    with procpool.Pool(1, context=DEFAULT, task_grace=5) as pool:  # type: ignore[arg-type]
         with pytest.raises(TaskTimeoutError) as info:
             pool.options(timeout=0.3).submit(helpers.sleep_then, 30).result(timeout=60)
         assert info.value.killed is False
