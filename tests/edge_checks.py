@@ -287,10 +287,10 @@ def deadlines_in_a_map(
                 counts["returned" if not isinstance(got, BaseException) else "interrupted"] += 1
             elif isinstance(got, BaseException):
                 # 5 ms of work against a 50 ms limit: only a stall of the worker of
-                # 45 ms would make this its own timeout.
+                # 45 ms (a loaded machine) makes this its own timeout; then its record
+                # says so (the interrupt came after its own deadline), and the judge
+                # below accepts it. Another item's late interrupt would come before.
                 counts["quick items failed"] += 1
-                wrong.append(f"quick item {i} failed: {got!r}"[:300])
-                continue
             why = judge_limited(records[i], got)
             if why:
                 wrong.append(f"item {i} (ran {runs[i] * 1000:.0f} ms): {why}")

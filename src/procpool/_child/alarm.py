@@ -113,6 +113,19 @@ class Alarm:
         )
 
 
+# The task is called from a function whose frames are not procpool's: a task that
+# is itself a C function (``time.sleep`` as the callable) runs with no Python frame
+# of its own, and the signal must still count as landing in the task, not in the
+# worker loop that called it. Made with its own globals so that its frame's
+# module name is not this package's.
+_TASK_CALLER: dict[str, Any] = {"__name__": "procpool-task"}
+exec("def call_task(fn, args, kwargs):\n    return fn(*args, **kwargs)\n", _TASK_CALLER)
+#: ``call_task(fn, args, kwargs)``: ``fn(*args, **kwargs)`` in a frame the alarm may raise in.
+call_task: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any] = _TASK_CALLER[
+    "call_task"
+]
+
+
 def _own(frame: FrameType | None) -> bool:
     """Whether ``frame`` runs procpool's code (the signal landed between two tasks' calls)."""
     if frame is None:

@@ -247,10 +247,9 @@ def _run_chunk(
                     extend(mapper(fn, items[index:stop]))
                 elif limits is not None:
                     for index, item in enumerate(items[index:stop], index):  # noqa: B020
-                        since = mark[since_slot] = clock_ns()
+                        mark[since_slot] = clock_ns()
                         mark[item_slot] = index
-                        args = item if star else (item,)
-                        append(_under_alarm(fn, args, {}, since, limits[0]))
+                        append(_under_alarm(fn, item if star else (item,), {}, limits[0]))
                 # A for loop over a slice: the fastest way to run Python per item.
                 elif timed:
                     for index, item in enumerate(items[index:stop], index):  # noqa: B020
@@ -429,7 +428,7 @@ def worker_main(
         if kind & m.GRACE:
             limits = m.GRACE_FIELD.unpack_from(data, at)
             at += m.GRACE_FIELD.size
-        since = marker[base + m.MARK_SINCE] = time.monotonic_ns()
+        marker[base + m.MARK_SINCE] = time.monotonic_ns()
         marker[base + m.MARK_ITEM] = 0
         marker[base + m.MARK_STOP] = 0
         marker[call_slot] = call_id
@@ -462,7 +461,7 @@ def worker_main(
         del data
         what = kind & m.KIND_MASK
         if what == m.CALL:
-            _run_call(call_id, fn, body[0], body[1], sender, started, since, limits)
+            _run_call(call_id, fn, body[0], body[1], sender, started, limits)
         else:
             _run_chunk(
                 call_id,
@@ -501,10 +500,12 @@ def _under_alarm(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    since: int,
     timeout: float,
 ) -> Any:
-    """``fn(*args, **kwargs)``, interrupted ``timeout`` s after ``since`` (see ``.alarm``).
+    """``fn(*args, **kwargs)``, interrupted ``timeout`` s after it starts (see ``.alarm``).
+
+    The clock starts here, once the call is unpickled: the first call of a task
+    whose module the worker has not imported yet does not pay for the import.
 
     A task that reached its deadline has timed out, whatever it did next (it may
     have caught the interrupt and returned, or raised another error): it ends in
@@ -512,9 +513,9 @@ def _under_alarm(
     task's own frames, never in this one.
     """
     watch = alarms.alarm()
-    watch.arm(since, timeout)
+    watch.arm(time.monotonic_ns(), timeout)
     try:
-        value = fn(*args, **kwargs)
+        value = alarms.call_task(fn, args, kwargs)
     except BaseException as exc:
         if watch.disarm():
             raise Expired() from exc
@@ -551,14 +552,11 @@ def _run_call(
     kwargs: dict[str, Any],
     sender: _Sender,
     started: float,
-    since: int,
     limits: tuple[float, float] | None,
 ) -> None:
     try:
         result = (
-            fn(*args, **kwargs)
-            if limits is None
-            else _under_alarm(fn, args, kwargs, since, limits[0])
+            fn(*args, **kwargs) if limits is None else _under_alarm(fn, args, kwargs, limits[0])
         )
     except BaseException as exc:
         sender.reply(call_id, m.ERROR, time.monotonic() - started, _failure(exc))
