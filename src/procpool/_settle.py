@@ -19,7 +19,6 @@ staffing (a reply, a retirement, a death); it never writes to a worker.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import pickle
@@ -47,6 +46,7 @@ from ._options import backoff_delay
 from ._queue import WorkQueue
 from ._staffing import Staffing
 from ._stats import Counters
+from ._tree import kill_tree
 from ._workers import UNEXPECTED, Reply, Worker, WorkerSet
 
 LOGGER = logging.getLogger("procpool")
@@ -387,8 +387,7 @@ class Settler:
         self._workers.drain(worker, self.on_reply)
         worker.dying = True
         worker.exit_cause = _KILLED_FOR.get(reason, "unknown")
-        with contextlib.suppress(Exception):
-            worker.process.kill()
+        kill_tree(worker.process.pid)
         self.give_up_calls(worker, reason, None)
 
     def give_up_calls(

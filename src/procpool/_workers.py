@@ -21,6 +21,7 @@ import itertools
 import os
 import pickle
 import select
+import signal
 import struct
 import threading
 import time
@@ -42,6 +43,7 @@ from ._errors import SerializationError
 from ._events import ExitCause
 from ._jobs import Call
 from ._oom import OomWatch
+from ._tree import kill_all, kill_tree, lead_group
 from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup, widen_pipe
 
 #: Whether a waiting thread may read replies (needs poll, and a selector that
@@ -286,6 +288,7 @@ class WorkerSet:
             )
             try:
                 self._start_process(process)
+                lead_group(process.pid)  # before a fork child runs anything
             except BaseException:
                 PARENT_FDS.discard(task_w.fileno(), result_r.fileno())
                 task_w.close()
@@ -309,8 +312,7 @@ class WorkerSet:
     def abandon_start(self) -> None:
         """The pool's constructor failed: stop what started and release everything."""
         for worker in list(self.by_slot.values()):
-            with contextlib.suppress(Exception):
-                worker.process.kill()
+            kill_tree(worker.process.pid)
             worker.process.join()
             self.discard(worker)
         self.close()
@@ -484,20 +486,21 @@ class WorkerSet:
         """
         workers = list(self.by_slot.values())
         stopped: list[tuple[int, int | None, int | None]] = []
+        # What each terminated worker had started: killed for good once it is gone.
+        families: list[int] = []
         for worker in workers:
             if graceful and not worker.dying and not worker.retiring:
                 with contextlib.suppress(OSError):
                     self.write(worker, m.CALL_HEADER.pack(0, m.STOP))
             elif not graceful:
-                with contextlib.suppress(Exception):
-                    worker.process.terminate()
+                families += kill_tree(worker.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + (STOP_GRACE if graceful else 0.5)
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
-                with contextlib.suppress(Exception):
-                    worker.process.kill()
+                families += kill_tree(worker.process.pid)
                 worker.process.join()
             stopped.append((worker.slot, worker.process.pid, worker.process.exitcode))
             self.discard(worker)
+        kill_all(families)
         return stopped

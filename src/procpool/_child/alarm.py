@@ -106,8 +106,28 @@ class Alarm:
         if self.critical or _own(frame):
             self._timer.set(now + RETRY_NS)
             return
+        raise self._interrupt()
+
+    def raise_if_due(self) -> None:
+        """After procpool's own code inside a task (a log record written to the parent):
+        raise the interrupt that waited for it, if one did.
+
+        A task that floods the log spends nearly all its time blocked writing to
+        the parent, where the interrupt may not land: it is raised here, as soon
+        as the write is done. Only in the thread that runs the task.
+        """
+        if (
+            self._armed
+            and self.expired
+            and not self._raised
+            and not self.critical
+            and threading.current_thread() is threading.main_thread()
+        ):
+            raise self._interrupt()
+
+    def _interrupt(self) -> TimeLimitInterrupt:
         self._raised = True
-        raise TimeLimitInterrupt(
+        return TimeLimitInterrupt(
             f"the task reached its time limit of {self._timeout:g} s; procpool interrupts "
             "it so that its cleanup runs: let this exception propagate"
         )

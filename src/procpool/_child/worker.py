@@ -85,6 +85,17 @@ def _poll_parent(parent_pid: int) -> None:
             _orphaned()
 
 
+def lead_process_group() -> None:
+    """Lead a process group of our own, so that what our tasks start dies with us.
+
+    The parent kills the whole group when it kills this worker (see ``_tree``);
+    and a worker whose parent died takes the group down with it.
+    """
+    if hasattr(os, "setpgid"):
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+
+
 def _orphaned() -> NoReturn:
     """The parent is gone: remove the result segments it will never read, then exit.
 
@@ -97,6 +108,11 @@ def _orphaned() -> NoReturn:
     _orphan_lock.acquire()
     if _reply_segments is not None:
         _reply_segments.forget_all()
+    if hasattr(os, "killpg") and os.getpgid(0) == os.getpid():
+        # Everything our tasks started goes too, and this process with it. Only
+        # a group we lead: never the group of the program that started us.
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
     os._exit(1)
 
 
@@ -124,6 +140,8 @@ class _Sender:
             finally:
                 if watch is not None:
                     watch.critical -= 1
+        if watch is not None:
+            watch.raise_if_due()
 
     def reply(self, call_id: int, status: int, elapsed: float, body: object) -> None:
         try:
@@ -386,6 +404,7 @@ def worker_main(
     ``reply_prefix`` names this worker's result segments (see ``_shm``);
     ``inherited`` lists the parent's descriptors to close (under fork).
     """
+    lead_process_group()
     close_inherited(inherited)
     reset_signals()
     global _reply_segments
