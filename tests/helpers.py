@@ -475,3 +475,17 @@ def sleep_in_steps_with_cleanup(path: str, seconds: float) -> str:
         with open(path, "w") as f:
             f.write("cleaned up")
     return "slept"
+
+
+def crash_deep(depth: int) -> None:
+    """Recurse ``depth`` frames, then segfault (faulthandler left on: the stack is wanted)."""
+    if depth:
+        crash_deep(depth - 1)
+    ctypes.string_at(0)
+
+
+def abort_in(depth: int) -> None:
+    """Recurse ``depth`` frames, then abort (SIGABRT)."""
+    if depth:
+        abort_in(depth - 1)
+    os.abort()

@@ -483,3 +483,35 @@ def test_an_unguarded_main_module_fails_with_one_message(what: str, method: str)
     assert "unguarded_main.py) starts a pool or a process when it is imported" in last
     assert 'under `if __name__ == "__main__":`' in last
     assert len(proc.stderr.splitlines()) < 15
+
+
+# -- a post-mortem for crashes --------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", [helpers.crash_deep, helpers.abort_in])
+def test_a_crash_in_native_code_reports_the_tasks_stack(start_method: str, task: object) -> None:
+    # Issue 25: the worker's faulthandler writes the stack of the crash to the parent.
+    name = getattr(task, "__name__", "")
+    with procpool.Pool(1, context=start_method) as pool:
+        with pytest.raises(WorkerLostError) as info:
+            pool.submit(task, 2).result(timeout=60)  # type: ignore[arg-type]
+        error = info.value
+        assert error.exitcode in (-signal.SIGSEGV, -signal.SIGABRT)
+        assert error.stack is not None
+        assert error.stack.count(f"in {name}") == 3
+        # The task's frames only: not the worker loop, not multiprocessing's start-up.
+        assert "_child" not in error.stack
+        assert "_bootstrap" not in error.stack
+        assert error.stack in str(error)
+        mapped = pool.map(task, [2], chunksize=1)  # type: ignore[arg-type]
+        with pytest.raises(WorkerLostError) as in_map:
+            mapped.result(timeout=60)
+        assert in_map.value.stack is not None
+        assert f"in {name}" in in_map.value.stack
+
+
+def test_a_worker_killed_from_outside_has_no_stack(pool: procpool.Pool) -> None:
+    with pytest.raises(WorkerLostError) as info:
+        pool.submit(helpers.sigkill_self).result(timeout=60)
+    assert info.value.stack is None
+    assert "stack" not in str(info.value)

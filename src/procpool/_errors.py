@@ -26,6 +26,7 @@ from typing import Literal
 from ._child.errors import ProcpoolError, TaskTimeoutError, TimeLimitInterrupt
 
 __all__ = [
+    "CRASH_SIGNALS",
     "LossCause",
     "PoolClosedError",
     "ProcpoolError",
@@ -116,6 +117,10 @@ class WorkerLostError(ProcpoolError, BrokenProcessPool):
             ``"cancel"`` (procpool stopped the worker for another item's time
             limit or a cancel, and this item's result was lost with it), or
             ``"unknown"`` (DaskPool: the cluster does not say).
+        stack: for a crash in native code (SIGSEGV, SIGABRT, SIGBUS, SIGFPE,
+            SIGILL) of a :class:`Pool` worker, the Python stack of the task at
+            the moment of the crash, as the worker's ``faulthandler`` wrote it
+            (also at the end of the message); else None.
     """
 
     def __init__(
@@ -125,20 +130,38 @@ class WorkerLostError(ProcpoolError, BrokenProcessPool):
         exitcode: int | None = None,
         pid: int | None = None,
         cause: LossCause = "unknown",
+        stack: str | None = None,
     ):
         super().__init__(message)
         self.exitcode = exitcode
         self.pid = pid
         self.cause: LossCause = cause
+        self.stack = stack
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_worker_lost, (str(self), self.exitcode, self.pid, self.cause))
+        return (
+            _rebuild_worker_lost,
+            (str(self), self.exitcode, self.pid, self.cause, self.stack),
+        )
 
 
 def _rebuild_worker_lost(
-    message: str, exitcode: int | None, pid: int | None, cause: LossCause
+    message: str,
+    exitcode: int | None,
+    pid: int | None,
+    cause: LossCause,
+    stack: str | None = None,
 ) -> WorkerLostError:
-    return WorkerLostError(message, exitcode=exitcode, pid=pid, cause=cause)
+    return WorkerLostError(message, exitcode=exitcode, pid=pid, cause=cause, stack=stack)
+
+
+#: Signals of a crash in native code, after which a worker's faulthandler has
+#: written the Python stack of the crash.
+CRASH_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL")
+    if hasattr(signal, name)
+)
 
 
 class PoolClosedError(ProcpoolError, RuntimeError):

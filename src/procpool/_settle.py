@@ -29,6 +29,7 @@ from typing import Any
 from ._child import messages as m
 from ._child.errors import Expired, NotPickled
 from ._errors import (
+    CRASH_SIGNALS,
     ProcpoolError,
     RemoteTraceback,
     SerializationError,
@@ -361,6 +362,8 @@ class Settler:
                 self._workers.marker(worker)[0] == worker.outstanding[0].id
             )
             oom = worker.oom.killed(exitcode)
+            if exitcode is not None and -exitcode in CRASH_SIGNALS:
+                worker.crash = self._workers.crash_stack(worker)
             self.give_up_calls(worker, "died", exitcode, oom)
             retired = worker.retiring and exitcode == 0
             before_work = not retired and not worker.replied and not began
@@ -432,7 +435,7 @@ class Settler:
             # Handed back back to front: the queue serves them in input order.
             job.hand_back(block_stop, head.stop)
             if block_stop == running + 1:
-                self._blame(job, head, running, reason, exitcode, pid, oom)
+                self._blame(job, head, running, reason, exitcode, pid, oom, worker.crash)
             else:
                 # Never with retries or a time limit: such chunks are marked item
                 # by item. Which of the block was at fault is unknown, so none is
@@ -446,7 +449,7 @@ class Settler:
             elif not job.exhausted:
                 self._queue.to_front(job)
         else:
-            self._blame(job, head, head.start, reason, exitcode, pid, oom)
+            self._blame(job, head, head.start, reason, exitcode, pid, oom, worker.crash)
 
     def _blame(
         self,
@@ -457,8 +460,13 @@ class Settler:
         exitcode: int | None,
         pid: int | None,
         oom: bool | None,
+        stack: str | None = None,
     ) -> None:
-        """Fail (or retry) the one item that was running when its worker was stopped."""
+        """Fail (or retry) the one item that was running when its worker was stopped.
+
+        ``stack``: the Python stack of a crash in native code, from the worker's
+        faulthandler.
+        """
         if reason == "cancelled":
             return
         timed_out = reason == "timeout"
@@ -483,12 +491,14 @@ class Settler:
             )
         else:
             tries = f" (after {attempts + 1} attempts)" if attempts else ""
+            at_crash = f"; the task's stack at the crash:\n{stack}" if stack else ""
             error = WorkerLostError(
                 f"{job.describe(call, index)}{tries}: its worker (pid {pid}) "
-                f"{describe_exitcode(exitcode, oom=oom)}",
+                f"{describe_exitcode(exitcode, oom=oom)}{at_crash}",
                 exitcode=exitcode,
                 pid=pid,
                 cause=loss_cause(exitcode, oom=oom),
+                stack=stack,
             )
         if isinstance(job, MapJob):
             self._stats.failed += job.map_future.set_item_exception(index, error)

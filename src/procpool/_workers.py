@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import re
 import select
 import signal
 import struct
@@ -53,6 +54,10 @@ CLAIMS = NONBLOCKING_WRITES and hasattr(select, "poll")
 RESULT, EXITED, WRITABLE = 0, 1, 2
 #: The status given to a reply that answers no call we wait for: nothing of it is read.
 UNEXPECTED = -1
+#: The most of a crash's faulthandler text kept (a deep recursion writes a lot).
+CRASH_TEXT_BYTES = 64 * 1024
+#: A frame of procpool's own worker loop in a faulthandler dump.
+_OWN_FRAME = re.compile(r'File "(<procpool>|.*[/\\]procpool[/\\]_child[/\\].*)"')
 #: How long a closing pool waits for a worker to exit after STOP before killing it.
 STOP_GRACE = 5.0
 
@@ -109,6 +114,8 @@ class Worker:
         "busy",
         "claimed",
         "claims",
+        "crash",
+        "crash_conn",
         "dying",
         "exit_cause",
         "leases",
@@ -139,8 +146,13 @@ class Worker:
         task_conn: Connection,
         result_conn: Connection,
         reply_prefix: str,
+        crash_conn: Connection,
     ) -> None:
         self.slot = slot
+        #: Where its faulthandler writes the Python stack of a crash (read after it).
+        self.crash_conn = crash_conn
+        #: That stack, once read (see ``WorkerSet.crash_stack``).
+        self.crash: str | None = None
         self.process = process
         self.task_conn = task_conn
         self.result_conn = result_conn
@@ -267,13 +279,16 @@ class WorkerSet:
         with PARENT_FDS.lock:
             task_r, task_w = ctx.Pipe(duplex=False)
             result_r, result_w = ctx.Pipe(duplex=False)
-            PARENT_FDS.add(task_w.fileno(), result_r.fileno())
+            # Where the worker's faulthandler writes the stack of a crash.
+            crash_r, crash_w = ctx.Pipe(duplex=False)
+            PARENT_FDS.add(task_w.fileno(), result_r.fileno(), crash_r.fileno())
             process = new_process(
                 ctx,
                 worker_main,
                 (
                     task_r,
                     result_w,
+                    crash_w,
                     self.marks,
                     slot,
                     os.getpid(),
@@ -290,16 +305,18 @@ class WorkerSet:
                 self._start_process(process)
                 lead_group(process.pid)  # before a fork child runs anything
             except BaseException:
-                PARENT_FDS.discard(task_w.fileno(), result_r.fileno())
+                PARENT_FDS.discard(task_w.fileno(), result_r.fileno(), crash_r.fileno())
                 task_w.close()
                 result_r.close()
+                crash_r.close()
                 raise
             finally:
                 # Our copies of the child's ends must go, or EOF never comes.
                 task_r.close()
                 result_w.close()
+                crash_w.close()
             PARENT_FDS.add(process.sentinel)
-        worker = Worker(slot, process, task_w, result_r, prefix)
+        worker = Worker(slot, process, task_w, result_r, prefix, crash_r)
         self.by_slot[slot] = worker
         if NONBLOCKING_WRITES:
             os.set_blocking(task_w.fileno(), False)
@@ -442,6 +459,30 @@ class WorkerSet:
             reply.error = exc
         return reply
 
+    def crash_stack(self, worker: Worker) -> str | None:
+        """What the dead ``worker``'s faulthandler wrote: the Python stack of its crash.
+
+        Cut where the worker loop called the task: what is below (procpool, and
+        multiprocessing's start-up) is not the task's. None if it wrote nothing.
+        """
+        fd = worker.crash_conn.fileno()
+        chunks: list[bytes] = []
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, False)
+            while sum(map(len, chunks)) < CRASH_TEXT_BYTES:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+        text = b"".join(chunks).decode("utf-8", "replace")
+        lines: list[str] = []
+        for line in text.splitlines():
+            if _OWN_FRAME.search(line):
+                break
+            if line.strip() and not line.startswith("Extension modules"):
+                lines.append(line)
+        return "\n".join(lines) if lines else None
+
     def marker(self, worker: Worker) -> tuple[int, int, int]:
         """What ``worker`` says it runs: (call id, item index, since when in ns)."""
         base = worker.slot * m.MARK_WIDTH
@@ -471,10 +512,14 @@ class WorkerSet:
         worker.out.clear()
         with contextlib.suppress(ValueError):
             PARENT_FDS.discard(
-                worker.task_conn.fileno(), worker.result_conn.fileno(), worker.process.sentinel
+                worker.task_conn.fileno(),
+                worker.result_conn.fileno(),
+                worker.crash_conn.fileno(),
+                worker.process.sentinel,
             )
         worker.task_conn.close()
         worker.result_conn.close()
+        worker.crash_conn.close()
         with contextlib.suppress(ValueError):
             worker.process.close()
 

@@ -139,7 +139,12 @@ class Alarm:
 # worker loop that called it. Made with its own globals so that its frame's
 # module name is not this package's.
 _TASK_CALLER: dict[str, Any] = {"__name__": "procpool-task"}
-exec("def call_task(fn, args, kwargs):\n    return fn(*args, **kwargs)\n", _TASK_CALLER)
+exec(  # its frames show as File "<procpool>" (crash reports cut the stack there)
+    compile(
+        "def call_task(fn, args, kwargs):\n    return fn(*args, **kwargs)\n", "<procpool>", "exec"
+    ),
+    _TASK_CALLER,
+)
 #: ``call_task(fn, args, kwargs)``: ``fn(*args, **kwargs)`` in a frame the alarm may raise in.
 call_task: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any] = _TASK_CALLER[
     "call_task"

@@ -12,6 +12,7 @@ only with ``forward_logs``) so that a worker starts fast under ``spawn`` and
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import itertools
 import os
 import pickle
@@ -390,6 +391,7 @@ def close_inherited(fds: Sequence[int]) -> None:
 def worker_main(
     task_conn: Connection,
     result_conn: Connection,
+    crash_conn: Connection,
     marks: Any,
     slot: int,
     parent_pid: int,
@@ -406,6 +408,9 @@ def worker_main(
     """
     lead_process_group()
     close_inherited(inherited)
+    # A crash in native code (SIGSEGV, SIGABRT...) writes the Python stack of the
+    # thread it hit to the parent, which puts it in the task's WorkerLostError.
+    faulthandler.enable(file=crash_conn.fileno(), all_threads=False)
     reset_signals()
     global _reply_segments
     if SHARED_MEMORY:
