@@ -174,6 +174,7 @@ def check_limits(pool: procpool.Pool, dask_pool: procpool.DaskPool) -> None:
     lost = procpool.WorkerLostError("gone", cause="oom")
     assert_type(lost.cause, Literal["oom", "signal", "exit", "timeout", "cancel", "unknown"])
     procpool.WorkerLostError("gone", cause="tired")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    assert_type(lost.stack, str | None)
     assert_type(procpool.TaskTimeoutError("late", killed=False).killed, bool)
 
 
