@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from ._child.identity import WorkerInfo as WorkerInfo
+    from ._child.identity import current_worker as current_worker
+    from ._child.state import WorkerState as WorkerState
     from ._context import StartMethod as StartMethod
     from ._dask import DaskPool as DaskPool
     from ._errors import PoolClosedError as PoolClosedError
@@ -68,9 +71,12 @@ __all__ = (
     "TaskTimeoutError",
     "TimeLimitInterrupt",
     "WorkerExited",
+    "WorkerInfo",
     "WorkerLostError",
     "WorkerStarted",
+    "WorkerState",
     "__version__",
+    "current_worker",
     "spawn",
 )
 
@@ -101,6 +107,9 @@ _WHERE = {
     "TaskFinished": "._events",
     "WorkerStarted": "._events",
     "WorkerExited": "._events",
+    "WorkerInfo": "._child.identity",
+    "WorkerState": "._child.state",
+    "current_worker": "._child.identity",
 }
 
 

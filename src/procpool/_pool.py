@@ -13,7 +13,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 from multiprocessing.context import BaseContext
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec
 
@@ -37,6 +37,7 @@ from ._options import (
     memory_bytes,
     retry_types,
 )
+from ._placement import CpuAffinity, Placer, WorkerEnv
 from ._progress import Progress, make_reporter
 from ._stats import PoolStats
 from ._workers import WorkerSpec
@@ -155,6 +156,18 @@ class Pool(Executor):
             started, finished; a worker started, exited), on the pool's
             callback thread, in order; an exception it raises is logged. See
             docs/production.md.
+        worker_env: environment variables set in each worker before it runs
+            anything else (its initializer, its first task's module): a
+            mapping, or a function of the slot index (``lambda slot:
+            {"CUDA_VISIBLE_DEVICES": str(slot)}``).
+        cpu_affinity: CPUs each worker may run on (Linux): ``"spread"`` (one
+            CPU each, in turn), a sequence of CPU sets (one per slot, in
+            turn), or a function of the slot index returning a set.
+        threads_per_worker: the thread budget of BLAS and OpenMP libraries in
+            each worker (``OMP_NUM_THREADS`` and the like, unless set already),
+            so that workers do not oversubscribe the CPUs. ``"auto"``
+            (default): the CPUs this process may use divided among the workers;
+            None: leave them alone.
 
     Raises:
         ValueError: ``workers < 1``, an unknown start method, a negative timeout,
@@ -188,6 +201,9 @@ class Pool(Executor):
         cloudpickle: bool = False,
         forward_logs: bool = False,
         on_event: EventHook | None = None,
+        worker_env: WorkerEnv | None = None,
+        cpu_affinity: CpuAffinity | None = None,
+        threads_per_worker: int | Literal["auto"] | None = "auto",
     ) -> None:
         check_workers(workers)
         check_count("max_tasks_per_worker", max_tasks_per_worker, 1)
@@ -233,7 +249,8 @@ class Pool(Executor):
         )
         self._name = f"procpool.Pool-{next(_pool_numbers)}"
         _install_exit_hook()
-        spec = WorkerSpec(self._name, initializer, initargs, forward_logs)
+        placer = Placer(self._workers, worker_env, cpu_affinity, threads_per_worker)
+        spec = WorkerSpec(self._name, initializer, initargs, forward_logs, placer)
         dispatcher = Dispatcher(
             ctx,
             self._workers,

@@ -36,14 +36,16 @@ from typing import Any
 
 from ._child import messages as m
 from ._child.codec import describe_callable
+from ._child.placement import Placement
 from ._child.shm import ENABLED as SHARED_MEMORY
 from ._child.shm import Lease, drop_reply, load_reply, reply_prefix, unlink_prefixed
-from ._child.worker import worker_main
+from ._child.worker import WorkerSetup, worker_main
 from ._context import PARENT_FDS, new_process
 from ._errors import SerializationError
 from ._events import ExitCause
 from ._jobs import Call
 from ._oom import OomWatch
+from ._placement import Placer
 from ._tree import kill_all, kill_tree, lead_group
 from ._waiting import NONBLOCKING_WRITES, Waiter, Wakeup, widen_pipe
 
@@ -216,6 +218,8 @@ class WorkerSpec:
     initargs: tuple[Any, ...]
     #: Send the worker's log records to the parent (see ``_child.worker``).
     forward_logs: bool
+    #: Each slot's environment, CPUs and thread budget (None: as inherited).
+    placer: Placer | None = None
 
 
 class WorkerSet:
@@ -228,6 +232,8 @@ class WorkerSet:
     def __init__(self, ctx: BaseContext, size: int, spec: WorkerSpec) -> None:
         self.ctx = ctx
         self.spec = spec
+        #: The initializer as each worker gets it (checked here: it must pickle).
+        self._init = self._pickled_init()
         self.by_slot: dict[int, Worker] = {}
         #: Calls written to workers and not yet settled that have a time limit:
         #: the dispatcher looks at deadlines only while there are some.
@@ -294,9 +300,13 @@ class WorkerSet:
                     os.getpid(),
                     prefix,
                     PARENT_FDS.for_child(ctx),
-                    self.spec.initializer,
-                    self.spec.initargs,
-                    self.spec.forward_logs,
+                    WorkerSetup(
+                        self.spec.name,
+                        ctx.get_start_method(),
+                        self.spec.forward_logs,
+                        self.spec.placer.placement(slot) if self.spec.placer else Placement(),
+                        self._init,
+                    ),
                 ),
                 name=f"{self.spec.name}-worker-{slot}",
                 daemon=False,
@@ -334,21 +344,33 @@ class WorkerSet:
             self.discard(worker)
         self.close()
 
-    def _start_process(self, process: BaseProcess) -> None:
-        """Start a worker process; name the culprit if its arguments do not pickle."""
+    def _pickled_init(self) -> tuple[Callable[..., object], tuple[Any, ...]] | bytes | None:
+        """The initializer as a worker gets it (see ``WorkerSetup.init``).
+
+        Raises:
+            SerializationError: it does not pickle (under spawn or forkserver).
+        """
+        spec = self.spec
+        if spec.initializer is None:
+            return None
+        init = (spec.initializer, spec.initargs)
+        method = self.ctx.get_start_method()
+        if method == "fork":
+            return init  # nothing is pickled under fork
         try:
-            process.start()
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            if self.ctx.get_start_method() == "fork":
-                raise  # nothing is pickled under fork: not ours to explain
-            spec = self.spec
-            name = describe_callable(spec.initializer) if spec.initializer else "the pool"
+            return pickle.dumps(init, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            name = describe_callable(spec.initializer)
             raise SerializationError(
                 f"{spec.name}: could not start a worker: the initializer {name} or its "
                 f"initargs could not be pickled ({type(exc).__name__}: {exc}); under "
-                f"{self.ctx.get_start_method()} they travel to each worker by pickle: define "
-                "the initializer at module top level and pass picklable initargs"
+                f"{method} they travel to each worker by pickle: define the initializer "
+                "at module top level and pass picklable initargs"
             ) from exc
+
+    def _start_process(self, process: BaseProcess) -> None:
+        """Start a worker process."""
+        process.start()
 
     def write(self, worker: Worker, data: bytes) -> None:
         """Send one message to a worker; what its pipe cannot take now is queued.

@@ -237,3 +237,53 @@ def check_events() -> None:
     assert_type(procpool.Pool(2, on_event=hook), procpool.Pool)
     assert_type(procpool.Pool(2, on_event=print), procpool.Pool)
     procpool.Pool(2, on_event=wrong)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+class Model:
+    def predict(self, x: float) -> float:
+        return x
+
+
+class Db:
+    def query(self, q: str) -> list[str]:
+        return [q]
+
+
+def load_model() -> Model:
+    return Model()
+
+
+def predict(state: procpool.WorkerState[Model], x: float) -> float:
+    return state.get().predict(x)
+
+
+def check_workers_and_state(pool: procpool.Pool) -> None:
+    """Issue 26: who runs a task, typed per-worker state, placement."""
+    me = procpool.current_worker()
+    assert_type(me, procpool.WorkerInfo | None)
+    if me is not None:
+        assert_type(me.slot, int)
+        assert_type(me.start_method, str)
+    model = procpool.WorkerState(load_model)
+    assert_type(model, procpool.WorkerState[Model])
+    assert_type(model.get(), Model)
+    assert_type(pool.submit(predict, model, 1.0), procpool.Future[float])
+    assert_type(pool.map(predict, [model], [1.0]), procpool.MapFuture[float])
+    db = procpool.WorkerState(Db)
+    pool.submit(predict, db, 1.0)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.WorkerState(42)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    assert_type(
+        procpool.Pool(
+            2,
+            worker_env=lambda slot: {"CUDA_VISIBLE_DEVICES": str(slot)},
+            cpu_affinity="spread",
+            threads_per_worker=None,
+        ),
+        procpool.Pool,
+    )
+    assert_type(
+        procpool.Pool(cpu_affinity=[[0, 1], [2, 3]], threads_per_worker="auto"), procpool.Pool
+    )
+    procpool.Pool(worker_env={"A": 1})  # type: ignore[dict-item]  # pyright: ignore[reportArgumentType]
+    procpool.Pool(cpu_affinity="everywhere")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.Pool(threads_per_worker="many")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn, cast
 
@@ -30,7 +31,10 @@ from . import messages as m
 from .alarm import on_sigint, shield_thread
 from .codec import decode_function, encode_reply, exception_body, format_exception
 from .errors import Expired, NotPickled
+from .identity import become, count_call
 from .memory import resident_bytes
+from .placement import Placement
+from .placement import apply as apply_placement
 from .shm import ENABLED as SHARED_MEMORY
 from .shm import CallBuffers, ReplySegments, parse
 
@@ -388,6 +392,23 @@ def close_inherited(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What one worker starts with, besides its pipes."""
+
+    #: The pool's name and start method (for ``current_worker()``).
+    pool: str
+    start_method: str
+    #: Send log records to the parent (``Pool(forward_logs=True)``).
+    forward_logs: bool
+    #: Environment, CPUs and thread budget, set before anything else runs.
+    placement: Placement
+    #: ``(initializer, initargs)``, or their pickle: under spawn and forkserver
+    #: they are unpickled after the placement, so that the initializer's module
+    #: imports its libraries in the worker's environment. None: no initializer.
+    init: tuple[Callable[..., object], tuple[Any, ...]] | bytes | None
+
+
 def worker_main(
     task_conn: Connection,
     result_conn: Connection,
@@ -397,9 +418,7 @@ def worker_main(
     parent_pid: int,
     reply_prefix: str,
     inherited: tuple[int, ...],
-    initializer: Callable[..., object] | None,
-    initargs: tuple[Any, ...],
-    forward_logs: bool,
+    setup: WorkerSetup,
 ) -> None:
     """Entry point of a pool worker process.
 
@@ -407,6 +426,8 @@ def worker_main(
     ``inherited`` lists the parent's descriptors to close (under fork).
     """
     lead_process_group()
+    apply_placement(setup.placement)
+    become(slot, setup.pool, setup.start_method)
     close_inherited(inherited)
     # A crash in native code (SIGSEGV, SIGABRT...) writes the Python stack of the
     # thread it hit to the parent, which puts it in the task's WorkerLostError.
@@ -418,7 +439,7 @@ def worker_main(
     watch_parent(parent_pid)
     forget_inherited_forkserver()
     sender = _Sender(result_conn, _reply_segments)
-    if forward_logs:
+    if setup.forward_logs:
         _forward_logs(sender)
     # The ctypes array the parent shares, seen as a memoryview: the chunk loop
     # stores into it once per item, and a memoryview store costs ~20 ns here
@@ -426,8 +447,11 @@ def worker_main(
     marker = memoryview(marks).cast("B").cast("q")
     base = slot * m.MARK_WIDTH
     call_slot = base + m.MARK_CALL
-    if initializer is not None:
+    if setup.init is not None:
         try:
+            initializer, initargs = (
+                pickle.loads(setup.init) if isinstance(setup.init, bytes) else setup.init
+            )
             initializer(*initargs)
         except BaseException as exc:
             sender.reply(m.NO_CALL, m.INIT_ERROR, 0.0, exception_body(exc))
@@ -502,6 +526,7 @@ def worker_main(
         # Drop the finished call's function and arguments before waiting for the next.
         del fn, wire_fn, body
         marker[call_slot] = -1
+        count_call()
         _let_go(call_id, kind, shared, sender)
         if limit and _over(limit, call_id, sender):
             break
