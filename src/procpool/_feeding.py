@@ -148,7 +148,9 @@ class Feeder:
                         )
                     ):
                         break
-                    call = job.next_call(self._size)
+                    # A call read ahead waits in the worker's pipe, beyond the
+                    # reach of priorities: where they are in use, it is short.
+                    call = job.next_call(self._size, short=depth == 1 and queue.prioritized)
                     self._settler.count_failed_here(job)
                     if call is None or job.exhausted:
                         queue.discard(job)

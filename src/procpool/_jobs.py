@@ -154,8 +154,12 @@ class Job(abc.ABC):
     fn: Callable[..., Any] | None
 
     @abc.abstractmethod
-    def next_call(self, workers: int) -> Call | None:
-        """The next call to send, or None when everything has been handed out."""
+    def next_call(self, workers: int, *, short: bool = False) -> Call | None:
+        """The next call to send, or None when everything has been handed out.
+
+        ``short``: a map cuts the call to ``MIN_CHUNK_SECONDS`` of items (a call
+        read ahead while priorities are in use: see ``_feeding``).
+        """
 
     @property
     @abc.abstractmethod
@@ -214,7 +218,7 @@ class SingleJob(Job):
         self._lease = lease
         self.attempts = 0
 
-    def next_call(self, workers: int) -> Call | None:
+    def next_call(self, workers: int, *, short: bool = False) -> Call | None:
         data = self._data
         if data is None:
             return None
@@ -324,7 +328,7 @@ class MapJob(Job):
         """
         self._prepared = self.next_call(workers)
 
-    def _chunk_size(self, workers: int) -> int:
+    def _chunk_size(self, workers: int, short: bool = False) -> int:
         if self.fixed is not None:
             return self.fixed
         remaining = self.size - self.next_index
@@ -339,7 +343,7 @@ class MapJob(Job):
         # Keep the tail balanced: at most a share of what is left, but never so
         # small that a chunk is mostly round trip.
         share = -(-remaining // (2 * workers))
-        most = int(TARGET_CHUNK_SECONDS / per_item)
+        most = int((MIN_CHUNK_SECONDS if short else TARGET_CHUNK_SECONDS) / per_item)
         if self.encoded_items:
             per_item_bytes = max(1, self.encoded_bytes // self.encoded_items)
             most = min(most, max(1, CHUNK_MAX_BYTES // per_item_bytes))
@@ -352,7 +356,7 @@ class MapJob(Job):
             self.timing.items += items
             self.timing.seconds += seconds
 
-    def next_call(self, workers: int) -> Call | None:
+    def next_call(self, workers: int, *, short: bool = False) -> Call | None:
         if self._prepared is not None:
             call, self._prepared = self._prepared, None
             return call
@@ -371,7 +375,7 @@ class MapJob(Job):
                 start, stop, exact = self.pending.popleft()
             elif self.next_index < self.size:
                 start = self.next_index
-                stop = min(self.size, start + self._chunk_size(workers))
+                stop = min(self.size, start + self._chunk_size(workers, short))
                 self.next_index = stop
             else:
                 return None

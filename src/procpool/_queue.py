@@ -32,6 +32,8 @@ class WorkQueue:
         #: (due, tie-breaker, job, action): retries waiting for their time.
         self._parked: list[tuple[float, int, Job, Callable[[], None]]] = []
         self._ties = itertools.count()
+        #: Whether work of another priority than 0 has been queued.
+        self.prioritized = False
 
     def __bool__(self) -> bool:
         return bool(self._levels)
@@ -41,6 +43,8 @@ class WorkQueue:
 
     def _level(self, job: Job) -> OrderedDict[int, Job]:
         level = self._levels.get(job.priority)
+        if job.priority:
+            self.prioritized = True
         if level is None:
             level = self._levels[job.priority] = OrderedDict()
             if len(self._levels) == 1 or job.priority > self._top:
