@@ -153,3 +153,16 @@ def pipe_echo_server(conn: Any) -> None:
             break
         conn.send(msg)
     conn.close()
+
+
+def matmul(seed: int) -> float:
+    """B9: four 600 x 600 matrix products (numpy's BLAS, multithreaded unless limited)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = rng.random((600, 600))
+    b = rng.random((600, 600))
+    for _ in range(4):
+        a = a @ b
+        a /= a.max()
+    return float(a.sum())
