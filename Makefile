@@ -15,7 +15,7 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	touch $@
 
 $(STAMP): $(VENV)/bin/python pyproject.toml docs/requirements.txt
-	$(PY) -m pip install --quiet -e ".[dev,dask]" -r docs/requirements.txt
+	$(PY) -m pip install --quiet -e ".[dev,dask,ray]" -r docs/requirements.txt
 	touch $@
 
 demo: $(VENV)/.installed
