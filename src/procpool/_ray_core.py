@@ -1,0 +1,575 @@
+"""The Ray side of ``RayPool``: the Ray connection, submitting, reading outcomes, cancelling.
+
+What every pool on a cluster engine shares (tasks in flight, retries, the
+lifecycle) is in :mod:`._remote_core`; this module is the :class:`RayBackend` it
+drives. One task::
+
+    RayBackend.submit ── ray.remote(fn).remote(*args, **kwargs)    (a plain call)
+         │               or a procpool helper of ._ray_task:
+         │                 call(fn, args, kwargs)   ObjectRefs among the arguments
+         │                 run_chunk(fn, items)     a map chunk (._child.dask_chunk)
+         │                 limited(fn, items, ...)  a time limit: a streaming generator
+         ▼
+    a Ray worker process runs it; the ObjectRef (or the generator) is kept in the
+    job until the task is done, and its result stays in Ray's object store until
+    the procpool future is done with it
+         │
+         ▼
+    ``ref.future()`` calls back on Ray's own thread, where the core resolves the
+    procpool future (:meth:`RayBackend.outcome` reads the value Ray has already
+    fetched: numpy arrays come zero-copy from the object store, read-only); a
+    time-limited task's first item is awaited on the backend's asyncio loop
+    thread instead, and a worker stuck past its limit is killed
+    (``ray.cancel(force=True)``) before the rest of its chunk goes on elsewhere.
+
+Ray is imported only when a ``RayPool`` is built, and this module type-checks
+without it (Ray's objects are ``Any``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import importlib
+import inspect
+import logging
+import os
+import pickle
+import re
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from . import _ray_task
+from ._child.dask_chunk import NotSendable, Outcome, TimedOut, run_chunk, task_name
+from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError, WorkerLostError
+from ._remote_core import Backend, Cancelled, Continue, RemoteJob, Result, Value
+
+LOGGER = logging.getLogger("procpool")
+
+INSTALL_HINT = 'RayPool needs Ray: pip install "procpool[ray]"'
+
+
+def import_ray() -> Any:
+    """Import ``ray`` on first use; typed ``Any`` so no stubs are needed."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def init_local(ray: Any, num_cpus: int, **kwargs: Any) -> Any:
+    """Start a new Ray instance on this machine that listens on loopback only.
+
+    ``ray.init(address="local")`` always starts a new instance (with no address
+    Ray would join a cluster that ``ray start`` left running, or one named by
+    ``RAY_ADDRESS``), here without the dashboard. On Linux Ray's servers (GCS,
+    raylet, object manager, every worker) listen on the machine's own IP address,
+    which other machines can reach; a local-only instance, the mode Ray uses on
+    macOS and Windows, binds them all to 127.0.0.1. Ray 2.60 decides which by a
+    module constant read when it picks the node's address, so it is switched for
+    the duration of ``ray.init``. Token authentication stays as Ray sets it: on
+    for a local instance unless ``RAY_AUTH_MODE`` says otherwise (docs/security.md).
+    """
+    constants: Any = importlib.import_module("ray._private.ray_constants")
+    cluster_mode = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        return ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    finally:
+        constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+class _Connection:
+    """The Ray connection procpool made in this process, shared by the pools that use it.
+
+    Ray connects a process to one cluster at a time. A ``RayPool`` that finds Ray
+    already initialized by the program uses that connection and never shuts it
+    down; one that has to connect (or start a local instance) does so here, and
+    the last pool using that connection shuts it down when it is released.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.address: str | None = None
+
+    def acquire(self, ray: Any, address: str | None, init_kwargs: dict[str, Any]) -> bool:
+        """Connect (or start Ray) if needed; True if the caller must :meth:`release` it."""
+        with self.lock:
+            if ray.is_initialized():
+                if self.users and address in (None, self.address):
+                    self.users += 1  # procpool's own connection: shared, counted
+                    return True
+                if address is None:
+                    return False  # the program's own connection: used, never shut down
+                raise RuntimeError(
+                    f"RayPool({address!r}): this process is already connected to a Ray "
+                    "cluster (ray.init), and Ray connects a process to one cluster at a "
+                    "time; use RayPool() to submit to that cluster, or ray.shutdown() first"
+                )
+            if address is None:
+                init_local(ray, init_kwargs.pop("num_cpus", usable_cpus()), **init_kwargs)
+            else:
+                ray.init(address=address, **init_kwargs)
+            self.users, self.address = 1, address
+            return True
+
+    def release(self, ray: Any) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            self.address = None
+        try:
+            ray.shutdown()
+        except Exception:  # interpreter shutdown, or Ray is going away already
+            LOGGER.debug("could not shut Ray down", exc_info=True)
+
+
+CONNECTION = _Connection()
+
+
+# -- what RayBackend submits -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlainCall:
+    """``fn(*args, **kwargs)`` with no time limit."""
+
+    fn: Callable[..., object]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChunkCall:
+    """``[fn(*item) for item in items]``, one outcome each, with no time limit."""
+
+    fn: Callable[..., object]
+    items: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class LimitedCall:
+    """``fn(*item, **kwargs)`` for each item with a time limit (``_ray_task.limited``).
+
+    ``single``: a ``submit`` (its outcome is the value or the exception itself),
+    not a map chunk (whose outcome is the list of its items' outcomes).
+    """
+
+    fn: Callable[..., object]
+    items: list[tuple[Any, ...]]
+    kwargs: dict[str, Any]
+    timeout: float
+    grace: float | None
+    timeout_retries: int
+    first_attempts: int
+    single: bool
+
+
+@dataclass
+class RayTask:
+    """The handle of one submission: what to cancel, and the future of its outcome."""
+
+    #: The ObjectRef, or the ObjectRefGenerator of a time-limited task.
+    ref: Any
+    #: Resolves with the task's value (a time-limited task's report), or its error.
+    result: concurrent.futures.Future[Any]
+
+
+class _RemoteFunctions:
+    """``ray.remote(fn)`` of the functions submitted, the most recent 256 of them.
+
+    A remote function is exported to the cluster once, then each call sends only
+    its arguments, as ``f.remote(x)`` of a function decorated with ``@ray.remote``
+    does. (A procpool helper that took ``fn`` as an argument would pickle it on
+    every call: 8-10 % more per round trip, measured on this machine.)
+    """
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: collections.OrderedDict[Callable[..., object], Any] = collections.OrderedDict()
+
+    def __call__(self, ray: Any, fn: Callable[..., object]) -> Any:
+        with self._lock:
+            remote = self._cache.get(fn)
+            if remote is not None:
+                self._cache.move_to_end(fn)
+                return remote
+        # procpool's own retries (retries=) replace Ray's, so that a task whose
+        # worker died runs again only when asked to: Ray's default re-runs it 3 times.
+        remote = ray.remote(max_retries=0)(fn)
+        with self._lock:
+            self._cache[fn] = remote
+            if len(self._cache) > self.SIZE:
+                self._cache.popitem(last=False)
+        return remote
+
+
+REMOTE_FUNCTIONS = _RemoteFunctions()
+
+
+class _LimitLoop:
+    """One asyncio loop thread that waits for the first item of time-limited tasks.
+
+    A time-limited task reports through a streaming generator whose first item
+    arrives while the task still runs (see :mod:`._ray_task`); Ray lets a client
+    wait for that item without a thread per task only from asyncio
+    (``await gen.__anext__()``). Started on first use, stopped on release.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            if self._loop is None:
+                loop = self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(
+                    target=self._main, args=(loop,), name=self._name, daemon=True
+                )
+                self._thread.start()
+            return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    @staticmethod
+    def _main(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            # Stopped: cancel what still waits (its futures are done already).
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        finally:
+            loop.close()
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not threading.current_thread():
+                thread.join(10)
+
+
+async def _first_item(gen: Any) -> Any:
+    """The first item of a streaming generator task (its exception if the task failed)."""
+    ref = await gen.__anext__()
+    return await ref
+
+
+class RayBackend(Backend):
+    """Ray as a :class:`RemoteCore`'s engine (see the module docstring)."""
+
+    label = "RayPool"
+    # The value is fetched and unpickled by Ray before its callback runs.
+    resolve_inline = True
+
+    def __init__(self, ray: Any, owns_connection: bool) -> None:
+        self.ray = ray
+        self.exceptions = importlib.import_module("ray.exceptions")
+        self.owns_connection = owns_connection
+        self.limits = _LimitLoop(f"procpool-ray-limits-{id(self):x}")
+        # Ray's procpool helpers, exported once (procpool's retries replace Ray's).
+        self._call = ray.remote(max_retries=0)(_ray_task.call)
+        self._chunk = ray.remote(max_retries=0)(run_chunk)
+        self._limited = ray.remote(max_retries=0, num_returns="streaming")(_ray_task.limited)
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(self, job: RemoteJob) -> tuple[str, Any]:
+        call: PlainCall | ChunkCall | LimitedCall = job.call
+        try:
+            if isinstance(call, PlainCall):
+                ref = self._submit_plain(call)
+            elif isinstance(call, ChunkCall):
+                ref = self._chunk.remote(call.fn, call.items, None, 0)
+            else:
+                assert isinstance(call, LimitedCall)
+                gen = self._limited.remote(
+                    call.fn,
+                    call.items,
+                    call.kwargs,
+                    call.timeout,
+                    call.grace,
+                    call.timeout_retries,
+                    call.first_attempts,
+                )
+                task = RayTask(gen, self.limits.run(_first_item(gen)))
+                return gen.completed().hex(), task
+        except (TypeError, pickle.PicklingError, AttributeError) as exc:
+            # Ray pickles the call right here; these are what it raises for a
+            # function or argument that neither pickle nor cloudpickle can take.
+            raise self._not_sendable(job.name, call, exc) from exc
+        return ref.hex(), RayTask(ref, ref.future())
+
+    def _submit_plain(self, call: PlainCall) -> Any:
+        fn, args, kwargs = call.fn, call.args, call.kwargs
+        object_ref = self.ray.ObjectRef
+        if not inspect.isfunction(fn) or any(
+            isinstance(arg, object_ref) for arg in (*args, *kwargs.values())
+        ):
+            # ray.remote takes functions only (not a builtin, a partial or a
+            # ProcessTask), and it would resolve an ObjectRef given as an argument.
+            return self._call.remote(fn, args, kwargs)
+        return REMOTE_FUNCTIONS(self.ray, fn).remote(*args, **kwargs)
+
+    def _not_sendable(
+        self, name: str, call: PlainCall | ChunkCall | LimitedCall, error: BaseException
+    ) -> SerializationError:
+        """Name the part of ``call`` that cannot be pickled (Ray's message names the whole)."""
+        dumps = importlib.import_module("ray.cloudpickle").dumps
+        parts: list[tuple[str, object]] = [(f"the function {name}", call.fn)]
+        if isinstance(call, PlainCall):
+            parts += [(f"argument {i} of {name}", arg) for i, arg in enumerate(call.args)]
+        else:
+            parts += [
+                (f"argument {i} of item {n} of {name}", arg)
+                for n, item in enumerate(call.items)
+                for i, arg in enumerate(item)
+            ]
+        if not isinstance(call, ChunkCall):
+            parts += [(f"argument {k}= of {name}", arg) for k, arg in call.kwargs.items()]
+        what, cause = f"the call of {name} (function or arguments)", error
+        for label, part in parts:
+            try:
+                dumps(part)
+            except Exception as exc:
+                what, cause = f"{label}, {_short_repr(part)},", exc
+                break
+        err = SerializationError(
+            f"{what} could not be pickled for Ray ({type(cause).__name__}: "
+            f"{_first_line(cause)}); pass plain data (no locks, open files, sockets or "
+            "generators), or an ObjectRef of data put in Ray's object store"
+        )
+        err.__cause__ = cause
+        return err
+
+    def watch(self, handle: Any, done: Callable[[], None]) -> None:
+        def on_done(_: object) -> None:
+            done()
+
+        task: RayTask = handle
+        task.result.add_done_callback(on_done)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def outcome(self, job: RemoteJob, handle: Any) -> Result:
+        task: RayTask = handle
+        future = task.result
+        if future.cancelled():
+            return Cancelled()
+        error = future.exception()
+        if error is not None:
+            return self._translate(job.name, error)
+        value = future.result()
+        call = job.call
+        if not isinstance(call, LimitedCall):
+            return Value(value)
+        outcomes, stuck = value
+        if stuck is not None:
+            return self._after_stuck(job.name, task, call, outcomes, stuck)
+        if not call.single:
+            return Value(outcomes)
+        ok, result, text = outcomes[0]
+        if ok:
+            return Value(result)
+        exc = self.from_worker(result)
+        if text is not None:
+            exc.__cause__ = RemoteTraceback(text)
+        return exc
+
+    def _after_stuck(
+        self,
+        name: str,
+        task: RayTask,
+        call: LimitedCall,
+        outcomes: list[Outcome],
+        stuck: tuple[int, int, TimedOut],
+    ) -> Result:
+        """A worker is stuck in a call past its limit: kill it, go on with the rest."""
+        index, attempts, timed_out = stuck
+        self.cancel([task])
+        killed = TimedOut(timed_out.name, timed_out.timeout, timed_out.grace, False)
+        if call.single:
+            return self.from_worker(killed)
+        rest = call.items[index:]
+        if attempts > 0:  # the item runs again, on another worker
+            return Continue(_rest(call, rest, attempts - 1), outcomes, retried=True)
+        outcomes = [*outcomes, (False, killed, None)]
+        if len(rest) == 1:
+            return Value(outcomes)
+        return Continue(_rest(call, rest[1:], call.timeout_retries), outcomes, retried=False)
+
+    def from_worker(self, exc: BaseException) -> BaseException:
+        """Turn the stand-ins of ``_child.dask_chunk`` into procpool's errors."""
+        if isinstance(exc, TimedOut):
+            if exc.stopped:
+                what = (
+                    "TaskTimeoutError was raised inside it, and it stopped within its grace "
+                    f"period of {exc.grace:g} s"
+                )
+            elif exc.grace is not None:
+                what = (
+                    f"TaskTimeoutError was raised inside it, and it had not stopped {exc.grace:g} "
+                    "s later: its Ray worker process was killed"
+                )
+            else:
+                what = "its Ray worker process was killed"
+            return TaskTimeoutError(
+                f"{exc.name} ran longer than its time limit of {exc.timeout:g} s ({what})",
+                timeout=exc.timeout,
+                killed=not exc.stopped,
+            )
+        if isinstance(exc, NotSendable):
+            return SerializationError(str(exc))
+        return exc
+
+    def _translate(self, name: str, error: BaseException) -> Result:
+        """Ray's exception for a task into procpool's outcome."""
+        ex = self.exceptions
+        if isinstance(error, ex.TaskCancelledError):
+            return Cancelled()  # by this pool (whose future is done already), or by Ray
+        if isinstance(error, ex.RayTaskError):
+            return self._task_error(name, error)
+        if isinstance(error, ex.UnserializableException):
+            return SerializationError(
+                f"{name} raised an exception that could not be unpickled here; its "
+                f"traceback on the Ray worker:\n{error}"
+            )
+        lost = self._lost(name, error)
+        if lost is not None:
+            lost.__cause__ = error
+            return lost
+        return error
+
+    def _task_error(self, name: str, error: Any) -> BaseException:
+        cause: BaseException = error.cause
+        # The worker's traceback, as Ray formatted it (its own frames left out).
+        text = _ANSI.sub("", str(error))
+        if type(cause) is self.exceptions.RayError:
+            # What the worker sends in place of an exception it cannot pickle.
+            return SerializationError(
+                f"{name} raised an exception that cannot be sent back from the Ray worker "
+                f"(give the exception class an __init__ that accepts its .args, or a "
+                f"__reduce__): {cause}"
+            )
+        if isinstance(cause, (TypeError, pickle.PicklingError)) and _failed_to_send_result(
+            text, name
+        ):
+            err = SerializationError(
+                f"the result of {name} could not be pickled for Ray ({type(cause).__name__}: "
+                f"{cause}); return plain data (no locks, open files, sockets or generators)"
+            )
+            err.__cause__ = RemoteTraceback(text)
+            return err
+        cause.__cause__ = RemoteTraceback(text)
+        cause.__traceback__ = None
+        return cause
+
+    def _lost(self, name: str, error: BaseException) -> WorkerLostError | None:
+        """A worker, a node or a result lost: WorkerLostError (``cause`` where Ray says why)."""
+        ex = self.exceptions
+        if isinstance(error, ex.OutOfMemoryError):
+            return WorkerLostError(
+                f"Ray killed the worker running {name} to free memory (its memory monitor "
+                f"found the node short of memory): {_first_line(error)}",
+                cause="oom",
+            )
+        if isinstance(error, ex.WorkerCrashedError):
+            what = "the Ray worker running it died (a signal, os._exit or an out-of-memory kill)"
+        elif isinstance(error, (ex.NodeDiedError, ex.LocalRayletDiedError)):
+            what = "the Ray node running it died"
+        elif isinstance(error, ex.ObjectLostError) and not isinstance(error, ex.ObjectFreedError):
+            what = "its result was lost with the Ray node that held it"
+        else:
+            return None
+        return WorkerLostError(f"{name}: {what} before it answered: {_first_line(error)}")
+
+    # -- cancelling, shutting down ----------------------------------------------------------
+
+    def cancel(self, handles: list[Any]) -> None:
+        for task in handles:
+            assert isinstance(task, RayTask)
+            # force=True: the worker process is killed, so the work stops (a plain
+            # cancel raises KeyboardInterrupt in it, which a sleep or C code ignores).
+            try:
+                self.ray.cancel(task.ref, force=True)
+            except Exception:  # finished meanwhile, or Ray is going away
+                LOGGER.debug("could not cancel %r", task.ref, exc_info=True)
+
+    def parallelism(self) -> int:
+        """The CPUs of the Ray cluster right now (at least 1): one task each."""
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+
+    def release(self) -> None:
+        self.limits.close()
+        if self.owns_connection:
+            self.owns_connection = False
+            CONNECTION.release(self.ray)
+
+
+def _rest(call: LimitedCall, items: list[tuple[Any, ...]], first_attempts: int) -> LimitedCall:
+    return LimitedCall(
+        call.fn,
+        items,
+        call.kwargs,
+        call.timeout,
+        call.grace,
+        call.timeout_retries,
+        first_attempts,
+        single=False,
+    )
+
+
+#: Ray colours the task's name in its tracebacks.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _failed_to_send_result(text: str, name: str) -> bool:
+    """Whether a task's TypeError came from pickling its result, not from its own code.
+
+    Ray reports a result it cannot pickle as the task's exception, with a traceback
+    that ends in cloudpickle and holds no frame of the function itself.
+    """
+    return "cloudpickle" in text and f", in {name}\n" not in text
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+__all__ = [
+    "CONNECTION",
+    "ChunkCall",
+    "LimitedCall",
+    "PlainCall",
+    "RayBackend",
+    "import_ray",
+    "init_local",
+    "task_name",
+]
