@@ -37,9 +37,11 @@ import logging
 import os
 import pickle
 import re
+import secrets
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import _ray_task
@@ -69,7 +71,7 @@ def usable_cpus() -> int:
 
 
 def init_local(ray: Any, num_cpus: int, **kwargs: Any) -> Any:
-    """Start a new Ray instance on this machine that listens on loopback only.
+    """Start a new Ray instance on this machine that only this user can reach.
 
     ``ray.init(address="local")`` always starts a new instance (with no address
     Ray would join a cluster that ``ray start`` left running, or one named by
@@ -78,9 +80,12 @@ def init_local(ray: Any, num_cpus: int, **kwargs: Any) -> Any:
     which other machines can reach; a local-only instance, the mode Ray uses on
     macOS and Windows, binds them all to 127.0.0.1. Ray 2.60 decides which by a
     module constant read when it picks the node's address, so it is switched for
-    the duration of ``ray.init``. Token authentication stays as Ray sets it: on
-    for a local instance unless ``RAY_AUTH_MODE`` says otherwise (docs/security.md).
+    the duration of ``ray.init``. Other users of this machine can still reach
+    loopback: Ray's token authentication (on by default for a local instance
+    since Ray 2.59) keeps them out, provided they cannot read the token, which Ray
+    writes with the process's umask; see :func:`private_token`.
     """
+    private_token()
     constants: Any = importlib.import_module("ray._private.ray_constants")
     cluster_mode = constants.ENABLE_RAY_CLUSTER
     constants.ENABLE_RAY_CLUSTER = False
@@ -88,6 +93,44 @@ def init_local(ray: Any, num_cpus: int, **kwargs: Any) -> Any:
         return ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     finally:
         constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+#: Where Ray 2.60 keeps the token of local instances when nothing else names one.
+TOKEN_FILE = Path("~/.ray/auth_token")
+
+
+def private_token() -> None:
+    """Make Ray's default token file readable by this user only, before Ray writes it.
+
+    Ray creates ``~/.ray/auth_token`` on the first ``ray.init()`` that needs a token,
+    with the process's umask (usually 0644: readable by every local user who can
+    enter the home folder, and the token is all it takes to run code on the
+    instance). When token authentication is on and the token comes from that
+    file, create it first (a 0700 folder, a 0600 file, 64 random hex digits as Ray
+    makes them), and warn on the ``procpool`` logger about an existing one that
+    others can read. A token set by ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` is
+    left alone.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if mode != "token" or "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ:
+        return
+    path = TOKEN_FILE.expanduser()
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            LOGGER.warning(
+                "%s can be read by other users, and it lets anyone who reads it run code "
+                "on your local Ray instances: chmod 600 %s",
+                path,
+                path,
+            )
+        return
+    except OSError:  # no home folder, read-only: Ray will say what it needs
+        return
+    with os.fdopen(fd, "w") as token:
+        token.write(secrets.token_hex(32))
 
 
 class _Connection:
