@@ -141,8 +141,9 @@ class DaskPool(RemotePool):
         return functools.partial(call_limited, fn, args, kwargs, opts.timeout, opts.grace)
 
     def _chunk_call(
-        self, fn: Callable[..., object], items: list[tuple[Any, ...]]
+        self, fn: Callable[..., object], items: list[Any], star: bool
     ) -> Callable[[], object]:
         opts = self._options
         timeout_retries = opts.retries if opts.retry_timeouts else 0
-        return functools.partial(run_chunk, fn, items, opts.timeout, timeout_retries, opts.grace)
+        rows = items if star else [(item,) for item in items]
+        return functools.partial(run_chunk, fn, rows, opts.timeout, timeout_retries, opts.grace)

@@ -159,8 +159,9 @@ class DaskBackend(Backend):
             exc.__traceback__ = None
         return exc
 
-    def cancel(self, handles: list[Any]) -> None:
-        # A finished task has nothing left to stop: dropping our reference releases it.
+    def cancel(self, handles: list[Any], *, force: bool) -> None:
+        # Dask cannot stop a running task either way. A finished task has nothing
+        # left to stop: dropping our reference releases it.
         handles = [f for f in handles if f.status != "finished"]
         if handles:
             self.client.cancel(handles)

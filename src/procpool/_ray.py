@@ -130,10 +130,11 @@ class RayPool(RemotePool):
         return LimitedCall(fn, [args], kwargs, opts.timeout, opts.grace, 0, 0, single=True)
 
     def _chunk_call(
-        self, fn: Callable[..., object], items: list[tuple[Any, ...]]
+        self, fn: Callable[..., object], items: list[Any], star: bool
     ) -> ChunkCall | LimitedCall:
         opts = self._options
         if opts.timeout is None:
-            return ChunkCall(fn, items)
+            return ChunkCall(fn, items, star)
         retries = opts.retries if opts.retry_timeouts else 0
-        return LimitedCall(fn, items, {}, opts.timeout, opts.grace, retries, retries, single=False)
+        rows = items if star else [(item,) for item in items]
+        return LimitedCall(fn, rows, {}, opts.timeout, opts.grace, retries, retries, single=False)

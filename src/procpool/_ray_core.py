@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import importlib
 import inspect
 import logging
@@ -45,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _ray_task
-from ._child.dask_chunk import NotSendable, Outcome, TimedOut, run_chunk, task_name
+from ._child.dask_chunk import NotSendable, Outcome, TimedOut, task_name
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError, WorkerLostError
-from ._remote_core import Backend, Cancelled, Continue, RemoteJob, Result, Value
+from ._remote_core import Backend, Cancelled, ChunkResult, Continue, RemoteJob, Result, Value
 
 LOGGER = logging.getLogger("procpool")
 
@@ -94,6 +95,9 @@ def init_local(ray: Any, num_cpus: int, **kwargs: Any) -> Any:
     finally:
         constants.ENABLE_RAY_CLUSTER = cluster_mode
 
+
+#: Seconds a cancel waits for the tasks' replies already on their way (see RayBackend._stop).
+CANCEL_SETTLE = 0.005
 
 #: Where Ray 2.60 keeps the token of local instances when nothing else names one.
 TOKEN_FILE = Path("~/.ray/auth_token")
@@ -197,10 +201,11 @@ class PlainCall:
 
 @dataclass(frozen=True)
 class ChunkCall:
-    """``[fn(*item) for item in items]``, one outcome each, with no time limit."""
+    """``fn`` on each item (``fn(*item)`` if ``star``), one outcome each, with no time limit."""
 
     fn: Callable[..., object]
-    items: list[tuple[Any, ...]]
+    items: list[Any]
+    star: bool
 
 
 @dataclass(frozen=True)
@@ -313,6 +318,25 @@ class _LimitLoop:
                 thread.join(10)
 
 
+def _settle(
+    future: concurrent.futures.Future[Any], value: object, exc: BaseException | None
+) -> None:
+    """Set ``future`` unless it is set already (Ray's callback and a waiting thread race)."""
+    try:
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _copy_outcome(target: concurrent.futures.Future[Any], ray_future: Any) -> None:
+    """Ray's callback thread: the task's outcome, from Ray's future into the task's own."""
+    exc = ray_future.exception()
+    _settle(target, None if exc is not None else ray_future.result(), exc)
+
+
 async def _first_item(gen: Any) -> Any:
     """The first item of a streaming generator task (its exception if the task failed)."""
     ref = await gen.__anext__()
@@ -331,9 +355,12 @@ class RayBackend(Backend):
         self.exceptions = importlib.import_module("ray.exceptions")
         self.owns_connection = owns_connection
         self.limits = _LimitLoop(f"procpool-ray-limits-{id(self):x}")
+        #: Cancels running on helper threads (release waits for them).
+        self._cancels = threading.Condition()
+        self._cancelling = 0
         # Ray's procpool helpers, exported once (procpool's retries replace Ray's).
         self._call = ray.remote(max_retries=0)(_ray_task.call)
-        self._chunk = ray.remote(max_retries=0)(run_chunk)
+        self._chunk = ray.remote(max_retries=0)(_ray_task.run_items)
         self._limited = ray.remote(max_retries=0, num_returns="streaming")(_ray_task.limited)
 
     # -- submitting -------------------------------------------------------------------------
@@ -344,9 +371,8 @@ class RayBackend(Backend):
             if isinstance(call, PlainCall):
                 ref = self._submit_plain(call)
             elif isinstance(call, ChunkCall):
-                ref = self._chunk.remote(call.fn, call.items, None, 0)
+                ref = self._chunk.remote(call.fn, call.items, call.star)
             else:
-                assert isinstance(call, LimitedCall)
                 gen = self._limited.remote(
                     call.fn,
                     call.items,
@@ -362,7 +388,29 @@ class RayBackend(Backend):
             # Ray pickles the call right here; these are what it raises for a
             # function or argument that neither pickle nor cloudpickle can take.
             raise self._not_sendable(job.name, call, exc) from exc
-        return ref.hex(), RayTask(ref, ref.future())
+        task = RayTask(ref, concurrent.futures.Future())
+        ref.future().add_done_callback(functools.partial(_copy_outcome, task.result))
+        if isinstance(call, PlainCall):
+            job.future.set_wait_hook(functools.partial(self._wait_here, task))
+        return ref.hex(), task
+
+    def _wait_here(self, task: RayTask, timeout: float | None) -> None:
+        """A ``result()`` of a submit: fetch the value on the waiting thread, as ``ray.get`` does.
+
+        Saves the hand-over from Ray's callback thread to the waiting one (a quarter
+        of a round trip on this machine). Whichever of the two comes first settles
+        the task; the core resolves the future once either way.
+        """
+        if task.result.done():
+            return
+        try:
+            value = self.ray.get(task.ref, timeout=timeout)
+        except self.exceptions.GetTimeoutError:
+            return  # the wait goes on as usual
+        except Exception as exc:  # the task's failure, as ray.get raises it
+            _settle(task.result, None, exc)
+        else:
+            _settle(task.result, value, None)
 
     def _submit_plain(self, call: PlainCall) -> Any:
         fn, args, kwargs = call.fn, call.args, call.kwargs
@@ -383,6 +431,8 @@ class RayBackend(Backend):
         parts: list[tuple[str, object]] = [(f"the function {name}", call.fn)]
         if isinstance(call, PlainCall):
             parts += [(f"argument {i} of {name}", arg) for i, arg in enumerate(call.args)]
+        elif isinstance(call, ChunkCall) and not call.star:
+            parts += [(f"item {n} of the map of {name}", arg) for n, arg in enumerate(call.items)]
         else:
             parts += [
                 (f"argument {i} of item {n} of {name}", arg)
@@ -450,17 +500,18 @@ class RayBackend(Backend):
     ) -> Result:
         """A worker is stuck in a call past its limit: kill it, go on with the rest."""
         index, attempts, timed_out = stuck
-        self.cancel([task])
+        self._stop([task], force=True)
         killed = TimedOut(timed_out.name, timed_out.timeout, timed_out.grace, False)
         if call.single:
             return self.from_worker(killed)
         rest = call.items[index:]
         if attempts > 0:  # the item runs again, on another worker
-            return Continue(_rest(call, rest, attempts - 1), outcomes, retried=True)
+            return Continue(_rest(call, rest, attempts - 1), ChunkResult.of(outcomes), retried=True)
         outcomes = [*outcomes, (False, killed, None)]
         if len(rest) == 1:
             return Value(outcomes)
-        return Continue(_rest(call, rest[1:], call.timeout_retries), outcomes, retried=False)
+        done = ChunkResult.of(outcomes)
+        return Continue(_rest(call, rest[1:], call.timeout_retries), done, retried=False)
 
     def from_worker(self, exc: BaseException) -> BaseException:
         """Turn the stand-ins of ``_child.dask_chunk`` into procpool's errors."""
@@ -549,15 +600,48 @@ class RayBackend(Backend):
 
     # -- cancelling, shutting down ----------------------------------------------------------
 
-    def cancel(self, handles: list[Any]) -> None:
-        for task in handles:
-            assert isinstance(task, RayTask)
-            # force=True: the worker process is killed, so the work stops (a plain
-            # cancel raises KeyboardInterrupt in it, which a sleep or C code ignores).
+    def cancel(self, handles: list[Any], *, force: bool) -> None:
+        with self._cancels:
+            self._cancelling += 1
+        try:
+            self._stop(handles, force=force)
+        finally:
+            with self._cancels:
+                self._cancelling -= 1
+                self._cancels.notify_all()
+
+    def _stop(self, tasks: list[RayTask], *, force: bool) -> None:
+        """``ray.cancel`` the tasks that have not ended (one that has is left alone).
+
+        Ray 2.60 aborts the whole driver process ("Check failed: ... Tried to
+        complete task that was not pending", the race of ray-project/ray#54798)
+        when a task is cancelled while the reply that it ended is on its way to
+        the driver, and often did here when the task had ended. So a task whose
+        result is there is never cancelled, and the others get a few milliseconds
+        to land a reply already sent (one wait for all of them) before they are.
+        ``force=True`` kills the worker process, so the work stops; a plain cancel
+        drops a task that has not started, and raises KeyboardInterrupt in a
+        running one at its next Python bytecode (a sleep or C code never sees it).
+        """
+        ray = self.ray
+        ends = {
+            (
+                task.ref.completed() if isinstance(task.ref, ray.ObjectRefGenerator) else task.ref
+            ): task
+            for task in tasks
+        }
+        try:
+            _, running = ray.wait(
+                list(ends), num_returns=len(ends), timeout=CANCEL_SETTLE, fetch_local=False
+            )
+        except Exception:  # Ray is going away
+            LOGGER.debug("could not wait for %d tasks", len(ends), exc_info=True)
+            return
+        for end in running:
             try:
-                self.ray.cancel(task.ref, force=True)
-            except Exception:  # finished meanwhile, or Ray is going away
-                LOGGER.debug("could not cancel %r", task.ref, exc_info=True)
+                ray.cancel(ends[end].ref, force=force)
+            except Exception:  # Ray is going away
+                LOGGER.debug("could not cancel %r", ends[end].ref, exc_info=True)
 
     def parallelism(self) -> int:
         """The CPUs of the Ray cluster right now (at least 1): one task each."""
@@ -567,6 +651,10 @@ class RayBackend(Backend):
         self.limits.close()
         if self.owns_connection:
             self.owns_connection = False
+            # Let the cancels of terminate() reach Ray before it goes: a thread that
+            # waits for a cancelled task in ray.get returns only once it is cancelled.
+            with self._cancels:
+                self._cancels.wait_for(lambda: self._cancelling == 0, timeout=10)
             CONNECTION.release(self.ray)
 
 

@@ -5,8 +5,7 @@ These functions travel to the Ray workers by reference
 same version as in the driver. Importing this module imports the process
 boundary only (``procpool._child``): a Ray worker never loads the pool, the
 dispatcher or the driver's side of ``RayPool``, and this module does not import
-Ray. Map chunks without a time limit run ``_child.dask_chunk.run_chunk``, as on
-Dask.
+Ray.
 
 A time-limited call runs in a helper thread (``_child.dask_chunk.call_limited``,
 the code ``DaskPool`` uses): at the limit ``TaskTimeoutError`` is raised inside it
@@ -41,6 +40,29 @@ def call(fn: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any
     it reaches ``fn`` as it is, as with the other pools.
     """
     return fn(*args, **kwargs)
+
+
+def run_items(
+    fn: Callable[..., object], items: Sequence[Any], star: bool
+) -> tuple[list[Any], dict[int, tuple[BaseException, str | None]]]:
+    """Run ``fn`` on each item of a map chunk with no time limit; ``(values, errors)``.
+
+    ``star``: call ``fn(*item)``, else ``fn(item)``. An item's exception is caught
+    and packaged (``_child.dask_chunk.failure``), so the other items still run and
+    every item fails or succeeds as in a serial ``map``; ``values`` has None in its
+    place and ``errors`` its exception and traceback text. The result of a chunk
+    that all went well is a plain list, which is what crosses the object store.
+    """
+    values: list[Any] = []
+    errors: dict[int, tuple[BaseException, str | None]] = {}
+    for index, item in enumerate(items):
+        try:
+            values.append(fn(*item) if star else fn(item))
+        except Exception as exc:
+            values.append(None)
+            _, error, text = failure(fn, exc)
+            errors[index] = (error, text)
+    return values, errors
 
 
 #: The report of a time-limited task: the outcomes of the items it ran, then, if

@@ -58,8 +58,12 @@ class RemotePool(TypedExecutor):
         """What the backend submits for ``fn(*args, **kwargs)`` under this view's options."""
 
     @abc.abstractmethod
-    def _chunk_call(self, fn: Callable[..., object], items: list[tuple[Any, ...]]) -> object:
-        """What the backend submits for ``[fn(*item) for item in items]`` (one outcome each)."""
+    def _chunk_call(self, fn: Callable[..., object], items: list[Any], star: bool) -> object:
+        """What the backend submits for ``fn`` on each item, one outcome each.
+
+        ``star``: each item is a tuple of arguments (``fn(*item)``, a map of several
+        iterables); else the item is the one argument (``fn(item)``).
+        """
 
     # -- public -------------------------------------------------------------------------
 
@@ -101,7 +105,10 @@ class RemotePool(TypedExecutor):
     ) -> MapFuture[R]:
         core = self._core
         core.check_open()
-        items = list(zip(*iterables))  # noqa: B905 (stops at the shortest, as builtins.map)
+        # One iterable: its items are the arguments themselves. Engines serialize a
+        # list of ints far faster than a list of 1-tuples (Ray: 5x, msgpack).
+        star = len(iterables) != 1
+        items: list[Any] = list(zip(*iterables)) if star else list(next(iter(iterables)))  # noqa: B905
         result: MapFuture[R] = MapFuture(len(items), timeout=timeout)
         result.set_callback_runner(core.callbacks)
         reporter = make_reporter(progress, len(items), task_name(fn))
@@ -118,13 +125,13 @@ class RemotePool(TypedExecutor):
         try:
             for start in range(0, len(items), chunksize):
                 part = items[start : start + chunksize]
-                keys.append(self._launch_chunk(fn, part, result, start))
+                keys.append(self._launch_chunk(fn, part, result, start, star))
                 launched += len(part)
         except PoolClosedError:
             # Closed by another thread meanwhile: all or nothing. What went out counts
             # as submitted, then cancelled, so that the counters still add up.
             core.counters.add(submitted=launched)
-            core.cancel_keys(keys)
+            core.cancel_keys(keys, force=False)
             raise
         core.counters.add(submitted=len(items))
         # The hook holds keys, not the chunk futures: those hold results, which an
@@ -181,7 +188,12 @@ class RemotePool(TypedExecutor):
             counters.add(completed=1)
 
     def _launch_chunk(
-        self, fn: Callable[..., object], items: list[tuple[Any, ...]], into: MapFuture[Any], at: int
+        self,
+        fn: Callable[..., object],
+        items: list[Any],
+        into: MapFuture[Any],
+        at: int,
+        star: bool,
     ) -> str:
         """Send one chunk as one task; its outcomes go to ``into`` from item ``at``."""
         opts = self._options
@@ -190,7 +202,7 @@ class RemotePool(TypedExecutor):
         chunk_opts = Options(None, opts.retries, False)
         core = self._core
         key, chunk = core.launch(
-            task_name(fn), self._chunk_call(fn, items), chunk_opts, user_facing=False
+            task_name(fn), self._chunk_call(fn, items, star), chunk_opts, user_facing=False
         )
         chunk.add_done_callback(
             functools.partial(
@@ -206,9 +218,10 @@ class RemotePool(TypedExecutor):
 
         def launch(items: list[Any], base_index: int) -> MapFuture[R]:
             chunk: MapFuture[R] = MapFuture(len(items))
-            key = self._launch_chunk(fn, [(item,) for item in items], chunk, 0)
+            key = self._launch_chunk(fn, items, chunk, 0, False)
             core.counters.add(submitted=len(items))
-            chunk.set_cancel_hook(lambda _was_running: core.cancel_keys([key]))
+            # Dropped read-ahead of an imap left early: work not started, as a rule.
+            chunk.set_cancel_hook(lambda _was_running: core.cancel_keys([key], force=False))
             return chunk
 
         return launch

@@ -40,7 +40,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from ._callbacks import CallbackRunner
@@ -134,12 +134,49 @@ class RemoteJob:
     handle: Any = None
     #: Set (under the core's lock) when a thread starts reading the outcome.
     claimed: bool = False
-    #: Outcomes of the items of a chunk already run by earlier submissions.
-    done_items: list[Outcome] = field(default_factory=lambda: [])
+    #: What the items of a chunk already run by earlier submissions gave.
+    done_items: ChunkResult | None = None
+
+
+@dataclass
+class ChunkResult:
+    """What the items of one chunk gave: their values in order and their failures.
+
+    ``values`` has one entry per item (None where it failed); ``errors`` maps an
+    item's index to its exception as the worker sent it (a ``_child.dask_chunk``
+    stand-in or the item's own exception) and the worker's traceback text.
+    """
+
+    values: list[Any]
+    errors: dict[int, tuple[BaseException, str | None]]
+
+    @classmethod
+    def of(cls, result: object) -> ChunkResult:
+        """A chunk's result as a backend returns it: a ChunkResult, a ``(values,
+        errors)`` pair, or a list of ``_child.dask_chunk`` outcomes."""
+        if isinstance(result, ChunkResult):
+            return result
+        if isinstance(result, tuple):
+            values, errors = cast(
+                "tuple[list[Any], dict[int, tuple[BaseException, str | None]]]", result
+            )
+            return cls(values, errors)
+        outcomes = cast("list[Outcome]", result)
+        return cls(
+            [value if ok else None for ok, value, _ in outcomes],
+            {i: (value, text) for i, (ok, value, text) in enumerate(outcomes) if not ok},
+        )
+
+    def then(self, more: ChunkResult) -> ChunkResult:
+        """This chunk's items followed by ``more``'s."""
+        offset = len(self.values)
+        errors = dict(self.errors)
+        errors.update((offset + i, error) for i, error in more.errors.items())
+        return ChunkResult(self.values + more.values, errors)
 
 
 class Value:
-    """A task's result (for a chunk: its list of outcomes)."""
+    """A task's result (for a chunk: its :class:`ChunkResult`, or what ``ChunkResult.of`` takes)."""
 
     __slots__ = ("value",)
 
@@ -158,7 +195,7 @@ class Continue:
 
     __slots__ = ("call", "done", "retried")
 
-    def __init__(self, call: object, done: list[Outcome], *, retried: bool) -> None:
+    def __init__(self, call: object, done: ChunkResult, *, retried: bool) -> None:
         self.call = call
         self.done = done
         #: The item it stopped at runs again (a time limit, with retry_timeouts).
@@ -200,8 +237,14 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def cancel(self, handles: list[Any]) -> None:
-        """Stop these tasks on the engine (on a helper thread; errors are logged)."""
+    def cancel(self, handles: list[Any], *, force: bool) -> None:
+        """Stop these tasks on the engine (on a helper thread; errors are logged).
+
+        ``force``: a task that is running must stop too (``cancel()`` of a future,
+        ``terminate()``); else the caller only drops work it expects has not
+        started (an ``imap`` left early, ``shutdown(cancel_futures=True)``), and the
+        engine may let a running task finish.
+        """
 
     @abc.abstractmethod
     def parallelism(self) -> int:
@@ -259,9 +302,9 @@ class RemoteCore:
         """``shutdown(cancel_futures=True)``: cancel every unfinished task.
 
         Neither engine tells the client which tasks have started: running ones are
-        cancelled too.
+        cancelled too (without ``force``: an engine that can stop one gently does).
         """
-        self.cancel_all()
+        self.cancel_all(force=False)
 
     def wait_for_end(self, timeout: float | None) -> bool:
         """Wait until no task is in flight and the callbacks have run; then let the engine go."""
@@ -315,13 +358,13 @@ class RemoteCore:
     def _watch(self, key: str, job: RemoteJob) -> None:
         self.backend.watch(job.handle, functools.partial(self.on_done, key, job.handle))
 
-    def cancel_keys(self, keys: list[str]) -> None:
-        """Cancel these tasks on the engine and forget them."""
+    def cancel_keys(self, keys: list[str], *, force: bool = True) -> None:
+        """Cancel these tasks on the engine and forget them (see :meth:`Backend.cancel`)."""
         with self.lock:
             jobs = [job for job in (self.jobs.pop(key, None) for key in keys) if job is not None]
             if not self.jobs:
                 self.idle.notify_all()
-        self._cancel_jobs(jobs)
+        self._cancel_jobs(jobs, force)
 
     def stop(self, state: Lifecycle) -> None:
         """Move to ``state`` (CLOSED or TERMINATED), never back."""
@@ -329,15 +372,15 @@ class RemoteCore:
             if self.state is Lifecycle.RUNNING or state is Lifecycle.TERMINATED:
                 self.state = state
 
-    def cancel_all(self) -> None:
+    def cancel_all(self, *, force: bool = True) -> None:
         """Cancel every unfinished task, with one call to the engine."""
         with self.lock:
             jobs = list(self.jobs.values())
             self.jobs.clear()
             self.idle.notify_all()
-        self._cancel_jobs(jobs)
+        self._cancel_jobs(jobs, force)
 
-    def _cancel_jobs(self, jobs: list[RemoteJob]) -> None:
+    def _cancel_jobs(self, jobs: list[RemoteJob], force: bool) -> None:
         """End the futures of jobs already forgotten, then stop their tasks on the engine."""
         for job in jobs:
             # A map's chunk passes this on to its MapFuture; its callback counts the items.
@@ -351,11 +394,11 @@ class RemoteCore:
         if handles:
             # On a helper thread: a dropped imap may be finalized on the engine's own
             # thread, where a blocking cancel cannot run.
-            self.helpers(functools.partial(self._cancel_on_engine, handles))
+            self.helpers(functools.partial(self._cancel_on_engine, handles, force))
 
-    def _cancel_on_engine(self, handles: list[Any]) -> None:
+    def _cancel_on_engine(self, handles: list[Any], force: bool) -> None:
         try:
-            self.backend.cancel(handles)
+            self.backend.cancel(handles, force=force)
         except Exception:  # the engine may be closing already; the tasks die with it
             LOGGER.debug("could not cancel %d tasks", len(handles), exc_info=True)
 
@@ -383,7 +426,9 @@ class RemoteCore:
         except BaseException as exc:  # never leave a future hanging
             outcome = exc
         if isinstance(outcome, Continue):
-            job.done_items.extend(outcome.done)
+            job.done_items = (
+                outcome.done if job.done_items is None else job.done_items.then(outcome.done)
+            )
             job.call = outcome.call
             self._again(key, job, None, spend=False, count=outcome.retried)
             return
@@ -393,9 +438,9 @@ class RemoteCore:
             job.future.abandon()  # cancelled from the engine's side (a restart, a lost client)
         elif isinstance(outcome, BaseException):
             job.future.try_set_exception(outcome)
-        elif job.done_items:
+        elif job.done_items is not None:
             # A chunk that went on elsewhere: what it ran before, then the rest.
-            job.future.try_set_result([*job.done_items, *cast("list[Outcome]", outcome.value)])
+            job.future.try_set_result(job.done_items.then(ChunkResult.of(outcome.value)))
         else:
             job.future.try_set_result(outcome.value)
         with self.lock:
@@ -489,16 +534,16 @@ def with_remote_traceback(exc: BaseException, text: str | None) -> BaseException
     return exc
 
 
-def count_chunk(counters: Counters, size: int, chunk: Future[list[Outcome]]) -> None:
+def count_chunk(counters: Counters, size: int, chunk: Future[Any]) -> None:
     """Add a finished chunk's items to the pool's counters."""
     if chunk.cancelled():
         counters.add(cancelled=size)
     elif chunk.exception() is not None:
         counters.add(failed=size)  # the whole task failed, so every item did
     else:
-        failures = [value for ok, value, _ in chunk.result() if not ok]
-        timed_out = sum(isinstance(exc, TimedOut) for exc in failures)
-        counters.add(completed=size - len(failures), failed=len(failures), timed_out=timed_out)
+        errors = ChunkResult.of(chunk.result()).errors
+        timed_out = sum(isinstance(exc, TimedOut) for exc, _ in errors.values())
+        counters.add(completed=size - len(errors), failed=len(errors), timed_out=timed_out)
 
 
 def deliver_chunk(
@@ -507,9 +552,9 @@ def deliver_chunk(
     size: int,
     counters: Counters,
     from_worker: Callable[[BaseException], BaseException],
-    chunk: Future[list[Outcome]],
+    chunk: Future[Any],
 ) -> None:
-    """Copy a finished chunk's outcomes into the MapFuture (on whatever thread resolved it)."""
+    """Copy a finished chunk's results into the MapFuture (on whatever thread resolved it)."""
     count_chunk(counters, size, chunk)
     if chunk.cancelled():
         target.abandon()  # the map as a whole was cancelled, or the pool terminated
@@ -519,12 +564,9 @@ def deliver_chunk(
         # The whole task failed (workers lost, a result that cannot be pickled): every item did.
         target.set_items(start, [None] * size, dict.fromkeys(range(size), error))
         return
-    values: list[Any] = []
-    errors: dict[int, BaseException] = {}
-    for index, (ok, value, text) in enumerate(chunk.result()):
-        if ok:
-            values.append(value)
-        else:
-            values.append(None)
-            errors[index] = with_remote_traceback(from_worker(value), text)
-    target.set_items(start, values, errors)
+    result = ChunkResult.of(chunk.result())
+    errors = {
+        index: with_remote_traceback(from_worker(exc), text)
+        for index, (exc, text) in result.errors.items()
+    }
+    target.set_items(start, result.values, errors)
