@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest docs bench bench-quick test-all clean
+.PHONY: demo test lint typecheck pytest docs bench bench-quick bench-ray test-all clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench:
 
 bench-quick:
 	$(MAKE) -C benchmarks bench-quick
+
+bench-ray:
+	$(MAKE) -C benchmarks bench-ray
 
 clean:
 	rm -rf $(VENV) .venv-* dist build docs/_build .mypy_cache .pytest_cache .ruff_cache .nox

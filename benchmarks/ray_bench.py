@@ -29,7 +29,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -51,24 +50,23 @@ def build_jobs(quick: bool, b3_calls: int | None) -> list[Job]:
     ]
 
 
-#: (job, result field, unit, what, better, lower is better)
+#: (job, result field, unit, what, scale of the figure to the unit)
 ROWS = [
-    ("B1", "time", "ms", "B1: `map` of `x*x` over {n:,} ints, time", 1000.0, True),
-    ("B3", "latency_us", "µs", "B3: one warm `submit(f, 1).result()`, round trip", 1.0, True),
+    ("B1", "time", "ms", "B1: `map` of `x*x` over {n:,} ints, time", 1000.0),
+    ("B3", "latency_us", "µs", "B3: one warm `submit(f, 1).result()`, round trip", 1.0),
     (
         "B5",
         "identity_mbs",
         "MB/s",
         "B5: {count} arrays of {mb} MB through `map`, sent back",
         1.0,
-        False,
     ),
-    ("B5", "sum_mbs", "MB/s", "B5: the same, only their sums sent back", 1.0, False),
+    ("B5", "sum_mbs", "MB/s", "B5: the same, only their sums sent back", 1.0),
 ]
 
 
 def _spread(values: list[float]) -> str:
-    return f"{fmt(statistics.median(values))} [{fmt(min(values))}–{fmt(max(values))}]"
+    return f"{fmt(statistics.median(values))} [{fmt(min(values))}-{fmt(max(values))}]"
 
 
 def _paired(job: Job, field: str, key: str, ref: str, scale: float) -> list[float]:
@@ -91,7 +89,7 @@ def render(jobs: dict[str, Job], reps: int, machine: list[str], elapsed: float) 
         "RayPool ÷ Ray Pool",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, field, unit, what, scale, lower in ROWS:
+    for name, field, unit, what, scale in ROWS:
         job = jobs.get(name)
         if job is None:
             continue
@@ -102,7 +100,7 @@ def render(jobs: dict[str, Job], reps: int, machine: list[str], elapsed: float) 
         for ref in ("ray_raw", "ray_mp"):
             ratios = _paired(job, field, "ray", ref, scale)
             cells.append(
-                f"{fmt(statistics.median(ratios))}x [{fmt(min(ratios))}–{fmt(max(ratios))}]"
+                f"{fmt(statistics.median(ratios))}x [{fmt(min(ratios))}-{fmt(max(ratios))}]"
                 if ratios
                 else "—"
             )
@@ -120,8 +118,8 @@ def render(jobs: dict[str, Job], reps: int, machine: list[str], elapsed: float) 
             "into about four tasks per CPU, as Ray's docs advise, since one task per item "
             "takes minutes) and `ray.util.multiprocessing.Pool` on the same local Ray "
             "instance of 2 CPUs, started afresh for every measurement. Each figure is the "
-            f"median of {reps} interleaved runs, [lowest–highest]; each ratio is the median "
-            "of the ratios of single runs, [lowest–highest]. For times and latencies a "
+            f"median of {reps} interleaved runs, [lowest-highest]; each ratio is the median "
+            "of the ratios of single runs, [lowest-highest]. For times and latencies a "
             "ratio below 1 means RayPool is faster; for MB/s, above 1.\n",
             table + "\n",
             "\n".join(f"- {v}" for v in verdicts) + "\n",

@@ -1342,6 +1342,10 @@ def write_report(
     notes_md = HERE / "notes.md"
     if notes_md.exists():
         parts.append(notes_md.read_text())
+    # RayPool against Ray (issue 27): measured apart, by ray_bench.py (make bench-ray).
+    ray_md = HERE / "ray.md"
+    if ray_md.exists() and path == ROOT / "docs" / "benchmarks.md":
+        parts.append(ray_md.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
 
