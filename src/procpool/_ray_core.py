@@ -48,7 +48,16 @@ from typing import Any
 from . import _ray_task
 from ._child.dask_chunk import NotSendable, Outcome, TimedOut, task_name
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError, WorkerLostError
-from ._remote_core import Backend, Cancelled, ChunkResult, Continue, RemoteJob, Result, Value
+from ._remote_core import (
+    Backend,
+    Cancelled,
+    ChunkResult,
+    Continue,
+    RemoteJob,
+    Result,
+    Threads,
+    Value,
+)
 
 LOGGER = logging.getLogger("procpool")
 
@@ -234,6 +243,8 @@ class RayTask:
     ref: Any
     #: Resolves with the task's value (a time-limited task's report), or its error.
     result: concurrent.futures.Future[Any]
+    #: Stops Ray's watch of ``ref`` (see RayBackend._watch_ready); None: none runs.
+    unwatch: Callable[[], object] | None = None
 
 
 class _RemoteFunctions:
@@ -355,6 +366,8 @@ class RayBackend(Backend):
         self.exceptions = importlib.import_module("ray.exceptions")
         self.owns_connection = owns_connection
         self.limits = _LimitLoop(f"procpool-ray-limits-{id(self):x}")
+        #: Fetch the values of tasks nobody waits for (see _watch_ready).
+        self.fetchers = Threads(f"procpool-ray-fetch-{id(self):x}", 2)
         #: Cancels running on helper threads (release waits for them).
         self._cancels = threading.Condition()
         self._cancelling = 0
@@ -389,28 +402,60 @@ class RayBackend(Backend):
             # function or argument that neither pickle nor cloudpickle can take.
             raise self._not_sendable(job.name, call, exc) from exc
         task = RayTask(ref, concurrent.futures.Future())
-        ref.future().add_done_callback(functools.partial(_copy_outcome, task.result))
-        if isinstance(call, PlainCall):
+        if isinstance(call, PlainCall) and hasattr(ref, "_on_ready"):
+            self._watch_ready(task)
             job.future.set_wait_hook(functools.partial(self._wait_here, task))
+        else:  # a chunk (whose value nobody waits for with ray.get), or Ray Client's refs
+            ref.future().add_done_callback(functools.partial(_copy_outcome, task.result))
         return ref.hex(), task
 
-    def _wait_here(self, task: RayTask, timeout: float | None) -> None:
-        """A ``result()`` of a submit: fetch the value on the waiting thread, as ``ray.get`` does.
+    def _watch_ready(self, task: RayTask) -> None:
+        """Have Ray say when the task's object exists; fetch it then, on a fetch thread.
 
-        Saves the hand-over from Ray's callback thread to the waiting one (a quarter
-        of a round trip on this machine). Whichever of the two comes first settles
-        the task; the core resolves the future once either way.
+        ``ObjectRef._on_ready`` (Ray 2.60; what ``await ref`` builds on) calls back
+        without fetching or unpickling, and the wait can be withdrawn: a thread that
+        waits in ``result()`` withdraws it and fetches the value itself, so Ray's
+        callback thread does nothing for that task. (With ``ref.future()`` it
+        unpickled every value and called into Python as the waiting thread did:
+        a quarter of a round trip on this machine.)
         """
+
+        def ready(exc: BaseException | None) -> None:
+            if exc is None:  # the object exists (a value or the task's error)
+                self.fetchers(functools.partial(self._fetch, task))
+            elif not isinstance(exc, self.exceptions.RaySystemError):
+                _settle(task.result, None, exc)
+            # else: the wait was withdrawn (RaySystemError "WaitAsync cancelled")
+
+        task.unwatch = task.ref._on_ready(ready)
+
+    def _fetch(self, task: RayTask, timeout: float | None = None) -> bool:
+        """``ray.get`` the task's value and settle it; False if ``timeout`` passed first."""
         if task.result.done():
-            return
+            return True
         try:
             value = self.ray.get(task.ref, timeout=timeout)
         except self.exceptions.GetTimeoutError:
-            return  # the wait goes on as usual
+            return False
         except Exception as exc:  # the task's failure, as ray.get raises it
             _settle(task.result, None, exc)
         else:
             _settle(task.result, value, None)
+        return True
+
+    def _wait_here(self, task: RayTask, timeout: float | None) -> None:
+        """A ``result()`` of a submit: fetch the value on the waiting thread, as ``ray.get`` does."""
+        if task.result.done():
+            return
+        unwatch, task.unwatch = task.unwatch, None
+        if unwatch is not None:
+            unwatch()
+        fetched = False
+        try:
+            fetched = self._fetch(task, timeout)
+        finally:
+            if not fetched:  # a timeout (or Ctrl-C): the future must still resolve
+                self._watch_ready(task)
 
     def _submit_plain(self, call: PlainCall) -> Any:
         fn, args, kwargs = call.fn, call.args, call.kwargs
@@ -649,6 +694,7 @@ class RayBackend(Backend):
 
     def release(self) -> None:
         self.limits.close()
+        self.fetchers.close()
         if self.owns_connection:
             self.owns_connection = False
             # Let the cancels of terminate() reach Ray before it goes: a thread that

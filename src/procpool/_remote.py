@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from typing_extensions import ParamSpec
 
 from ._child.dask_chunk import task_name
-from ._errors import PoolClosedError, TaskTimeoutError
+from ._errors import PoolClosedError
 from ._executor import Lifecycle, Options, TypedExecutor
 from ._future import Future
 from ._imap import Launch
@@ -89,9 +89,8 @@ class RemotePool(TypedExecutor):
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {fn!r}")
         call = self._call(fn, args, kwargs)
+        # The core counts it (submitted, then completed, failed or cancelled).
         _, fut = self._core.launch(task_name(fn), call, self._options, user_facing=True)
-        self._core.counters.add(submitted=1)
-        fut.add_done_callback(self._count)
         return fut
 
     def _map(
@@ -175,17 +174,6 @@ class RemotePool(TypedExecutor):
         return ""
 
     # -- internals ------------------------------------------------------------------------
-
-    def _count(self, fut: Future[Any]) -> None:
-        counters = self._core.counters
-        if fut.cancelled():
-            counters.add(cancelled=1)
-        elif isinstance(fut.exception(), TaskTimeoutError):
-            counters.add(failed=1, timed_out=1)
-        elif fut.exception() is not None:
-            counters.add(failed=1)
-        else:
-            counters.add(completed=1)
 
     def _launch_chunk(
         self,

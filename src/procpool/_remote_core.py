@@ -74,12 +74,12 @@ class Threads:
     def __init__(self, name: str, size: int) -> None:
         self._name = name
         self._size = size
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
 
-    def __call__(self, thunk: Callable[[], None]) -> None:
+    def __call__(self, thunk: Callable[[], object]) -> None:
         with self._lock:
             if not self._closed:
                 if not self._threads:
@@ -136,6 +136,9 @@ class RemoteJob:
     claimed: bool = False
     #: What the items of a chunk already run by earlier submissions gave.
     done_items: ChunkResult | None = None
+    #: A ``submit``'s job, whose end the core counts (a chunk's items are counted
+    #: when they are delivered); set to False once counted.
+    count: bool = False
 
 
 @dataclass
@@ -334,15 +337,35 @@ class RemoteCore:
         fut: Future[Any] = Future()
         if user_facing:
             fut.set_callback_runner(self.callbacks)
-        job = RemoteJob(name, call, fut, opts.retries, opts.retry_timeouts)
+        job = RemoteJob(name, call, fut, opts.retries, opts.retry_timeouts, count=user_facing)
         with self.lock:
             if self.state is not Lifecycle.RUNNING:
                 raise self.closed_error()
             key = self._submit_locked(job)
-        if key is not None:
+        if user_facing:
+            self.counters.add(submitted=1)
+        if key is None:
+            self._counted(job)  # it would not pickle: failed at once
+        else:
             fut.set_cancel_hook(lambda _was_running: self.cancel_keys([key]))
             self._watch(key, job)
         return key or "", fut
+
+    def _counted(self, job: RemoteJob) -> None:
+        """Count the end of a ``submit``'s job, once (its future is done)."""
+        with self.lock:
+            if not job.count:
+                return
+            job.count = False
+        fut = job.future
+        if fut.cancelled():
+            self.counters.add(cancelled=1)
+        elif isinstance(fut.exception(), TaskTimeoutError):
+            self.counters.add(failed=1, timed_out=1)
+        elif fut.exception() is not None:
+            self.counters.add(failed=1)
+        else:
+            self.counters.add(completed=1)
 
     def _submit_locked(self, job: RemoteJob) -> str | None:
         """Submit ``job`` (again) and record it under its id; None if it would not pickle."""
@@ -385,6 +408,7 @@ class RemoteCore:
         for job in jobs:
             # A map's chunk passes this on to its MapFuture; its callback counts the items.
             job.future.abandon()
+            self._counted(job)
         # Cancelling a task whose outcome is being read can leave that read waiting
         # forever inside distributed (seen with 2026.8), holding a helper thread and
         # the task. Such a job is dropped instead: the read ends, finds the job gone,
@@ -443,6 +467,7 @@ class RemoteCore:
             job.future.try_set_result(job.done_items.then(ChunkResult.of(outcome.value)))
         else:
             job.future.try_set_result(outcome.value)
+        self._counted(job)
         with self.lock:
             self.jobs.pop(key, None)
             if not self.jobs:
@@ -477,6 +502,7 @@ class RemoteCore:
     def _submit_again(
         self, key: str, job: RemoteJob, exc: BaseException | None, spend: bool, count: bool
     ) -> None:
+        error: BaseException | None = None
         with self.lock:
             # Under the lock, with the job left in ``jobs``: a cancel either came
             # first (the job is gone) or finds the new handle to cancel.
@@ -487,19 +513,23 @@ class RemoteCore:
                 job.claimed = False
                 try:
                     submitted = self._submit_locked(job) is not None  # else it failed the future
-                except Exception as error:  # the engine is going away: never leave it hanging
-                    job.future.try_set_exception(error)
+                except Exception as failure:  # the engine is going away: never leave it hanging
+                    error = failure
                     submitted = False
             if not submitted:
-                if exc is None:
-                    job.future.abandon()
-                else:
-                    job.future.try_set_exception(exc)
                 if self.jobs.get(key) is job:
                     del self.jobs[key]
                 if not self.jobs:
                     self.idle.notify_all()
-                return
+        if not submitted:
+            # Outside the lock: a chunk's future delivers into its map right here.
+            failed = error if error is not None else exc
+            if failed is None:
+                job.future.abandon()
+            else:
+                job.future.try_set_exception(failed)
+            self._counted(job)
+            return
         if count:
             self.counters.add(retried=1)
         self._watch(key, job)
