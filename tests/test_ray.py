@@ -143,6 +143,26 @@ def test_an_exception_that_does_not_unpickle_is_a_serialization_error(pool: RayP
     assert isinstance(result, procpool.SerializationError)
 
 
+def test_a_wait_that_times_out_leaves_the_future_to_resolve_on_its_own(pool: RayPool) -> None:
+    # result() fetches on the waiting thread and withdraws Ray's watch meanwhile;
+    # after its timeout the watch is back, so callbacks and other waiters still see
+    # the result.
+    fut = pool.submit(h.sleep_then, 0.5, 7)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        fut.result(timeout=0.05)
+    seen = threading.Event()
+    fut.add_done_callback(lambda _: seen.set())
+    assert seen.wait(30)
+    assert fut.result(timeout=0) == 7
+
+
+def test_futures_nobody_waits_for_resolve_too(pool: RayPool) -> None:
+    futures = [pool.submit(h.square, i) for i in range(20)]
+    done, _ = concurrent.futures.wait(futures, timeout=30)
+    assert len(done) == 20
+    assert sorted(f.result() for f in done) == [i * i for i in range(20)]
+
+
 # -- faults -----------------------------------------------------------------------------------
 
 

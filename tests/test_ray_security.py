@@ -58,6 +58,11 @@ def test_raypool_starts_a_ray_that_listens_on_loopback_only_and_shuts_it_down(
     assert report["initialized_while_the_second_pool_is_open"] is True
     assert report["initialized_after"] is False
     assert report["processes_left"] == 0
+    # A Ray worker loads the process boundary (and the Ray task runner) only.
+    allowed = ("procpool", "procpool._version", "procpool._ray_task")
+    modules = report["worker_modules"]
+    assert "procpool._ray_task" in modules
+    assert [m for m in modules if m not in allowed and not m.startswith("procpool._child")] == []
 
 
 @pytest.mark.slow

@@ -6,21 +6,23 @@ drives. One task::
 
     RayBackend.submit ── ray.remote(fn).remote(*args, **kwargs)    (a plain call)
          │               or a procpool helper of ._ray_task:
-         │                 call(fn, args, kwargs)   ObjectRefs among the arguments
-         │                 run_chunk(fn, items)     a map chunk (._child.dask_chunk)
-         │                 limited(fn, items, ...)  a time limit: a streaming generator
+         │                 call(fn, args, kwargs)       ObjectRefs among the arguments
+         │                 run_items(fn, items, star)   a map chunk
+         │                 limited(fn, items, ...)      a time limit: a streaming generator
          ▼
     a Ray worker process runs it; the ObjectRef (or the generator) is kept in the
     job until the task is done, and its result stays in Ray's object store until
     the procpool future is done with it
          │
          ▼
-    ``ref.future()`` calls back on Ray's own thread, where the core resolves the
-    procpool future (:meth:`RayBackend.outcome` reads the value Ray has already
-    fetched: numpy arrays come zero-copy from the object store, read-only); a
-    time-limited task's first item is awaited on the backend's asyncio loop
-    thread instead, and a worker stuck past its limit is killed
-    (``ray.cancel(force=True)``) before the rest of its chunk goes on elsewhere.
+    a submit: a thread waiting in ``result()`` fetches the value itself (``ray.get``);
+    else Ray says the object exists (``ObjectRef._on_ready``) and a fetch thread
+    gets it. A chunk: ``ref.future()`` calls back on Ray's own thread with the
+    value. A time-limited task: its first item is awaited on the backend's asyncio
+    loop thread, and a worker stuck past its limit is killed (``ray.cancel(force=True)``)
+    before the rest of its chunk goes on elsewhere. Either way the core resolves
+    the procpool future from :meth:`RayBackend.outcome`; numpy arrays come from the
+    object store without a copy, read-only.
 
 Ray is imported only when a ``RayPool`` is built, and this module type-checks
 without it (Ray's objects are ``Any``).
@@ -420,14 +422,23 @@ class RayBackend(Backend):
         a quarter of a round trip on this machine.)
         """
 
+        withdrawn = threading.Event()
+
         def ready(exc: BaseException | None) -> None:
+            if withdrawn.is_set():
+                return  # Ray calls back a withdrawn wait too ("WaitAsync cancelled")
             if exc is None:  # the object exists (a value or the task's error)
                 self.fetchers(functools.partial(self._fetch, task))
-            elif not isinstance(exc, self.exceptions.RaySystemError):
+            else:
                 _settle(task.result, None, exc)
-            # else: the wait was withdrawn (RaySystemError "WaitAsync cancelled")
 
-        task.unwatch = task.ref._on_ready(ready)
+        cancel = task.ref._on_ready(ready)
+
+        def unwatch() -> None:
+            withdrawn.set()
+            cancel()
+
+        task.unwatch = unwatch
 
     def _fetch(self, task: RayTask, timeout: float | None = None) -> bool:
         """``ray.get`` the task's value and settle it; False if ``timeout`` passed first."""

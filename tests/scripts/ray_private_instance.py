@@ -89,6 +89,11 @@ def listeners(pids: set[int]) -> list[dict[str, object]]:
     return found
 
 
+def procpool_modules(_: object) -> list[str]:
+    """The procpool modules this (worker) process has loaded."""
+    return [name for name in sys.modules if name.split(".")[0] == "procpool"]
+
+
 INTRUDER = """
 import ray, sys
 ray.init(address=sys.argv[1])
@@ -124,6 +129,10 @@ def main() -> None:
         assert pool.submit(abs, -3).result(timeout=60) == 3
         second = procpool.RayPool()  # shares the instance the first one started
         assert second.map(abs, [-1, -2]).result(timeout=60) == [1, 2]
+        assert second.options(timeout=30).map(abs, [-1, -2]).result(timeout=60) == [1, 2]
+        # What the workers that ran those (a call, a chunk, a time-limited chunk) loaded.
+        loaded = pool.map(procpool_modules, range(8), chunksize=1).result(timeout=60)
+        report["worker_modules"] = sorted(set().union(*loaded))
         mine = os.getpid()
         ray_pids = descendants(mine) - {mine}
         report["processes"] = len(ray_pids)
