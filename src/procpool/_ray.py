@@ -94,7 +94,7 @@ class RayPool(RemotePool):
         if address is not None and not isinstance(address, str):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"RayPool(address=...) takes a str or None, not {address!r}")
         ray = import_ray()
-        owns = CONNECTION.acquire(ray, address, {})
+        owns = CONNECTION.acquire(ray, address)
         try:
             backend = RayBackend(ray, owns)
         except BaseException:

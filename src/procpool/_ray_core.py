@@ -162,7 +162,7 @@ class _Connection:
         self.users = 0
         self.address: str | None = None
 
-    def acquire(self, ray: Any, address: str | None, init_kwargs: dict[str, Any]) -> bool:
+    def acquire(self, ray: Any, address: str | None) -> bool:
         """Connect (or start Ray) if needed; True if the caller must :meth:`release` it."""
         with self.lock:
             if ray.is_initialized():
@@ -177,9 +177,9 @@ class _Connection:
                     "time; use RayPool() to submit to that cluster, or ray.shutdown() first"
                 )
             if address is None:
-                init_local(ray, init_kwargs.pop("num_cpus", usable_cpus()), **init_kwargs)
+                init_local(ray, usable_cpus())
             else:
-                ray.init(address=address, **init_kwargs)
+                ray.init(address=address)
             self.users, self.address = 1, address
             return True
 
@@ -250,12 +250,15 @@ class RayTask:
 
 
 class _RemoteFunctions:
-    """``ray.remote(fn)`` of the functions submitted, the most recent 256 of them.
+    """``ray.remote(fn)`` of the top-level functions submitted, the most recent 256.
 
     A remote function is exported to the cluster once, then each call sends only
     its arguments, as ``f.remote(x)`` of a function decorated with ``@ray.remote``
     does. (A procpool helper that took ``fn`` as an argument would pickle it on
-    every call: 8-10 % more per round trip, measured on this machine.)
+    every call: 8-10 % more per round trip, measured on this machine.) Only
+    functions defined at the top of a module (its own namespace keeps them alive
+    anyway): a lambda or a closure, often made anew for each call and holding
+    data, is sent with each call instead of being kept here and exported again.
     """
 
     SIZE = 256
@@ -471,11 +474,15 @@ class RayBackend(Backend):
     def _submit_plain(self, call: PlainCall) -> Any:
         fn, args, kwargs = call.fn, call.args, call.kwargs
         object_ref = self.ray.ObjectRef
-        if not inspect.isfunction(fn) or any(
-            isinstance(arg, object_ref) for arg in (*args, *kwargs.values())
+        if (
+            not inspect.isfunction(fn)
+            or fn.__qualname__ != fn.__name__
+            or fn.__name__ == "<lambda>"
+            or any(isinstance(arg, object_ref) for arg in (*args, *kwargs.values()))
         ):
             # ray.remote takes functions only (not a builtin, a partial or a
-            # ProcessTask), and it would resolve an ObjectRef given as an argument.
+            # ProcessTask), only top-level ones are worth exporting (see
+            # _RemoteFunctions), and Ray would resolve an ObjectRef given as an argument.
             return self._call.remote(fn, args, kwargs)
         return REMOTE_FUNCTIONS(self.ray, fn).remote(*args, **kwargs)
 
