@@ -73,6 +73,18 @@ def spin_then_pid(seconds: float) -> int:
 
 def is_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (and, on Linux, is not a zombie)."""
+    if sys.platform == "win32":
+        # os.kill(pid, 0) would terminate it there: ask the kernel for its exit code.
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
