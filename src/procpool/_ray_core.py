@@ -37,11 +37,13 @@ import functools
 import importlib
 import inspect
 import logging
+import math
 import os
 import pickle
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,7 @@ from ._remote_core import (
     ChunkResult,
     Continue,
     RemoteJob,
+    Resubmit,
     Result,
     Threads,
     Value,
@@ -109,6 +112,12 @@ def init_local(ray: Any, num_cpus: int, **kwargs: Any) -> Any:
 
 #: Seconds a cancel waits for the tasks' replies already on their way (see RayBackend._stop).
 CANCEL_SETTLE = 0.005
+
+#: A worker that dies this soon after the pool cancelled a task may have died of it
+#: (see RayBackend._translate); a collateral death reaches the driver within
+#: milliseconds of the kill, and a task that crashes by itself in this window runs
+#: again (MAX_RESUBMITS times at most) before it fails.
+KILL_WINDOW = 0.5
 
 #: Where Ray 2.60 keeps the token of local instances when nothing else names one.
 TOKEN_FILE = Path("~/.ray/auth_token")
@@ -376,6 +385,8 @@ class RayBackend(Backend):
         #: Cancels running on helper threads (release waits for them).
         self._cancels = threading.Condition()
         self._cancelling = 0
+        #: time.monotonic() of this pool's last ray.cancel (see _translate).
+        self._cancelled_at = -math.inf
         # Ray's procpool helpers, exported once (procpool's retries replace Ray's).
         self._call = ray.remote(max_retries=0)(_ray_task.call)
         self._chunk = ray.remote(max_retries=0)(_ray_task.run_items)
@@ -601,22 +612,51 @@ class RayBackend(Backend):
         return exc
 
     def _translate(self, name: str, error: BaseException) -> Result:
-        """Ray's exception for a task into procpool's outcome."""
+        """Ray's exception for a task into procpool's outcome.
+
+        The core asks only for the tasks it has not cancelled itself. Ray's
+        ``ray.cancel`` acts on the worker running the task it names, and a cancel
+        that lands as that task ends can reach the worker's next task instead: a
+        plain cancel interrupts it (TaskCancelledError), a forced one kills its
+        process (WorkerCrashedError). Such a task was lost to the pool's own cancel
+        of a neighbour, as a local pool's neighbours of a killed item are: it runs
+        again (:class:`Resubmit`), and fails with ``cause="cancel"`` only if that
+        keeps happening.
+        """
         ex = self.exceptions
-        if isinstance(error, ex.TaskCancelledError):
-            return Cancelled()  # by this pool (whose future is done already), or by Ray
-        if isinstance(error, ex.RayTaskError):
+        task_error: Any = error
+        if isinstance(error, ex.RayTaskError) and not isinstance(
+            task_error.cause, ex.TaskCancelledError
+        ):
             return self._task_error(name, error)
+        if isinstance(error, (ex.TaskCancelledError, ex.RayTaskError)):
+            interrupted = WorkerLostError(
+                f"{name} was interrupted by a cancel meant for another task of its Ray "
+                "worker (Ray's ray.cancel reached the worker's next task)",
+                cause="cancel",
+            )
+            interrupted.__cause__ = error
+            return Resubmit(interrupted)
         if isinstance(error, ex.UnserializableException):
             return SerializationError(
                 f"{name} raised an exception that could not be unpickled here; its "
                 f"traceback on the Ray worker:\n{error}"
             )
         lost = self._lost(name, error)
-        if lost is not None:
-            lost.__cause__ = error
-            return lost
-        return error
+        if lost is None:
+            return error
+        lost.__cause__ = error
+        if (
+            isinstance(error, ex.WorkerCrashedError)
+            and time.monotonic() - self._cancelled_at < KILL_WINDOW
+        ):
+            # Most likely killed by the pool's own ray.cancel of another task.
+            collateral = WorkerLostError(
+                f"{lost} (just after a cancel of this pool)", cause="cancel"
+            )
+            collateral.__cause__ = error
+            return Resubmit(collateral)
+        return lost
 
     def _task_error(self, name: str, error: Any) -> BaseException:
         cause: BaseException = error.cause
@@ -701,6 +741,7 @@ class RayBackend(Backend):
             LOGGER.debug("could not wait for %d tasks", len(ends), exc_info=True)
             return
         for end in running:
+            self._cancelled_at = time.monotonic()
             try:
                 ray.cancel(ends[end].ref, force=force)
             except Exception:  # Ray is going away

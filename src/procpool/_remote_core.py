@@ -136,6 +136,8 @@ class RemoteJob:
     claimed: bool = False
     #: What the items of a chunk already run by earlier submissions gave.
     done_items: ChunkResult | None = None
+    #: Times submitted again after losses to the pool's own cancels (see Resubmit).
+    resubmits: int = 0
     #: A ``submit``'s job, whose end the core counts (a chunk's items are counted
     #: when they are delivered); set to False once counted.
     count: bool = False
@@ -193,6 +195,25 @@ class Cancelled:
     __slots__ = ()
 
 
+class Resubmit:
+    """The task was lost to the pool's own stopping of another task: run it again.
+
+    Ray's ``ray.cancel`` can hit the next task of the worker that ran the one
+    cancelled. Such a task is submitted again (it may have run in part: as for a
+    local pool's neighbours of a killed item) up to :data:`MAX_RESUBMITS` times
+    without spending its ``retries``; then it fails with ``error``.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+#: How many times a task lost to the pool's own cancels is submitted again.
+MAX_RESUBMITS = 3
+
+
 class Continue:
     """A chunk stopped part-way; submit ``call`` (the rest) and keep ``done`` (its outcomes)."""
 
@@ -206,7 +227,7 @@ class Continue:
 
 
 #: What :meth:`Backend.outcome` returns.
-Result = Value | Cancelled | Continue | BaseException
+Result = Value | Cancelled | Continue | Resubmit | BaseException
 
 
 class Backend(abc.ABC):
@@ -449,6 +470,12 @@ class RemoteCore:
             outcome = self.backend.outcome(job, handle)
         except BaseException as exc:  # never leave a future hanging
             outcome = exc
+        if isinstance(outcome, Resubmit):
+            if job.resubmits < MAX_RESUBMITS:
+                job.resubmits += 1
+                self._again(key, job, outcome.error, spend=False, count=True)
+                return
+            outcome = outcome.error
         if isinstance(outcome, Continue):
             job.done_items = (
                 outcome.done if job.done_items is None else job.done_items.then(outcome.done)
