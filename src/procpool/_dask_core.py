@@ -33,7 +33,7 @@ from typing import Any
 
 from ._child.dask_chunk import NotSendable, TimedOut
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError, WorkerLostError
-from ._remote_core import Backend, Cancelled, RemoteJob, Result, Value
+from ._remote_core import Backend, Cancelled, CancelMode, RemoteJob, Result, Value
 
 LOGGER = logging.getLogger("procpool")
 
@@ -159,9 +159,10 @@ class DaskBackend(Backend):
             exc.__traceback__ = None
         return exc
 
-    def cancel(self, handles: list[Any], *, force: bool) -> None:
-        # Dask cannot stop a running task either way. A finished task has nothing
-        # left to stop: dropping our reference releases it.
+    def cancel(self, handles: list[Any], *, mode: CancelMode) -> None:
+        # Every mode alike: Dask drops what has not started and cannot stop a
+        # running task. A finished task has nothing left to stop: dropping our
+        # reference releases it.
         handles = [f for f in handles if f.status != "finished"]
         if handles:
             self.client.cancel(handles)

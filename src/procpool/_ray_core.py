@@ -55,6 +55,7 @@ from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError, Work
 from ._remote_core import (
     Backend,
     Cancelled,
+    CancelMode,
     ChunkResult,
     Continue,
     RemoteJob,
@@ -112,6 +113,9 @@ def init_local(ray: Any, num_cpus: int, **kwargs: Any) -> Any:
 
 #: Seconds a cancel waits for the tasks' replies already on their way (see RayBackend._stop).
 CANCEL_SETTLE = 0.005
+#: The same for ``shutdown(cancel_futures=True)``, which does not need the running
+#: tasks stopped: the short ones end meanwhile and are not cancelled at all.
+UNSTARTED_SETTLE = 0.1
 
 #: A worker that dies this soon after the pool cancelled a task may have died of it
 #: (see RayBackend._translate); a collateral death reaches the driver within
@@ -574,7 +578,7 @@ class RayBackend(Backend):
     ) -> Result:
         """A worker is stuck in a call past its limit: kill it, go on with the rest."""
         index, attempts, timed_out = stuck
-        self._stop([task], force=True)
+        self._stop([task], force=True, settle=0)
         killed = TimedOut(timed_out.name, timed_out.timeout, timed_out.grace, False)
         if call.single:
             return self.from_worker(killed)
@@ -703,28 +707,38 @@ class RayBackend(Backend):
 
     # -- cancelling, shutting down ----------------------------------------------------------
 
-    def cancel(self, handles: list[Any], *, force: bool) -> None:
+    def cancel(self, handles: list[Any], *, mode: CancelMode) -> None:
+        if mode == "drop":
+            # The read-ahead of an imap left early: at most its buffersize of items,
+            # left to finish (their results are dropped) rather than risk Ray's
+            # abort below for tasks that end as they are cancelled, which tiny
+            # read-ahead items do all the time.
+            return
         with self._cancels:
             self._cancelling += 1
         try:
-            self._stop(handles, force=force)
+            if mode == "stop":
+                self._stop(handles, force=True, settle=CANCEL_SETTLE)
+            else:
+                self._stop(handles, force=False, settle=UNSTARTED_SETTLE)
         finally:
             with self._cancels:
                 self._cancelling -= 1
                 self._cancels.notify_all()
 
-    def _stop(self, tasks: list[RayTask], *, force: bool) -> None:
+    def _stop(self, tasks: list[RayTask], *, force: bool, settle: float) -> None:
         """``ray.cancel`` the tasks that have not ended (one that has is left alone).
 
         Ray 2.60 aborts the whole driver process ("Check failed: ... Tried to
         complete task that was not pending", the race of ray-project/ray#54798)
         when a task is cancelled while the reply that it ended is on its way to
         the driver, and often did here when the task had ended. So a task whose
-        result is there is never cancelled, and the others get a few milliseconds
-        to land a reply already sent (one wait for all of them) before they are.
-        ``force=True`` kills the worker process, so the work stops; a plain cancel
-        drops a task that has not started, and raises KeyboardInterrupt in a
-        running one at its next Python bytecode (a sleep or C code never sees it).
+        result is there is never cancelled, and the others get ``settle`` seconds
+        to land a reply already sent or about to be (one wait for all of them)
+        before they are. ``force=True`` kills the worker process, so the work
+        stops; a plain cancel drops a task that has not started, and raises
+        KeyboardInterrupt in a running one at its next Python bytecode (a sleep or
+        C code never sees it).
         """
         ray = self.ray
         ends = {
@@ -735,7 +749,7 @@ class RayBackend(Backend):
         }
         try:
             _, running = ray.wait(
-                list(ends), num_returns=len(ends), timeout=CANCEL_SETTLE, fetch_local=False
+                list(ends), num_returns=len(ends), timeout=settle, fetch_local=False
             )
         except Exception:  # Ray is going away
             LOGGER.debug("could not wait for %d tasks", len(ends), exc_info=True)

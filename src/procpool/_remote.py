@@ -130,7 +130,7 @@ class RemotePool(TypedExecutor):
             # Closed by another thread meanwhile: all or nothing. What went out counts
             # as submitted, then cancelled, so that the counters still add up.
             core.counters.add(submitted=launched)
-            core.cancel_keys(keys, force=False)
+            core.cancel_keys(keys, mode="unstarted")
             raise
         core.counters.add(submitted=len(items))
         # The hook holds keys, not the chunk futures: those hold results, which an
@@ -208,8 +208,8 @@ class RemotePool(TypedExecutor):
             chunk: MapFuture[R] = MapFuture(len(items))
             key = self._launch_chunk(fn, items, chunk, 0, False)
             core.counters.add(submitted=len(items))
-            # Dropped read-ahead of an imap left early: work not started, as a rule.
-            chunk.set_cancel_hook(lambda _was_running: core.cancel_keys([key], force=False))
+            # The read-ahead of an imap left early: its results are not wanted.
+            chunk.set_cancel_hook(lambda _was_running: core.cancel_keys([key], mode="drop"))
             return chunk
 
         return launch

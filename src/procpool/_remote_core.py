@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from ._callbacks import CallbackRunner
 from ._child.dask_chunk import Outcome, TimedOut
@@ -226,6 +226,13 @@ class Continue:
         self.retried = retried
 
 
+#: How much a cancel needs the tasks stopped: ``"stop"``, running ones too
+#: (``cancel()`` of a future, ``terminate()``); ``"unstarted"``, the ones that have
+#: not started must not start (``shutdown(cancel_futures=True)``); ``"drop"``, the
+#: results are not wanted and the rest is up to the engine (the read-ahead of an
+#: ``imap`` left early).
+CancelMode = Literal["stop", "unstarted", "drop"]
+
 #: What :meth:`Backend.outcome` returns.
 Result = Value | Cancelled | Continue | Resubmit | BaseException
 
@@ -261,13 +268,11 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def cancel(self, handles: list[Any], *, force: bool) -> None:
+    def cancel(self, handles: list[Any], *, mode: CancelMode) -> None:
         """Stop these tasks on the engine (on a helper thread; errors are logged).
 
-        ``force``: a task that is running must stop too (``cancel()`` of a future,
-        ``terminate()``); else the caller only drops work it expects has not
-        started (an ``imap`` left early, ``shutdown(cancel_futures=True)``), and the
-        engine may let a running task finish.
+        ``mode`` (see :data:`CancelMode`) says how much the caller needs them
+        stopped; an engine does what it can, and may do more.
         """
 
     @abc.abstractmethod
@@ -326,9 +331,9 @@ class RemoteCore:
         """``shutdown(cancel_futures=True)``: cancel every unfinished task.
 
         Neither engine tells the client which tasks have started: running ones are
-        cancelled too (without ``force``: an engine that can stop one gently does).
+        cancelled too (an engine that can stop one gently does).
         """
-        self.cancel_all(force=False)
+        self.cancel_all(mode="unstarted")
 
     def wait_for_end(self, timeout: float | None) -> bool:
         """Wait until no task is in flight and the callbacks have run; then let the engine go."""
@@ -402,13 +407,13 @@ class RemoteCore:
     def _watch(self, key: str, job: RemoteJob) -> None:
         self.backend.watch(job.handle, functools.partial(self.on_done, key, job.handle))
 
-    def cancel_keys(self, keys: list[str], *, force: bool = True) -> None:
+    def cancel_keys(self, keys: list[str], *, mode: CancelMode = "stop") -> None:
         """Cancel these tasks on the engine and forget them (see :meth:`Backend.cancel`)."""
         with self.lock:
             jobs = [job for job in (self.jobs.pop(key, None) for key in keys) if job is not None]
             if not self.jobs:
                 self.idle.notify_all()
-        self._cancel_jobs(jobs, force)
+        self._cancel_jobs(jobs, mode)
 
     def stop(self, state: Lifecycle) -> None:
         """Move to ``state`` (CLOSED or TERMINATED), never back."""
@@ -416,15 +421,15 @@ class RemoteCore:
             if self.state is Lifecycle.RUNNING or state is Lifecycle.TERMINATED:
                 self.state = state
 
-    def cancel_all(self, *, force: bool = True) -> None:
+    def cancel_all(self, *, mode: CancelMode = "stop") -> None:
         """Cancel every unfinished task, with one call to the engine."""
         with self.lock:
             jobs = list(self.jobs.values())
             self.jobs.clear()
             self.idle.notify_all()
-        self._cancel_jobs(jobs, force)
+        self._cancel_jobs(jobs, mode)
 
-    def _cancel_jobs(self, jobs: list[RemoteJob], force: bool) -> None:
+    def _cancel_jobs(self, jobs: list[RemoteJob], mode: CancelMode) -> None:
         """End the futures of jobs already forgotten, then stop their tasks on the engine."""
         for job in jobs:
             # A map's chunk passes this on to its MapFuture; its callback counts the items.
@@ -439,11 +444,11 @@ class RemoteCore:
         if handles:
             # On a helper thread: a dropped imap may be finalized on the engine's own
             # thread, where a blocking cancel cannot run.
-            self.helpers(functools.partial(self._cancel_on_engine, handles, force))
+            self.helpers(functools.partial(self._cancel_on_engine, handles, mode))
 
-    def _cancel_on_engine(self, handles: list[Any], force: bool) -> None:
+    def _cancel_on_engine(self, handles: list[Any], mode: CancelMode) -> None:
         try:
-            self.backend.cancel(handles, force=force)
+            self.backend.cancel(handles, mode=mode)
         except Exception:  # the engine may be closing already; the tasks die with it
             LOGGER.debug("could not cancel %d tasks", len(handles), exc_info=True)
 
