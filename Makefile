@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo check test lint typecheck pytest docs bench bench-quick test-all clean
+.PHONY: demo check test lint typecheck pytest docs bench bench-quick bench-ray test-all clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	touch $@
 
 $(STAMP): $(VENV)/bin/python pyproject.toml docs/requirements.txt
-	$(PY) -m pip install --quiet -e ".[dev,dask]" -r docs/requirements.txt
+	$(PY) -m pip install --quiet -e ".[dev,dask,ray]" -r docs/requirements.txt
 	touch $@
 
 demo: $(VENV)/.installed
@@ -61,6 +61,9 @@ bench:
 
 bench-quick:
 	$(MAKE) -C benchmarks bench-quick
+
+bench-ray:
+	$(MAKE) -C benchmarks bench-ray
 
 clean:
 	rm -rf $(VENV) .venv-* dist build docs/_build .mypy_cache .pytest_cache .ruff_cache .nox

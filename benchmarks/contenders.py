@@ -678,6 +678,158 @@ class DaskPool(Contender):
         return _DaskSession(procpool.DaskPool(client), client, cluster)
 
 
+# --------------------------------------------------------------------------- ray hook
+#
+# HOOK (issue 27): procpool.RayPool against raw Ray (``ray.get(f.remote(x))``) and
+# Ray's own ``ray.util.multiprocessing.Pool``, for B1, B3 and B5 only, run by
+# ``ray_bench.py`` (``make -C benchmarks bench-ray``), not by ``run.py``.  Every
+# session starts the same local Ray instance: WORKERS CPUs, loopback, no dashboard
+# (procpool's ``init_local``, what ``RayPool()`` starts), and shuts it down.
+
+
+def _start_ray() -> Any:
+    import ray
+
+    from procpool._ray_core import init_local
+
+    init_local(ray, WORKERS, log_to_driver=False)
+    return ray
+
+
+class _RayPoolSession(_ProcpoolSession):
+    def close(self) -> None:
+        import ray
+
+        super().close()
+        ray.shutdown()
+
+
+class _RawRaySession(Session):
+    """Ray's own idiom: ``ray.get([f.remote(x) for x in xs])``, one task per item.
+
+    A ``map`` of more than 1,000 items is batched by hand (``workloads.apply_batch``
+    over about four batches per CPU, as Ray's docs advise against tiny tasks): one
+    task per item would take minutes for B1's 200,000.
+    """
+
+    def __init__(self) -> None:
+        self.ray = _start_ray()
+        self._remote: dict[Any, Any] = {}
+
+    def _of(self, fn: Callable[..., Any]) -> Any:
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(fn)
+        return self._remote[fn]
+
+    def map(self, fn: Callable[[Any], Any], xs: list[Any], chunksize: int | None) -> list[Any]:
+        if len(xs) <= 1000 and chunksize is None:
+            remote = self._of(fn)
+            return list(self.ray.get([remote.remote(x) for x in xs]))
+        size = chunksize or tuned_chunksize(len(xs))
+        batch = self._of(workloads.apply_batch)
+        parts = self.ray.get([batch.remote(fn, xs[i : i + size]) for i in range(0, len(xs), size)])
+        return [y for part in parts for y in part]
+
+    def call(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        return self.ray.get(self._of(fn).remote(x))
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+class _RayMpSession(Session):
+    def __init__(self) -> None:
+        self.ray = _start_ray()
+        from ray.util.multiprocessing import Pool
+
+        self.pool = Pool(processes=WORKERS)
+
+    def map(self, fn: Callable[[Any], Any], xs: list[Any], chunksize: int | None) -> list[Any]:
+        return list(self.pool.map(fn, xs, chunksize=chunksize))
+
+    def call(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        return self.pool.apply(fn, (x,))
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+        self.ray.shutdown()
+
+
+class _RayContender(Contender):
+    methods = ()
+    fallback_note = "Ray's raylet starts the workers (start method not selectable)"
+
+    def import_check(self) -> None:
+        import ray  # noqa: F401
+
+    def version(self) -> str:
+        return "ray " + _version("ray")
+
+    def warm(self, session: Session) -> None:
+        # Ray starts workers (and Pool actors) on demand: busy every one first.
+        session.map(workloads.noop, list(range(4 * WORKERS)), 1)
+
+
+class RayPool(_RayContender):
+    """``procpool.RayPool`` on a local Ray instance (WORKERS CPUs)."""
+
+    key = "ray"
+    label = "procpool RayPool"
+    name = "procpool.RayPool"
+
+    def import_check(self) -> None:
+        import ray  # noqa: F401
+
+        import procpool
+
+        if not hasattr(procpool, "RayPool"):
+            raise ImportError("procpool.RayPool does not exist yet (issue 27)")
+
+    def open(
+        self,
+        method: str | None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> Session:
+        import procpool
+
+        _start_ray()
+        return _RayPoolSession(procpool.RayPool())
+
+
+class RawRay(_RayContender):
+    """Raw Ray tasks: ``ray.get(f.remote(x))``."""
+
+    key = "ray_raw"
+    label = "raw Ray"
+    name = "raw Ray tasks"
+
+    def open(
+        self,
+        method: str | None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> Session:
+        return _RawRaySession()
+
+
+class RayMpPool(_RayContender):
+    """``ray.util.multiprocessing.Pool`` (Ray's copy of multiprocessing.Pool, on actors)."""
+
+    key = "ray_mp"
+    label = "Ray Pool"
+    name = "ray.util.multiprocessing.Pool"
+
+    def open(
+        self,
+        method: str | None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> Session:
+        return _RayMpSession()
+
+
 CONTENDERS: dict[str, Contender] = {
     c.key: c
     for c in (
@@ -692,6 +844,9 @@ CONTENDERS: dict[str, Contender] = {
         Procpool(),
         ProcpoolBase(),
         DaskPool(),
+        RayPool(),
+        RawRay(),
+        RayMpPool(),
     )
 }
 """Every contender, in table column order."""

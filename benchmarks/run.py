@@ -1498,7 +1498,16 @@ def write_report(
     if notes_md.exists():
         parts.append(notes_md.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    path.write_text("\n".join(parts) + ray_section(path))
+
+
+def ray_section(path: Path) -> str:
+    """RayPool against Ray (issue 27), measured apart by ray_bench.py (make bench-ray):
+    added to the docs' pages (the users' and the full one), not to quick runs."""
+    ray_md = HERE / "ray.md"
+    if not ray_md.exists() or path.parent != ROOT / "docs":
+        return ""
+    return "\n" + ray_md.read_text()
 
 
 # --------------------------------------------------------------------------- main
@@ -1723,6 +1732,7 @@ def report(data: dict[str, Any], output: Path, png: Path, user_output: Path) -> 
             os.path.relpath(output, user_output.parent),
             None if why_no_summary_plot else os.path.relpath(summary_png, user_output.parent),
         )
+        + ray_section(user_output)
     )
     write_report(
         output,

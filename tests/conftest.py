@@ -33,3 +33,21 @@ def pool(start_method: str) -> Iterator[procpool.Pool]:
     """A two-worker pool under each start method, closed and joined after the test."""
     with procpool.Pool(2, context=start_method) as p:
         yield p
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the ``ray`` tests last, in the order collected (see tests/ray_support.py)."""
+    ray_items = [item for item in items if item.get_closest_marker("ray") is not None]
+    if ray_items:
+        items[:] = [item for item in items if item.get_closest_marker("ray") is None] + ray_items
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance for every Ray test of the session (tests/ray_support.py)."""
+    pytest.importorskip("ray", reason="install the ray extra: pip install 'procpool[ray]'")
+    import ray_support
+
+    with ray_support.local_ray():
+        yield

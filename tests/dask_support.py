@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import dask
 import distributed
 
 
@@ -42,6 +43,26 @@ def local_cluster(n_workers: int, **kwargs: Any) -> Iterator[Any]:
     finally:
         cluster.close()
         stop_dask_threads()
+
+
+@contextlib.contextmanager
+def client_of_a_new_cluster(n_workers: int = 2) -> Iterator[Any]:
+    """A Client of a new :func:`local_cluster`, a task that kills its worker failed at once.
+
+    Its scheduler runs in this process, so ``allowed-failures = 0`` set here makes
+    such a task fail with KilledWorker at once (Dask's default is to try it on three
+    more workers first).
+    """
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        local_cluster(n_workers) as cluster,
+    ):
+        client = distributed.Client(cluster, set_as_default=False)
+        try:
+            client.wait_for_workers(n_workers, timeout=60)
+            yield client
+        finally:
+            client.close()
 
 
 def stop_dask_threads() -> None:

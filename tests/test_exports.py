@@ -67,7 +67,7 @@ def test_errors_form_one_hierarchy() -> None:
 
 def test_importing_the_worker_loop_stays_light() -> None:
     # A worker process imports procpool._child.worker: it must not drag in the pool,
-    # asyncio or Dask (start-up time under spawn and forkserver), nor logging,
+    # asyncio, Dask or Ray (start-up time under spawn and forkserver), nor logging,
     # traceback or concurrent.futures.process, which it loads only when it
     # forwards logs or a task fails (together ~11 ms of every worker's start).
     heavy = (
@@ -75,6 +75,8 @@ def test_importing_the_worker_loop_stays_light() -> None:
         "procpool._pool",
         "procpool._dask",
         "distributed",
+        "procpool._ray",
+        "ray",
         "logging",
         "traceback",
         "concurrent.futures.process",
@@ -92,3 +94,14 @@ def test_dir_shows_the_public_names_not_the_package_tools() -> None:
     assert [n for n in names if not n.startswith("__")] == sorted(
         n for n in procpool.__all__ if not n.startswith("__")
     )
+
+
+def test_importing_procpool_and_its_pool_loads_no_cluster_engine() -> None:
+    """Dask and Ray are optional: imported only when a DaskPool or RayPool is built."""
+    code = (
+        "import sys, procpool\n"
+        "procpool.Pool, procpool.DaskPool, procpool.RayPool, procpool.Future\n"
+        "print(sorted(m for m in ('distributed', 'dask', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -151,7 +151,7 @@ def test_wheel_holds_the_package_and_py_typed_only(dists: Dists) -> None:
     ]
     assert len(runtime) == 1, runtime
     assert "typing-extensions" in runtime[0], runtime
-    for extra in ("progress", "cloudpickle", "dask"):
+    for extra in ("progress", "cloudpickle", "dask", "ray"):
         assert f"Provides-Extra: {extra}" in metadata
     assert "Requires-Python: >=3.10" in metadata
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._process import ProcessHandle as ProcessHandle
     from ._process import spawn as spawn
     from ._progress import Progress as Progress
+    from ._ray import RayPool as RayPool
     from ._stats import PoolStats as PoolStats
     from ._task import ProcessTask as ProcessTask
 
@@ -62,6 +63,7 @@ __all__ = (
     "ProcessTask",
     "ProcpoolError",
     "Progress",
+    "RayPool",
     "RemoteTraceback",
     "SerializationError",
     "StartMethod",
@@ -81,7 +83,7 @@ __all__ = (
 )
 
 # Names are imported on first use: a worker process imports ``procpool._child.worker``,
-# which imports this package, and must not pay for the pool, asyncio or Dask.
+# which imports this package, and must not pay for the pool, asyncio, Dask or Ray.
 _WHERE = {
     "DaskPool": "._dask",
     "Executor": "._executor",
@@ -94,6 +96,7 @@ _WHERE = {
     "ProcessTask": "._task",
     "ProcpoolError": "._errors",
     "Progress": "._progress",
+    "RayPool": "._ray",
     "RemoteTraceback": "._errors",
     "SerializationError": "._errors",
     "StartMethod": "._context",

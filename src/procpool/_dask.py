@@ -9,48 +9,30 @@ Moving a program from one machine to a cluster changes one line::
 ``await`` and the ``with`` block keep their types and meaning; docs/scale-out.md
 lists every difference (Dask cannot stop a task that is already running, for one).
 
-The machinery behind it (tasks in flight, fetching, retries, cancelling, the
-data flow of one task) is in :mod:`._dask_core`; what runs on the Dask workers is
-in :mod:`._child.dask_chunk`. ``distributed`` is imported only when a
-``DaskPool`` is built, so ``import procpool`` never needs it.
+What it shares with ``RayPool`` (``submit``, ``map``, the lifecycle, tasks in
+flight, retries) is in :mod:`._remote` and :mod:`._remote_core`; the Dask side
+(submitting, fetching, cancelling, the data flow of one task) is in
+:mod:`._dask_core`; what runs on the Dask workers is in :mod:`._child.dask_chunk`.
+``distributed`` is imported only when a ``DaskPool`` is built, so ``import
+procpool`` never needs it.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import threading
-import weakref
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-from typing_extensions import ParamSpec
-
-from ._child.dask_chunk import call_limited, run_chunk, task_name
-from ._dask_core import (
-    Core,
-    deliver_chunk,
-    drop,
-    import_distributed,
-    private_local_cluster,
-)
-from ._errors import PoolClosedError, TaskTimeoutError
-from ._executor import Executor
-from ._future import Future
-from ._imap import Launch
-from ._lifecycle import Lifecycle
-from ._mapfuture import MapFuture
+from ._child.dask_chunk import call_limited, run_chunk
+from ._dask_core import DaskBackend, import_distributed, private_local_cluster
 from ._options import Options, check_count, check_timeout, finite
-from ._progress import Progress, make_reporter
-from ._stats import PoolStats
+from ._remote import RemotePool
+from ._remote_core import RemoteCore
 
 __all__ = ["DaskPool"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
-
-class DaskPool(Executor):
+class DaskPool(RemotePool):
     """A ``concurrent.futures.Executor`` that runs procpool's API on a Dask cluster.
 
     Args:
@@ -124,142 +106,19 @@ class DaskPool(Executor):
                 "DaskPool needs a synchronous distributed.Client (asynchronous=False); "
                 "to use it from asyncio, await the procpool futures it returns"
             )
-        self._core = self._engine = Core(distributed, client, owns)
-        self._options = Options(finite(task_timeout), retries, retry_timeouts, grace=task_grace)
-        # A pool dropped without close(): once the pool, its options() views and its
-        # tasks in flight (which hold the core) are gone, stop its threads and close
-        # the client it made.
-        core = self._core
-        weakref.finalize(
-            core, drop, client if owns else None, core.fetchers.close, core.callbacks.close
+        self._backend = DaskBackend(distributed, client, owns)
+        self._start(
+            RemoteCore(self._backend),
+            Options(finite(task_timeout), retries, retry_timeouts, grace=task_grace),
         )
-
-    # -- public -------------------------------------------------------------------------
 
     @property
     def client(self) -> Any:
         """The ``distributed.Client`` this pool submits to."""
-        return self._core.client
+        return self._backend.client
 
-    @property
-    def workers(self) -> int:
-        """The number of worker threads on the cluster right now (at least 1)."""
-        return self._core.parallelism()
-
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
-        """Run ``fn(*args, **kwargs)`` on the cluster; return its future::
-
-            fut = pool.submit(pow, 2, 10)   # Future[int]
-            assert fut.result() == 1024
-
-        If ``fn`` or an argument cannot be pickled (Dask sends functions with
-        cloudpickle, so lambdas are fine), the future fails with
-        :class:`~procpool.SerializationError`.
-
-        Raises:
-            PoolClosedError: after ``close()``, ``terminate()`` or ``shutdown()``.
-        """
-        if not callable(fn):
-            raise TypeError(f"submit() needs a callable, not {fn!r}")
-        opts = self._options
-        # functools.partial keeps the arguments opaque to Dask: as task arguments,
-        # Dask would compute any Dask collection among them and would take keyword
-        # arguments such as key=, workers= or retries= for its own.
-        if opts.timeout is None:
-            call: Callable[[], object] = functools.partial(fn, *args, **kwargs)
-        else:
-            call = functools.partial(call_limited, fn, args, kwargs, opts.timeout, opts.grace)
-        _, fut = self._core.launch(task_name(fn), call, opts, user_facing=True)
-        self._core.counters.add(submitted=1)
-        fut.add_done_callback(self._count)
-        return fut
-
-    def _map(
-        self,
-        fn: Callable[..., R],
-        iterables: tuple[Iterable[Any], ...],
-        *,
-        timeout: float | None,
-        chunksize: int | None,
-        progress: Progress,
-    ) -> MapFuture[R]:
-        core = self._core
-        core.check_open()
-        items = list(zip(*iterables))  # noqa: B905 (stops at the shortest, as builtins.map)
-        result: MapFuture[R] = MapFuture(len(items), timeout=timeout)
-        result.set_callback_runner(core.callbacks)
-        reporter = make_reporter(progress, len(items), task_name(fn))
-        if reporter is not None:
-            result.set_progress(reporter.advance)
-        if not items:
-            return result
-        if chunksize is None:
-            # As multiprocessing.Pool.map: about four chunks per worker thread, so tiny
-            # items do not each pay a scheduler round trip, and the load still balances.
-            chunksize = max(1, math.ceil(len(items) / (4 * core.parallelism())))
-        keys: list[str] = []
-        launched = 0
-        try:
-            for start in range(0, len(items), chunksize):
-                part = items[start : start + chunksize]
-                keys.append(self._launch_chunk(fn, part, result, start))
-                launched += len(part)
-        except PoolClosedError:
-            # Closed by another thread meanwhile: all or nothing. What went out counts
-            # as submitted, then cancelled, so that the counters still add up.
-            core.counters.add(submitted=launched)
-            core.cancel_keys(keys)
-            raise
-        core.counters.add(submitted=len(items))
-        # The hook holds keys, not the chunk futures: those hold results, which an
-        # iterated MapFuture must not keep alive.
-        result.set_cancel_hook(lambda _was_running: core.cancel_keys(keys))
-        return result
-
-    def close(self) -> None:
-        """Take no new work; the work already submitted still runs. Does not wait."""
-        self._core.stop(Lifecycle.CLOSED)
-
-    def terminate(self) -> None:
-        """Stop now: cancel every unfinished task; their futures report cancelled.
-
-        Dask drops the tasks that have not started; one already running on a worker
-        cannot be stopped and runs on, but its result is discarded. A client the
-        pool made is closed (with its cluster, if it started one). Does not wait.
-        """
-        core = self._core
-        core.stop(Lifecycle.TERMINATED)
-        core.cancel_all()
-        core.fetchers.close()
-        core.callbacks.close()
-        core.release_client()
-
-    def stats(self) -> PoolStats:
-        """Return a snapshot of the pool's counters (shared with its ``options()`` views).
-
-        ``workers_started``, ``workers_replaced`` and ``busy_seconds`` stay empty:
-        Dask manages the workers, and its dashboard shows their activity.
-        """
-        return self._core.counters.snapshot()
-
-    def __repr__(self) -> str:
-        core = self._core
-        with core.lock:
-            state, jobs = core.state.value, len(core.jobs)
-        return f"<procpool.DaskPool {state} tasks={jobs} client={core.client!r}>"
-
-    # -- internals ------------------------------------------------------------------------
-
-    def _count(self, fut: Future[Any]) -> None:
-        counters = self._core.counters
-        if fut.cancelled():
-            counters.add(cancelled=1)
-        elif isinstance(fut.exception(), TaskTimeoutError):
-            counters.add(failed=1, timed_out=1)
-        elif fut.exception() is not None:
-            counters.add(failed=1)
-        else:
-            counters.add(completed=1)
+    def _describe(self) -> str:
+        return f"client={self._backend.client!r}"
 
     def _check_memory_limit(self) -> None:
         raise ValueError(
@@ -268,36 +127,23 @@ class DaskPool(Executor):
             "--memory-limit`), which their nanny enforces; see docs/scale-out.md"
         )
 
-    def _launch_chunk(
-        self, fn: Callable[..., object], items: list[tuple[Any, ...]], into: MapFuture[Any], at: int
-    ) -> str:
-        """Send one chunk as one Dask task; its outcomes go to ``into`` from item ``at``."""
+    # -- what RemotePool asks of an engine -----------------------------------------------
+
+    def _call(
+        self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], object]:
+        opts = self._options
+        # functools.partial keeps the arguments opaque to Dask: as task arguments,
+        # Dask would compute any Dask collection among them and would take keyword
+        # arguments such as key=, workers= or retries= for its own.
+        if opts.timeout is None:
+            return functools.partial(fn, *args, **kwargs)
+        return functools.partial(call_limited, fn, args, kwargs, opts.timeout, opts.grace)
+
+    def _chunk_call(
+        self, fn: Callable[..., object], items: list[Any], star: bool
+    ) -> Callable[[], object]:
         opts = self._options
         timeout_retries = opts.retries if opts.retry_timeouts else 0
-        call = functools.partial(run_chunk, fn, items, opts.timeout, timeout_retries, opts.grace)
-        # Timeouts of single items are retried on the worker; the chunk as a whole
-        # is submitted again only when its workers died.
-        chunk_opts = Options(None, opts.retries, False)
-        key, chunk = self._core.launch(task_name(fn), call, chunk_opts, user_facing=False)
-        chunk.add_done_callback(
-            functools.partial(deliver_chunk, into, at, len(items), self._core.counters)
-        )
-        return key
-
-    # -- what the shared surface asks of a pool ------------------------------------------
-
-    def _imap_launcher(self, fn: Callable[[Any], R]) -> Launch[R]:
-        core = self._core
-
-        def launch(items: list[Any], base_index: int) -> MapFuture[R]:
-            chunk: MapFuture[R] = MapFuture(len(items))
-            key = self._launch_chunk(fn, [(item,) for item in items], chunk, 0)
-            core.counters.add(submitted=len(items))
-            chunk.set_cancel_hook(lambda _was_running: core.cancel_keys([key]))
-            return chunk
-
-        return launch
-
-    def _end_in_background(self) -> None:
-        # Close a client we made once the work is done, without making the caller wait.
-        threading.Thread(target=self.join, name="procpool-dask-shutdown", daemon=True).start()
+        rows = items if star else [(item,) for item in items]
+        return functools.partial(run_chunk, fn, rows, opts.timeout, timeout_retries, opts.grace)

@@ -158,6 +158,37 @@ def check_dask_pool(pool: procpool.DaskPool) -> None:
     procpool.DaskPool(task_timeout="5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
+def check_ray_pool(pool: procpool.RayPool) -> None:
+    executor: concurrent.futures.Executor = pool  # a RayPool is an Executor
+    del executor
+    assert_type(procpool.RayPool(), procpool.RayPool)
+    assert_type(procpool.RayPool("auto", task_timeout=5.0, retries=2), procpool.RayPool)
+    assert_type(pool.submit(square, 2), procpool.Future[int])
+    assert_type(pool.submit(add, 1, y="a").then(len), procpool.Future[int])
+    assert_type(pool.map(add, [1], ["a"], chunksize=2, timeout=1.0), procpool.MapFuture[str])
+    assert_type(pool.map(three, [1], [2.0], ["c"]), procpool.MapFuture[tuple[int, float, str]])
+    assert_type(pool.imap(square, iter([1]), buffersize=8), Iterator[int])
+    assert_type(pool.imap_unordered(square, [1], chunksize=2), Iterator[int])
+    assert_type(pool.options(timeout=math.inf, grace=1.0, retries=2), procpool.RayPool)
+    assert_type(pool.options(timeout=1.0).submit(square, 3), procpool.Future[int])
+    assert_type(pool.stats(), procpool.PoolStats)
+    assert_type(pool.workers, int)
+    pool.submit(square, "x")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.submit(square, 1, 2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    pool.map(add, [1], [2])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    pool.imap(add, [1])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(task_timeout="5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(address=6379)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(workers=2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+
+
+async def check_ray_await(pool: procpool.RayPool) -> None:
+    assert_type(await pool.submit(square, 2), int)
+    assert_type(await pool.map(square, [2]), list[int])
+    loop = asyncio.get_running_loop()
+    assert_type(await loop.run_in_executor(pool, square, 3), int)
+
+
 def check_limits(pool: procpool.Pool, dask_pool: procpool.DaskPool) -> None:
     """Issue 17: memory recycling, grace periods, the cause of a loss."""
     assert_type(procpool.Pool(2, max_memory_per_worker="2 GiB", task_grace=2.0), procpool.Pool)

@@ -1,0 +1,140 @@
+"""``RayPool``: procpool's typed API on a Ray cluster.
+
+Moving a program from one machine to a cluster changes one line::
+
+    with procpool.Pool() as pool:                     # local processes
+    with procpool.RayPool("auto") as pool:            # the Ray cluster of this machine
+
+``submit``, ``map``, ``imap``, ``imap_unordered``, ``options``, ``then``, ``catch``,
+``await`` and the ``with`` block keep their types and meaning; docs/scale-out.md
+lists every difference.
+
+What it shares with ``DaskPool`` (``submit``, ``map``, the lifecycle, tasks in
+flight, retries) is in :mod:`._remote` and :mod:`._remote_core`; the Ray side
+(the connection, submitting, outcomes, cancelling) is in :mod:`._ray_core`; what
+runs on the Ray workers is in :mod:`._ray_task` and :mod:`._child.dask_chunk`.
+``ray`` is imported only when a ``RayPool`` is built, so ``import procpool``
+never needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ._options import Options, check_count, check_timeout, finite
+from ._ray_core import CONNECTION, ChunkCall, LimitedCall, PlainCall, RayBackend, import_ray
+from ._remote import RemotePool
+from ._remote_core import RemoteCore
+
+__all__ = ["RayPool"]
+
+
+class RayPool(RemotePool):
+    """A ``concurrent.futures.Executor`` that runs procpool's API on a Ray cluster.
+
+    Args:
+        address: None: Ray as this process already has it (``ray.init`` called by
+            the program, left as it is), else a new Ray instance on this machine
+            with the CPUs this process may use, no dashboard, listening on
+            loopback only, token authentication on, shut down with the last pool
+            that uses it. An address (``"auto"``, ``"host:6379"``,
+            ``"ray://host:10001"``): this process connects to that cluster, and
+            disconnects (``ray.shutdown()``) when the last pool using that
+            connection is done; the cluster itself runs on. To give ``ray.init``
+            other options (``runtime_env=``, ``namespace=``...), call it yourself
+            first and pass no address.
+        task_timeout: default time limit of each task (each item of a map), in
+            seconds, counted from the moment a worker starts it. A task over its
+            limit fails with :class:`~procpool.TaskTimeoutError` and its worker
+            process is killed (Ray starts another).
+        task_grace: default grace period, in seconds: at its time limit
+            ``TimeLimitInterrupt`` is raised inside the task's thread (its
+            ``finally`` blocks run); a task still running this long after is
+            killed with its worker process.
+        retries: run a task again, up to this many times, when its worker or
+            node died. (Ray's own retries, 3 by default, are turned off: a task
+            runs once unless you ask for more.)
+        retry_timeouts: also run again, up to ``retries`` times, a task that ran
+            out of time.
+
+    Every call returns procpool's own :class:`~procpool.Future` or
+    :class:`~procpool.MapFuture`. ``map`` sends ``chunksize`` items per Ray task
+    (by default about four chunks per CPU of the cluster). Results come from
+    Ray's object store: a numpy array (in a task's arguments or its result)
+    arrives without a copy, read-only, as with ``ray.get``. ``cancel()`` of a
+    running task kills its worker process (``ray.cancel(force=True)``). If the
+    pool is closed before an ``imap`` input runs out, the items already sent are
+    yielded, then :class:`~procpool.PoolClosedError` is raised. Leaving the
+    ``with`` block normally waits for every task; leaving it by an exception
+    cancels them::
+
+        with procpool.RayPool() as pool:
+            squares = pool.map(pow, range(10), [2] * 10).result()
+
+    Raises:
+        ImportError: Ray is not installed (``pip install "procpool[ray]"``).
+        ValueError: a negative ``task_timeout`` or ``retries``.
+        RuntimeError: an address, while this process is already connected to
+            another Ray cluster.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        task_timeout: float | None = None,
+        task_grace: float | None = None,
+        retries: int = 0,
+        retry_timeouts: bool = False,
+    ) -> None:
+        check_timeout("task_timeout", task_timeout)
+        check_timeout("task_grace", task_grace)
+        check_count("retries", retries, 0)
+        if address is not None and not isinstance(address, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"RayPool(address=...) takes a str or None, not {address!r}")
+        ray = import_ray()
+        owns = CONNECTION.acquire(ray, address)
+        try:
+            backend = RayBackend(ray, owns)
+        except BaseException:
+            if owns:
+                CONNECTION.release(ray)
+            raise
+        self._start(
+            RemoteCore(backend),
+            Options(finite(task_timeout), retries, retry_timeouts, grace=task_grace),
+        )
+
+    def _describe(self) -> str:
+        backend = self._core.backend
+        assert isinstance(backend, RayBackend)
+        return "(Ray started or connected by procpool)" if backend.owns_connection else ""
+
+    def _check_memory_limit(self) -> None:
+        raise ValueError(
+            "RayPool cannot replace one worker for its memory: Ray's memory monitor kills "
+            "the task using the most memory when a node runs short (a WorkerLostError with "
+            "cause='oom'), and RAY_memory_usage_threshold sets when; see docs/scale-out.md"
+        )
+
+    # -- what RemotePool asks of an engine -----------------------------------------------
+
+    def _call(
+        self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> PlainCall | LimitedCall:
+        opts = self._options
+        if opts.timeout is None:
+            return PlainCall(fn, args, kwargs)
+        # Retries of a whole submission (retry_timeouts) are the core's, as for Dask.
+        return LimitedCall(fn, [args], kwargs, opts.timeout, opts.grace, 0, 0, single=True)
+
+    def _chunk_call(
+        self, fn: Callable[..., object], items: list[Any], star: bool
+    ) -> ChunkCall | LimitedCall:
+        opts = self._options
+        if opts.timeout is None:
+            return ChunkCall(fn, items, star)
+        retries = opts.retries if opts.retry_timeouts else 0
+        rows = items if star else [(item,) for item in items]
+        return LimitedCall(fn, rows, {}, opts.timeout, opts.grace, retries, retries, single=False)
