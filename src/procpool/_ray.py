@@ -11,8 +11,10 @@ lists every difference.
 
 What it shares with ``DaskPool`` (``submit``, ``map``, the lifecycle, tasks in
 flight, retries) is in :mod:`._remote` and :mod:`._remote_core`; the Ray side
-(the connection, submitting, outcomes, cancelling) is in :mod:`._ray_core`; what
-runs on the Ray workers is in :mod:`._ray_task` and :mod:`._child.dask_chunk`.
+(submitting, outcomes, cancelling) is in :mod:`._ray_core`, with the connection
+in :mod:`._ray_connect`, the calls in :mod:`._ray_calls` and Ray's errors in
+:mod:`._ray_errors`; what runs on the Ray workers is in :mod:`._child.ray_chunk`
+and :mod:`._child.dask_chunk`.
 ``ray`` is imported only when a ``RayPool`` is built, so ``import procpool``
 never needs it.
 """
@@ -23,7 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ._options import Options, check_count, check_timeout, finite
-from ._ray_core import CONNECTION, ChunkCall, LimitedCall, PlainCall, RayBackend, import_ray
+from ._ray_calls import ChunkCall, LimitedCall, PlainCall
+from ._ray_connect import CONNECTION, import_ray
+from ._ray_core import RayBackend
 from ._remote import RemotePool
 from ._remote_core import RemoteCore
 

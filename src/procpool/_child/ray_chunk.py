@@ -1,7 +1,7 @@
 """What a Ray worker runs for ``RayPool``: plain calls, and time-limited calls and chunks.
 
 These functions travel to the Ray workers by reference
-(``procpool._ray_task.limited``), so procpool must be installed there too, in the
+(``procpool._child.ray_chunk.limited``), so procpool must be installed there too, in the
 same version as in the driver. Importing this module imports the process
 boundary only (``procpool._child``): a Ray worker never loads the pool, the
 dispatcher or the driver's side of ``RayPool``, and this module does not import
@@ -14,9 +14,7 @@ killed, but a Ray worker process can: so when the helper thread is still running
 (no grace period, or the grace period passed) :func:`limited` reports what it has
 and waits for the driver to end this worker with ``ray.cancel(force=True)``. The
 report must reach the driver before the process goes, hence a streaming
-generator: its first (and only) item is sent while the task still runs. This
-module should move into ``procpool._child`` (as ``ray_chunk.py``) with the rest
-of what children run.
+generator: its first (and only) item is sent while the task still runs.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from ._child.dask_chunk import Outcome, TimedOut, call_limited, failure
+from .dask_chunk import Outcome, TimedOut, call_limited, failure
 
 #: How long a worker whose call is stuck waits to be killed by the driver before it
 #: ends itself (a lost driver, a cancel that did not arrive): a backstop only.
