@@ -325,6 +325,64 @@ def test_imap_progress_has_a_total_when_the_input_tells_its_length(pool: Executo
     assert seen[-1] == (7, 7)
 
 
+# -- per-item outcomes: return_exceptions=True (issue 25.1) -----------------------------------
+
+
+def _shown(outcomes: list[object]) -> list[object]:
+    """Outcomes with each exception as (type name, message, worker traceback named it)."""
+    return [
+        (type(v).__name__, str(v), "dask_helpers.py" in str(v.__cause__))
+        if isinstance(v, BaseException)
+        else v
+        for v in outcomes
+    ]
+
+
+def _expected(xs: list[int]) -> list[object]:
+    return [
+        ("DaskHelperError", str(v[1]), True) if isinstance(v, tuple) else v
+        for v in _serial_outcomes(xs, 3)
+    ]
+
+
+def test_return_exceptions_puts_each_failure_in_its_place(pool: Executor) -> None:
+    xs = list(range(1, 12))
+    mapped = pool.map(h.fail_on_multiples, xs, chunksize=4, return_exceptions=True)
+    assert _shown(mapped.result(timeout=30)) == _expected(xs)
+    assert mapped.exception() is None
+    streamed = pool.map(h.fail_on_multiples, xs, chunksize=2, return_exceptions=True)
+    assert _shown(list(streamed)) == _expected(xs)
+    lazily = pool.imap(h.fail_on_multiples, iter(xs), chunksize=3, return_exceptions=True)
+    assert _shown(list(lazily)) == _expected(xs)
+    unordered = list(pool.imap_unordered(h.fail_on_multiples, xs, return_exceptions=True))
+    errors = [v for v in unordered if isinstance(v, BaseException)]
+    assert sorted(str(e) for e in errors) == sorted(
+        f"{x} is a multiple of 3" for x in xs if x % 3 == 0
+    )
+    # Each carries a note naming its item of the input.
+    assert all(
+        getattr(e, "__notes__", None)
+        == [f"procpool: raised by item {xs.index(int(str(e).split()[0]))} of the input"]
+        for e in errors
+    )
+
+
+def test_return_exceptions_still_cancels_and_terminates(pool: Executor) -> None:
+    queued = pool.map(h.sleep_then, [1.0] * 6, chunksize=1, return_exceptions=True)
+    assert queued.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued.result(timeout=10)
+    running = pool.map(h.sleep_then, [2.0] * 4, chunksize=1, return_exceptions=True)
+    streamed = pool.imap(h.sleep_then, [2.0] * 4, return_exceptions=True)
+    time.sleep(0.3)
+    pool.terminate()
+    assert pool.join(timeout=30)
+    with pytest.raises(concurrent.futures.CancelledError):
+        running.result(timeout=10)
+    with pytest.raises((concurrent.futures.CancelledError, procpool.ProcpoolError)):
+        next(streamed)
+
+
 # -- imap -------------------------------------------------------------------------------------
 
 
