@@ -22,6 +22,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 import dask_helpers as h
 import helpers
+import policy_helpers as ph
 import procpool
 from procpool import Executor
 from procpool._remote import RemotePool
@@ -564,6 +566,33 @@ def test_retries_submit_again_after_a_killed_worker(
     assert pool.stats().retried == 1
 
 
+def test_a_crash_in_a_map_fails_only_the_item_that_crashed(
+    make_pool: MakePool, request: pytest.FixtureRequest
+) -> None:
+    # Issue 22.1 on every pool: the neighbours of the crashed item, in its chunk,
+    # are delivered (a remote pool runs them again, in smaller chunks).
+    pool = _pool_that_may_lose_workers(make_pool, request)
+    got = pool.map(h.exit_on, range(8), [5] * 8, chunksize=8, return_exceptions=True)
+    outcomes = got.result(timeout=110)
+    assert [v for i, v in enumerate(outcomes) if i != 5] == [x * x for x in range(8) if x != 5]
+    assert isinstance(outcomes[5], procpool.WorkerLostError)
+    stats = pool.stats()
+    assert (stats.completed, stats.failed, stats.retried) == (7, 1, 0)
+
+
+@pytest.mark.slow
+def test_with_retries_the_item_that_crashed_runs_again_alone(
+    make_pool: MakePool, request: pytest.FixtureRequest
+) -> None:
+    pool = _pool_that_may_lose_workers(make_pool, request, retries=1)
+    got = pool.map(h.exit_on, range(4), [2] * 4, chunksize=4, return_exceptions=True)
+    outcomes = got.result(timeout=110)
+    assert [outcomes[i] for i in (0, 1, 3)] == [0, 1, 9]
+    assert isinstance(outcomes[2], procpool.WorkerLostError)
+    stats = pool.stats()
+    assert (stats.completed, stats.failed, stats.retried) == (3, 1, 1)
+
+
 def _pool_that_may_lose_workers(
     make_pool: MakePool, request: pytest.FixtureRequest, **kwargs: Any
 ) -> Executor:
@@ -580,6 +609,77 @@ def _pool_that_may_lose_workers(
     stack.callback(pool.join, 30)
     stack.callback(pool.terminate)
     return pool
+
+
+# -- retries by exception type, with backoff (issue 25.2) ------------------------------------
+
+
+def test_a_task_raising_a_retried_type_runs_again_until_it_succeeds(
+    pool: Executor, tmp_path: Path
+) -> None:
+    view = pool.options(retries=3, retry_on=ConnectionError, backoff=0.01)
+    assert view.submit(ph.fail_first, str(tmp_path / "a"), 2).result(timeout=30) == 3
+    assert pool.stats().retried == 2
+    assert pool.stats().failed == 0
+
+
+def test_retry_on_and_backoff_are_pool_defaults_and_other_types_are_not_retried(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = make_pool(retries=3, retry_on=(ConnectionError,), backoff=0.01)
+    assert pool.submit(ph.fail_first, str(tmp_path / "a"), 1).result(timeout=30) == 2
+    fut = pool.submit(ph.fail_first, str(tmp_path / "b"), 1, "ValueError")
+    with pytest.raises(ValueError, match="call 1 failed"):
+        fut.result(timeout=30)
+    assert pool.stats().retried == 1
+    with pytest.raises(ValueError, match="backoff"):
+        make_pool(backoff=-1)
+    with pytest.raises(TypeError, match="retry_on"):
+        make_pool(retry_on=42)
+
+
+def test_the_final_error_says_how_many_attempts_were_made(pool: Executor, tmp_path: Path) -> None:
+    view = pool.options(retries=2, retry_on=ConnectionError)
+    with pytest.raises(ConnectionError, match="call 3 failed") as info:
+        view.submit(ph.fail_first, str(tmp_path / "a"), 10).result(timeout=30)
+    assert getattr(info.value, "__notes__", None) == [
+        "procpool: 3 attempts were made; this is the error of the last"
+    ]
+    assert isinstance(info.value.__cause__, procpool.RemoteTraceback)
+    assert pool.stats().retried == 2
+
+
+def test_map_items_are_retried_one_by_one_in_their_places(pool: Executor, tmp_path: Path) -> None:
+    view = pool.options(retries=2, retry_on=ConnectionError, backoff=0.01)
+    got = view.map(ph.fail_first_item, range(12), [str(tmp_path)] * 12, [1] * 12, chunksize=4)
+    assert got.result(timeout=30) == [(x, 2 if x % 3 == 0 else 0) for x in range(12)]
+    assert pool.stats().retried == 4
+    assert pool.stats().completed == 12
+    # An item that keeps failing ends in its last error, with the note, in its place.
+    (tmp_path / "t").mkdir()
+    stubborn = pool.options(retries=1, retry_on=ConnectionError).map(
+        ph.fail_first_item, [1, 3], [str(tmp_path / "t")] * 2, [5] * 2, return_exceptions=True
+    )
+    outcomes = stubborn.result(timeout=30)
+    assert outcomes[0] == (1, 0)
+    assert isinstance(outcomes[1], ConnectionError)
+    assert getattr(outcomes[1], "__notes__", None) == [
+        "procpool: 2 attempts were made; this is the error of the last"
+    ]
+
+
+def test_a_retry_waits_in_the_client_holding_no_worker(pool: Executor, tmp_path: Path) -> None:
+    # Two workers: while both failed tasks wait out their backoff (1-3 s), other
+    # work runs on both workers; a waiting retry can be cancelled.
+    view = pool.options(retries=1, retry_on=ConnectionError, backoff=2.0)
+    flaky = [view.submit(ph.fail_first, str(tmp_path / name), 1) for name in "ab"]
+    assert _wait_until(lambda: (tmp_path / "a").exists() and (tmp_path / "b").exists())
+    others = pool.map(h.sleep_then, [0.2] * 4, range(4), chunksize=1)
+    assert others.result(timeout=30) == [0, 1, 2, 3]
+    assert not any(f.done() for f in flaky)
+    assert flaky[0].cancel()
+    assert flaky[1].result(timeout=30) == 2
+    assert (tmp_path / "a").read_text() == "1"  # the cancelled retry never ran
 
 
 # -- lifecycle --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,20 +163,18 @@ def retrying_pool(doomed_client: Any) -> Iterator[DaskPool]:
         pool.join(30)
 
 
-def _wait_for_one_retry(pool: DaskPool) -> None:
-    """Wait (60 s at most) until the pool has retried a task, then check it did once."""
-    deadline = time.monotonic() + 60
-    while pool.stats().retried < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert pool.stats().retried == 1
+def _wait_until_it_runs_again(marker: Path) -> None:
+    """Wait (60 s at most) until ``h.die_once_then_nap`` runs again, after its worker died."""
+    assert _wait_until(lambda: marker.exists() and marker.read_text() == "again", timeout=60)
 
 
 def test_cancelling_a_map_reaches_a_chunk_that_was_retried(
-    retrying_pool: DaskPool, tmp_path: Any
+    retrying_pool: DaskPool, tmp_path: Path
 ) -> None:
     pool = retrying_pool
-    mapped = pool.map(h.die_once_then_sleep, [str(tmp_path / "died")], [6.0], chunksize=1)
-    _wait_for_one_retry(pool)
+    marker = tmp_path / "died"
+    mapped = pool.map(h.die_once_then_nap, [str(marker)], [6.0], chunksize=1)
+    _wait_until_it_runs_again(marker)  # a lost item runs again alone first (no retry spent)
     assert mapped.cancel()
     pool.close()
     # Nothing of the map is left to wait for: the retried task was cancelled too.
@@ -183,11 +182,12 @@ def test_cancelling_a_map_reaches_a_chunk_that_was_retried(
 
 
 def test_cancelling_an_imap_reaches_a_chunk_that_was_retried(
-    retrying_pool: DaskPool, tmp_path: Any
+    retrying_pool: DaskPool, tmp_path: Path
 ) -> None:
     pool = retrying_pool
-    stream = pool.imap(functools.partial(h.die_once_then_sleep, str(tmp_path / "died")), [6.0])
-    _wait_for_one_retry(pool)
+    marker = tmp_path / "died"
+    stream = pool.imap(functools.partial(h.die_once_then_nap, str(marker)), [6.0])
+    _wait_until_it_runs_again(marker)
     stream.close()  # type: ignore[attr-defined]
     pool.close()
     assert pool.join(timeout=3)

@@ -103,6 +103,9 @@ class DaskBackend(Backend):
     """A ``distributed.Client`` as a :class:`RemoteCore`'s engine; the call is a thunk."""
 
     label = "DaskPool"
+    # The scheduler counts every task a dying worker held (running, or queued
+    # there: ``worker-saturation``) as a suspect, toward KilledWorker.
+    shares_workers = True
 
     def __init__(self, distributed: Any, client: Any, owns_client: bool) -> None:
         self.distributed = distributed

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._options import Options, check_count, check_timeout, finite
+from ._options import Options, RetryOn, check_count, check_timeout, finite, retry_types
 from ._ray_calls import ChunkCall, LimitedCall, PlainCall
 from ._ray_connect import CONNECTION, import_ray
 from ._ray_core import RayBackend
@@ -56,11 +56,18 @@ class RayPool(RemotePool):
             ``TimeLimitInterrupt`` is raised inside the task's thread (its
             ``finally`` blocks run); a task still running this long after is
             killed with its worker process.
-        retries: run a task again, up to this many times, when its worker or
-            node died. (Ray's own retries, 3 by default, are turned off: a task
-            runs once unless you ask for more.)
+        retries: run a task (or a map item) again, up to this many times, when
+            its worker or node died, or when it raises one of ``retry_on``.
+            (Ray's own retries, 3 by default, are turned off: a task runs once
+            unless you ask for more.)
         retry_timeouts: also run again, up to ``retries`` times, a task that ran
             out of time.
+        retry_on: exception types (one, or a tuple) after which a task (or a map
+            item, on its own) is submitted again, up to ``retries`` times; its
+            final error carries a note saying how many attempts were made.
+        backoff: seconds a retry waits, in this process (holding no Ray worker
+            or CPU), before it is submitted again; each next retry of the same
+            task waits twice as long (at most 60 s), jittered by 0.5-1.5x.
 
     Every call returns procpool's own :class:`~procpool.Future` or
     :class:`~procpool.MapFuture`. ``map`` sends ``chunksize`` items per Ray task
@@ -78,7 +85,8 @@ class RayPool(RemotePool):
 
     Raises:
         ImportError: Ray is not installed (``pip install "procpool[ray]"``).
-        ValueError: a negative ``task_timeout`` or ``retries``.
+        ValueError: a negative ``task_timeout``, ``retries`` or ``backoff``.
+        TypeError: ``retry_on`` that is not an exception type or a tuple of them.
         RuntimeError: an address, while this process is already connected to
             another Ray cluster.
     """
@@ -91,10 +99,14 @@ class RayPool(RemotePool):
         task_grace: float | None = None,
         retries: int = 0,
         retry_timeouts: bool = False,
+        retry_on: RetryOn = (),
+        backoff: float = 0.0,
     ) -> None:
         check_timeout("task_timeout", task_timeout)
         check_timeout("task_grace", task_grace)
+        check_timeout("backoff", backoff)
         check_count("retries", retries, 0)
+        retry_on_types = retry_types(retry_on) or ()
         if address is not None and not isinstance(address, str):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"RayPool(address=...) takes a str or None, not {address!r}")
         ray = import_ray()
@@ -107,7 +119,14 @@ class RayPool(RemotePool):
             raise
         self._start(
             RemoteCore(backend),
-            Options(finite(task_timeout), retries, retry_timeouts, grace=task_grace),
+            Options(
+                finite(task_timeout),
+                retries,
+                retry_timeouts,
+                grace=task_grace,
+                retry_on=retry_on_types,
+                backoff=backoff,
+            ),
         )
 
     def _describe(self) -> str:

@@ -29,7 +29,8 @@ from ._lifecycle import Lifecycle
 from ._mapfuture import MapFuture
 from ._options import Options
 from ._progress import Progress, make_reporter
-from ._remote_core import RemoteCore, deliver_chunk, drop
+from ._remote_chunks import Chunks
+from ._remote_core import CancelMode, RemoteCore, drop
 from ._stats import PoolStats
 
 P = ParamSpec("P")
@@ -49,7 +50,14 @@ class RemotePool(Executor):
         # tasks in flight (which hold the core) are gone, stop its threads and let go
         # of what it started.
         # (Bound methods of the backend and the threads only: none of them holds the core.)
-        weakref.finalize(core, drop, core.backend.release, core.helpers.close, core.callbacks.close)
+        weakref.finalize(
+            core,
+            drop,
+            core.backend.release,
+            core.helpers.close,
+            core.timers.close,
+            core.callbacks.close,
+        )
 
     # -- what each engine supplies --------------------------------------------------------
 
@@ -121,23 +129,23 @@ class RemotePool(Executor):
             # As multiprocessing.Pool.map: about four chunks per worker, so tiny items
             # do not each pay a scheduler round trip, and the load still balances.
             chunksize = max(1, math.ceil(len(items) / (4 * core.parallelism())))
-        keys: list[str] = []
+        chunks = self._chunks(fn, result, star, "stop")
         launched = 0
         try:
             for start in range(0, len(items), chunksize):
                 part = items[start : start + chunksize]
-                keys.append(self._launch_chunk(fn, part, result, start, star))
+                chunks.launch(part, start)
                 launched += len(part)
         except PoolClosedError:
             # Closed by another thread meanwhile: all or nothing. What went out counts
             # as submitted, then cancelled, so that the counters still add up.
             core.counters.add(submitted=launched)
-            core.cancel_keys(keys, mode="unstarted")
+            core.cancel_keys(chunks.keys, mode="unstarted")
             raise
         core.counters.add(submitted=len(items))
-        # The hook holds keys, not the chunk futures: those hold results, which an
-        # iterated MapFuture must not keep alive.
-        result.set_cancel_hook(lambda _was_running: core.cancel_keys(keys))
+        # The hook holds the chunks' keys, not their futures: those hold results,
+        # which an iterated MapFuture must not keep alive.
+        result.set_cancel_hook(chunks.cancel)
         return result
 
     def close(self) -> None:
@@ -154,6 +162,7 @@ class RemotePool(Executor):
         core.stop(Lifecycle.TERMINATED)
         core.cancel_all()
         core.helpers.close()
+        core.timers.close()
         core.callbacks.close()
         core.release()
 
@@ -177,29 +186,19 @@ class RemotePool(Executor):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _launch_chunk(
-        self,
-        fn: Callable[..., object],
-        items: list[Any],
-        into: MapFuture[Any],
-        at: int,
-        star: bool,
-    ) -> str:
-        """Send one chunk as one task; its outcomes go to ``into`` from item ``at``."""
-        opts = self._options
-        # Timeouts of single items are retried on the worker; the chunk as a whole
-        # is submitted again only when its worker died.
-        chunk_opts = Options(None, opts.retries, False)
-        core = self._core
-        key, chunk = core.launch(
-            task_name(fn), self._chunk_call(fn, items, star), chunk_opts, user_facing=False
+    def _chunks(
+        self, fn: Callable[..., object], into: MapFuture[Any], star: bool, mode: CancelMode
+    ) -> Chunks:
+        """The chunks of one map of ``fn`` under this view's options, delivering into ``into``."""
+        return Chunks(
+            self._core,
+            self._options,
+            task_name(fn),
+            functools.partial(self._chunk_call, fn),
+            into,
+            star,
+            mode,
         )
-        chunk.add_done_callback(
-            functools.partial(
-                deliver_chunk, into, at, len(items), core.counters, core.backend.from_worker
-            )
-        )
-        return key
 
     # -- what the shared surface asks of a pool ------------------------------------------
 
@@ -208,10 +207,11 @@ class RemotePool(Executor):
 
         def launch(items: list[Any], base_index: int) -> MapFuture[R]:
             chunk: MapFuture[R] = MapFuture(len(items))
-            key = self._launch_chunk(fn, items, chunk, 0, False)
+            # Cancelled: the read-ahead of an imap left early, whose results are not wanted.
+            chunks = self._chunks(fn, chunk, False, "drop")
+            chunks.launch(items, 0)
             core.counters.add(submitted=len(items))
-            # The read-ahead of an imap left early: its results are not wanted.
-            chunk.set_cancel_hook(lambda _was_running: core.cancel_keys([key], mode="drop"))
+            chunk.set_cancel_hook(chunks.cancel)
             return chunk
 
         return launch

@@ -35,27 +35,29 @@ from __future__ import annotations
 
 import abc
 import functools
+import heapq
+import itertools
 import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from ._callbacks import CallbackRunner
-from ._child.dask_chunk import Outcome, TimedOut
+from ._child.dask_chunk import Outcome
 from ._errors import (
     PoolClosedError,
-    RemoteTraceback,
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
+    add_note,
 )
 from ._future import Future
 from ._lifecycle import Lifecycle
-from ._mapfuture import MapFuture
-from ._options import Options
+from ._options import Options, backoff_delay
 from ._stats import Counters
 
 LOGGER = logging.getLogger("procpool")
@@ -116,6 +118,59 @@ class Threads:
                 self._queue.put(None)
 
 
+class Timers:
+    """One daemon thread that runs thunks after a delay, started on first use.
+
+    Retries that must wait (``backoff``) wait here, in the client, holding no
+    worker: the job stays in :attr:`RemoteCore.jobs` meanwhile, so it can be
+    cancelled and ``join()`` waits for it. The thunks only hand work to the
+    core's helper threads, so one thread serves every wait.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def call_later(self, delay: float, thunk: Callable[[], object]) -> None:
+        """Run ``thunk`` (on this thread) ``delay`` seconds from now; dropped after close."""
+        with self._cond:
+            if self._closed:
+                return
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), thunk))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                if self._closed:
+                    return
+                _, _, thunk = heapq.heappop(self._heap)
+            try:
+                thunk()
+            except Exception:  # the thunks handle their errors; this is a last resort
+                LOGGER.exception("error in %s", self._name)
+            del thunk
+
+    def close(self) -> None:
+        """Drop the thunks still waiting and let the thread end."""
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify()
+
+
 @dataclass
 class RemoteJob:
     """One task in flight on the engine, and what is needed to submit it again."""
@@ -142,6 +197,12 @@ class RemoteJob:
     #: A ``submit``'s job, whose end the core counts (a chunk's items are counted
     #: when they are delivered); set to False once counted.
     count: bool = False
+    #: Exception types after which the task runs again (``retries`` allowing).
+    retry_on: tuple[type[BaseException], ...] = ()
+    #: Seconds the first retry waits (see ``_options.backoff_delay``).
+    backoff: float = 0.0
+    #: Times it has been run again so far (for the backoff and the final note).
+    attempts: int = 0
 
 
 @dataclass
@@ -227,6 +288,20 @@ class Continue:
         self.retried = retried
 
 
+class Lost:
+    """What a chunk's future holds when its worker died after parts of it had run.
+
+    ``done``: the outcomes of the items before the ones lost (see :class:`Continue`);
+    ``error``: the :class:`~procpool.WorkerLostError` of the rest.
+    """
+
+    __slots__ = ("done", "error")
+
+    def __init__(self, done: ChunkResult, error: BaseException) -> None:
+        self.done = done
+        self.error = error
+
+
 #: How much a cancel needs the tasks stopped: ``"stop"``, running ones too
 #: (``cancel()`` of a future, ``terminate()``); ``"unstarted"``, the ones that have
 #: not started must not start (``shutdown(cancel_futures=True)``); ``"drop"``, the
@@ -246,6 +321,11 @@ class Backend(abc.ABC):
     #: :meth:`outcome` never blocks, so :meth:`RemoteCore.resolve` may run on the
     #: engine's own callback thread (saves a thread hop per task).
     resolve_inline: bool = False
+    #: A worker's death can fail tasks other than the one that killed it (a Dask
+    #: worker holds several: its threads', and the ones queued there), so a map
+    #: item lost on its own is run once more alone before it fails (see
+    #: ``_remote_chunks``).
+    shares_workers: bool = False
 
     @abc.abstractmethod
     def submit(self, job: RemoteJob) -> tuple[str, Any]:
@@ -311,6 +391,7 @@ class RemoteCore:
         tag = f"procpool-{backend.label.lower().removesuffix('pool')}"
         self.callbacks = CallbackRunner(f"{tag}-{id(self):x}")
         self.helpers = Threads(f"{tag}-fetch-{id(self):x}", 4)
+        self.timers = Timers(f"{tag}-timers-{id(self):x}")
         #: Items of a map count one each; the engine keeps the workers, so no busy time.
         self.counters = Counters()
 
@@ -347,6 +428,7 @@ class RemoteCore:
                     return False
                 self.idle.wait(remaining)
         self.helpers.close()
+        self.timers.close()
         self.callbacks.close()
         done = self.callbacks.join(
             None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -360,11 +442,15 @@ class RemoteCore:
     def launch(
         self, name: str, call: object, opts: Options, *, user_facing: bool
     ) -> tuple[str, Future[Any]]:
-        """Submit ``call``; return its key and a procpool future bridged to it."""
+        """Submit ``call``; return its key and a procpool future bridged to it.
+
+        Raises:
+            PoolClosedError: the pool is closed or terminated.
+        """
         fut: Future[Any] = Future()
         if user_facing:
             fut.set_callback_runner(self.callbacks)
-        job = RemoteJob(name, call, fut, opts.retries, opts.retry_timeouts, count=user_facing)
+        job = self._job(name, call, fut, opts, count=user_facing)
         with self.lock:
             if self.state is not Lifecycle.RUNNING:
                 raise self.closed_error()
@@ -377,6 +463,51 @@ class RemoteCore:
             fut.set_cancel_hook(lambda _was_running: self.cancel_keys([key]))
             self._watch(key, job)
         return key or "", fut
+
+    def launch_later(
+        self, name: str, call: object, opts: Options, *, delay: float = 0.0, attempts: int = 0
+    ) -> tuple[str, Future[Any]]:
+        """Submit ``call`` ``delay`` seconds from now, for work already under way.
+
+        The rest of a map's chunk, run again after a loss, or an item run again
+        after its exception: allowed after ``close()`` (the map was accepted
+        before), never after ``terminate()``. The job is in :attr:`jobs` at once,
+        so ``join()`` waits for it and its key cancels it while it waits; the
+        submission itself happens on a helper thread (never on an engine's own
+        callback thread). ``attempts``: times the work has been run again already.
+
+        Raises:
+            PoolClosedError: the pool is terminated.
+        """
+        fut: Future[Any] = Future()
+        job = self._job(name, call, fut, opts, count=False)
+        job.attempts = attempts
+        job.claimed = True  # no handle yet: nothing to cancel on the engine
+        key = job.id = f"{name}-{uuid.uuid4().hex}"
+        with self.lock:
+            if self.state is Lifecycle.TERMINATED:
+                raise self.closed_error()
+            self.jobs[key] = job
+        fut.set_cancel_hook(lambda _was_running: self.cancel_keys([key]))
+        submit = functools.partial(self._submit_again, key, job, None, False, False)
+        if delay > 0:
+            self.timers.call_later(delay, functools.partial(self.helpers, submit))
+        else:
+            self.helpers(submit)
+        return key, fut
+
+    @staticmethod
+    def _job(name: str, call: object, fut: Future[Any], opts: Options, *, count: bool) -> RemoteJob:
+        return RemoteJob(
+            name,
+            call,
+            fut,
+            opts.retries,
+            opts.retry_timeouts,
+            count=count,
+            retry_on=opts.retry_on,
+            backoff=opts.backoff,
+        )
 
     def _counted(self, job: RemoteJob) -> None:
         """Count the end of a ``submit``'s job, once (its future is done)."""
@@ -441,7 +572,7 @@ class RemoteCore:
         # the task. Such a job is dropped instead: the read ends, finds the job gone,
         # and throws the outcome away. ``claimed`` and the removal from ``jobs`` both
         # happen under the core's lock, so each job is either read or cancelled.
-        handles = [job.handle for job in jobs if not job.claimed]
+        handles = [job.handle for job in jobs if not job.claimed and job.handle is not None]
         if handles:
             # On a helper thread: a dropped imap may be finalized on the engine's own
             # thread, where a blocking cancel cannot run.
@@ -493,6 +624,9 @@ class RemoteCore:
             return
         if isinstance(outcome, Cancelled):
             job.future.abandon()  # cancelled from the engine's side (a restart, a lost client)
+        elif isinstance(outcome, BaseException) and job.done_items is not None:
+            # A chunk that had gone on elsewhere: keep what its items gave before.
+            job.future.try_set_result(Lost(job.done_items, outcome))
         elif isinstance(outcome, BaseException):
             job.future.try_set_exception(outcome)
         elif job.done_items is not None:
@@ -507,30 +641,56 @@ class RemoteCore:
                 self.idle.notify_all()
 
     def _retry(self, key: str, job: RemoteJob, exc: BaseException) -> bool:
-        """Submit ``job`` again if its failure calls for it; True if it was (or will be)."""
-        due = isinstance(exc, WorkerLostError) or (
-            job.retry_timeouts and isinstance(exc, TaskTimeoutError)
+        """Submit ``job`` again if its failure calls for it; True if it was (or will be).
+
+        Due after a lost worker, a time limit (``retry_timeouts``), or an
+        exception of the ``retry_on`` types, while ``retries`` last; each retry
+        waits its backoff first. A ``retry_on`` error that is not retried any more
+        gets a note saying how many attempts were made, as on ``Pool``.
+        """
+        of_type = bool(job.retry_on) and isinstance(exc, job.retry_on)
+        due = (
+            of_type
+            or isinstance(exc, WorkerLostError)
+            or (job.retry_timeouts and isinstance(exc, TaskTimeoutError))
         )
-        if not due or job.retries_left <= 0:
+        if not due:
             return False
-        self._again(key, job, exc, spend=True, count=True)
+        if job.retries_left <= 0:
+            if of_type and job.attempts:
+                add_note(exc, attempts_note(job.attempts + 1))
+            return False
+        job.attempts += 1
+        delay = backoff_delay(job.backoff, job.attempts)
+        self._again(key, job, exc, spend=True, count=True, delay=delay)
         return True
 
     def _again(
-        self, key: str, job: RemoteJob, exc: BaseException | None, *, spend: bool, count: bool
+        self,
+        key: str,
+        job: RemoteJob,
+        exc: BaseException | None,
+        *,
+        spend: bool,
+        count: bool,
+        delay: float = 0.0,
     ) -> None:
         """Submit ``job.call`` again under the same key (a retry, or the rest of a chunk).
 
         ``spend``: this uses one of the job's retries; ``count``: it counts in
         ``stats().retried``. If the job was cancelled meanwhile, nothing is
         submitted; if the pool was terminated, the job fails with ``exc`` (or is
-        cancelled, without one).
+        cancelled, without one). ``delay``: seconds to wait first (in :attr:`timers`,
+        holding no worker).
         """
-        if self.backend.resolve_inline:
+        submit = functools.partial(self._submit_again, key, job, exc, spend, count)
+        if delay > 0:
+            self.timers.call_later(delay, functools.partial(self.helpers, submit))
+        elif self.backend.resolve_inline:
             # Not on the engine's callback thread: its other callbacks would wait.
-            self.helpers(functools.partial(self._submit_again, key, job, exc, spend, count))
+            self.helpers(submit)
         else:
-            self._submit_again(key, job, exc, spend, count)
+            submit()
 
     def _submit_again(
         self, key: str, job: RemoteJob, exc: BaseException | None, spend: bool, count: bool
@@ -580,6 +740,11 @@ class RemoteCore:
             LOGGER.exception("error while releasing %s's engine", self.backend.label)
 
 
+def attempts_note(attempts: int) -> str:
+    """The note on the last error of a task (or item) run ``attempts`` times, as on ``Pool``."""
+    return f"procpool: {attempts} attempts were made; this is the error of the last"
+
+
 def drop(release: Callable[[], None], *closers: Callable[[], None]) -> None:
     """Stop a dropped pool's threads, then let its engine go (a ``weakref.finalize``)."""
     for close in closers:
@@ -588,48 +753,3 @@ def drop(release: Callable[[], None], *closers: Callable[[], None]) -> None:
         release()
     except Exception:  # interpreter shutdown, or the engine is closing already
         LOGGER.debug("could not release an engine", exc_info=True)
-
-
-def with_remote_traceback(exc: BaseException, text: str | None) -> BaseException:
-    """Hang the worker's traceback ``text`` on ``exc`` as ``__cause__``, as concurrent.futures does."""
-    if text is not None:
-        exc.__cause__ = RemoteTraceback(text)
-    return exc
-
-
-def count_chunk(counters: Counters, size: int, chunk: Future[Any]) -> None:
-    """Add a finished chunk's items to the pool's counters."""
-    if chunk.cancelled():
-        counters.add(cancelled=size)
-    elif chunk.exception() is not None:
-        counters.add(failed=size)  # the whole task failed, so every item did
-    else:
-        errors = ChunkResult.of(chunk.result()).errors
-        timed_out = sum(isinstance(exc, TimedOut) for exc, _ in errors.values())
-        counters.add(completed=size - len(errors), failed=len(errors), timed_out=timed_out)
-
-
-def deliver_chunk(
-    target: MapFuture[Any],
-    start: int,
-    size: int,
-    counters: Counters,
-    from_worker: Callable[[BaseException], BaseException],
-    chunk: Future[Any],
-) -> None:
-    """Copy a finished chunk's results into the MapFuture (on whatever thread resolved it)."""
-    count_chunk(counters, size, chunk)
-    if chunk.cancelled():
-        target.abandon()  # the map as a whole was cancelled, or the pool terminated
-        return
-    error = chunk.exception()
-    if error is not None:
-        # The whole task failed (workers lost, a result that cannot be pickled): every item did.
-        target.set_items(start, [None] * size, dict.fromkeys(range(size), error))
-        return
-    result = ChunkResult.of(chunk.result())
-    errors = {
-        index: with_remote_traceback(from_worker(exc), text)
-        for index, (exc, text) in result.errors.items()
-    }
-    target.set_items(start, result.values, errors)
