@@ -224,6 +224,22 @@ def check_policy(pool: procpool.Pool) -> None:
     procpool.Pool(idle_timeout="30")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
+def check_remote_policy(dask_pool: procpool.DaskPool, ray_pool: procpool.RayPool) -> None:
+    """Issue 25.2 on the cluster pools: retry_on= and backoff= as on Pool."""
+    assert_type(
+        procpool.DaskPool(retries=2, retry_on=ConnectionError, backoff=0.5), procpool.DaskPool
+    )
+    assert_type(
+        procpool.RayPool(retries=2, retry_on=(ConnectionError, OSError), backoff=1),
+        procpool.RayPool,
+    )
+    assert_type(dask_pool.options(retry_on=OSError, backoff=0.1), procpool.DaskPool)
+    assert_type(ray_pool.options(retry_on=OSError, backoff=0.1), procpool.RayPool)
+    procpool.DaskPool(retry_on="OSError")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(retry_on=[ConnectionError])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(backoff="1")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
 def check_return_exceptions(pool: procpool.Pool, dask_pool: procpool.DaskPool) -> None:
     """Issue 25: per-item outcomes, typed R | BaseException only with the flag."""
     assert_type(pool.map(square, [1]), procpool.MapFuture[int])
