@@ -36,6 +36,7 @@ distributed = pytest.importorskip(
 
 import dask_helpers as h  # noqa: E402
 import dask_support  # noqa: E402
+import policy_helpers as ph  # noqa: E402
 import procpool  # noqa: E402
 from procpool import DaskPool  # noqa: E402
 
@@ -242,6 +243,29 @@ def test_cancelling_a_future_cancels_the_dask_task(pool: DaskPool, dask_client: 
     assert running.cancelled()
     assert blockers[1].result(timeout=30) == 0
     assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
+
+
+# -- priority (issue 26.4) ---------------------------------------------------------------------
+
+
+def test_priority_goes_to_dasks_scheduler_higher_first(pool: DaskPool) -> None:
+    # Both worker threads busy; then twelve low-priority tasks, then a
+    # high-priority task and a high-priority map. Dask orders what waits in its
+    # scheduler by priority (higher first, FIFO within one). The first few low
+    # tasks are handed to the workers at once (before the group is large enough
+    # for the scheduler to queue it): those run first whatever comes later.
+    blockers = [pool.submit(h.sleep_then, 1.0) for _ in range(2)]
+    low = [pool.options(priority=-1).submit(ph.stamp, f"low{i}") for i in range(12)]
+    urgent = pool.options(priority=10)
+    high = urgent.submit(ph.stamp, "high")
+    mapped = urgent.map(ph.stamp, ["map0", "map1"], chunksize=1)
+    started = dict(f.result(timeout=30) for f in [*low, high])
+    started.update(mapped.result(timeout=30))
+    assert [b.result(timeout=30) for b in blockers] == [0, 0]
+    order = sorted(started, key=started.__getitem__)
+    # In submission order (no priority) all twelve low tasks would start first.
+    assert max(order.index(tag) for tag in ("high", "map0", "map1")) <= 8, order
+    assert order.index("high") < order.index("low11"), order
 
 
 # -- lifecycle --------------------------------------------------------------------------------

@@ -104,6 +104,12 @@ def test_ray_pool_refuses_a_memory_limit_per_worker(pool: RayPool) -> None:
 # -- what travels -----------------------------------------------------------------------------
 
 
+def test_ray_pool_refuses_a_priority_rather_than_ignore_it(pool: RayPool) -> None:
+    with pytest.raises(ValueError, match="Ray has no task priorities"):
+        pool.options(priority=5)
+    assert pool.options(priority=0).submit(h.square, 3).result(timeout=30) == 9
+
+
 def test_submit_sends_lambdas_and_closures_with_cloudpickle(pool: RayPool) -> None:
     offset = 40
     assert pool.submit(lambda x: x + offset, 2).result(timeout=30) == 42

@@ -117,7 +117,8 @@ class DaskBackend(Backend):
         # task on the dashboard after the user's function instead of a procpool helper.
         key = f"{job.name}-{uuid.uuid4().hex}"
         try:
-            return key, self.client.submit(job.call, key=key, pure=False)
+            # Dask's priority: higher runs first, FIFO within one (as procpool's).
+            return key, self.client.submit(job.call, key=key, pure=False, priority=job.priority)
         except TypeError as exc:
             # distributed pickles the task right here; a TypeError is what it raises
             # for a function or argument that neither pickle nor cloudpickle can take.

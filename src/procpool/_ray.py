@@ -141,6 +141,14 @@ class RayPool(RemotePool):
             "cause='oom'), and RAY_memory_usage_threshold sets when; see docs/scale-out.md"
         )
 
+    def _check_priority(self, priority: int) -> None:
+        raise ValueError(
+            f"RayPool cannot order its work by priority={priority}: Ray has no task "
+            "priorities, and every task goes to Ray's own queue at once. Submit the "
+            "urgent work first, or give it a pool (or a Ray cluster) of its own; see "
+            "docs/scale-out.md"
+        )
+
     # -- what RemotePool asks of an engine -----------------------------------------------
 
     def _call(

@@ -113,7 +113,8 @@ class Chunks:
         retries = self.opts.retries - attempts
         if len(items) > 1 or (self.core.backend.shares_workers and not alone):
             retries = 0
-        return Options(None, max(0, retries), False, backoff=self.opts.backoff)
+        opts = self.opts
+        return Options(None, max(0, retries), False, backoff=opts.backoff, priority=opts.priority)
 
     def _launch_later(
         self, items: list[Any], at: int, *, attempts: int, delay: float, alone: bool = False

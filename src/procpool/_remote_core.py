@@ -203,6 +203,8 @@ class RemoteJob:
     backoff: float = 0.0
     #: Times it has been run again so far (for the backoff and the final note).
     attempts: int = 0
+    #: Higher runs first, where the engine orders its queue (Dask).
+    priority: int = 0
 
 
 @dataclass
@@ -507,6 +509,7 @@ class RemoteCore:
             count=count,
             retry_on=opts.retry_on,
             backoff=opts.backoff,
+            priority=opts.priority,
         )
 
     def _counted(self, job: RemoteJob) -> None:
