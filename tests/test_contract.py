@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from hypothesis import strategies as st
 
 import dask_helpers as h
 import helpers
+import placement_helpers as plh
 import policy_helpers as ph
 import procpool
 from procpool import Executor
@@ -235,6 +237,13 @@ def test_task_exception_keeps_its_type_and_carries_the_remote_traceback(
     assert isinstance(cause, procpool.RemoteTraceback)
     assert "raise_value_error" in str(cause)
     assert "dask_helpers.py" in str(cause)
+
+
+def test_arguments_that_do_not_fit_the_function_are_its_type_error(pool: Executor) -> None:
+    fut = pool.submit(h.square, 1, 2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    with pytest.raises(TypeError, match="square"):
+        fut.result(timeout=30)
+    assert not isinstance(fut.exception(), procpool.SerializationError)
 
 
 def test_unpicklable_argument_or_result_is_a_serialization_error(pool: Executor) -> None:
@@ -680,6 +689,59 @@ def test_a_retry_waits_in_the_client_holding_no_worker(pool: Executor, tmp_path:
     assert flaky[0].cancel()
     assert flaky[1].result(timeout=30) == 2
     assert (tmp_path / "a").read_text() == "1"  # the cancelled retry never ran
+
+
+# -- who runs a task, per-worker state (issue 26.1, 26.2) ---------------------------------------
+
+
+def _kind(pool: Executor) -> str:
+    return type(pool).__name__
+
+
+def test_current_worker_says_who_runs_the_task(pool: Executor) -> None:
+    assert procpool.current_worker() is None
+    method = {"Pool": None, "DaskPool": "dask", "RayPool": "ray"}[_kind(pool)]
+    seen = [
+        pool.submit(plh.who).result(timeout=30),
+        pool.options(timeout=30).submit(plh.who).result(timeout=30),  # a helper thread on Dask
+        *pool.map(plh.who, range(6), chunksize=2).result(timeout=30),
+        *pool.options(timeout=30).map(plh.who, range(2), chunksize=2).result(timeout=30),
+        *pool.imap(plh.who, range(2)),
+    ]
+    for info in seen:
+        assert info is not None
+        slot, pid, name, tasks_run, start_method = info
+        assert pid != os.getpid()
+        assert tasks_run >= 0
+        if method is None:
+            assert start_method in ("fork", "spawn", "forkserver")
+            assert slot in (0, 1)
+            assert name.startswith("procpool.Pool-")
+        else:
+            assert start_method == method
+        if method == "dask":  # a LocalCluster names its workers 0, 1
+            assert slot in (0, 1)
+            assert name.startswith("tcp://127.0.0.1:")
+        if method == "ray":  # Ray's workers have no fixed places
+            assert slot == -1
+            assert name
+    # The count goes up in each process: calls finished before this one.
+    counts: dict[int, list[int]] = {}
+    for info in pool.map(plh.who, range(8), chunksize=1).result(timeout=30):
+        assert info is not None
+        counts.setdefault(info[1], []).append(info[3])
+    assert all(len(set(runs)) == len(runs) for runs in counts.values()), counts
+
+
+def test_worker_state_is_built_once_per_worker_process(pool: Executor) -> None:
+    model = procpool.WorkerState(plh.make_model)
+    got = pool.map(plh.model_seen, [model] * 16, range(16), chunksize=1).result(timeout=60)
+    assert [x for *_, x in got] == list(range(16))
+    built: dict[int, set[float]] = {}
+    for builder, when, runner, _ in got:
+        assert builder == runner != os.getpid()  # built where it is used, not in the parent
+        built.setdefault(runner, set()).add(when)
+    assert all(len(times) == 1 for times in built.values()), built  # once per process
 
 
 # -- lifecycle --------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ distributed = pytest.importorskip(
 
 import dask_helpers as h  # noqa: E402
 import dask_support  # noqa: E402
+import placement_helpers as plh  # noqa: E402
 import policy_helpers as ph  # noqa: E402
 import procpool  # noqa: E402
 from procpool import DaskPool  # noqa: E402
@@ -243,6 +244,19 @@ def test_cancelling_a_future_cancels_the_dask_task(pool: DaskPool, dask_client: 
     assert running.cancelled()
     assert blockers[1].result(timeout=30) == 0
     assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
+
+
+# -- who runs a task (issue 26.1) ---------------------------------------------------------------
+
+
+def test_current_worker_holds_for_procpools_tasks_only(pool: DaskPool, dask_client: Any) -> None:
+    # Set per task (a context variable), not per worker process: a Dask task of
+    # another program on the same worker, before and after, sees None.
+    assert dask_client.submit(plh.who, pure=False).result(timeout=30) is None
+    ours = pool.map(plh.who, range(4), chunksize=1).result(timeout=30)
+    assert all(info is not None and info[4] == "dask" for info in ours)
+    theirs = [dask_client.submit(plh.who, i, pure=False) for i in range(4)]
+    assert [f.result(timeout=30) for f in theirs] == [None] * 4
 
 
 # -- priority (issue 26.4) ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ._child.dask_chunk import call_limited, run_chunk
+from ._child.dask_chunk import call_limited, run_call, run_chunk
 from ._dask_core import DaskBackend, import_distributed, private_local_cluster
 from ._options import Options, RetryOn, check_count, check_timeout, finite, retry_types
 from ._remote import RemotePool
@@ -156,8 +156,9 @@ class DaskPool(RemotePool):
         # Dask would compute any Dask collection among them and would take keyword
         # arguments such as key=, workers= or retries= for its own.
         if opts.timeout is None:
-            return functools.partial(fn, *args, **kwargs)
-        return functools.partial(call_limited, fn, args, kwargs, opts.timeout, opts.grace)
+            return functools.partial(run_call, fn, args, kwargs)
+        limited = (fn, args, kwargs, opts.timeout, opts.grace)
+        return functools.partial(run_call, call_limited, limited, {})
 
     def _chunk_call(
         self, fn: Callable[..., object], items: list[Any], star: bool

@@ -23,6 +23,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from ._child import ray_chunk
+
 
 @dataclass(frozen=True)
 class PlainCall:
@@ -98,7 +100,7 @@ class _RemoteFunctions:
                 return remote
         # procpool's own retries (retries=) replace Ray's, so that a task whose
         # worker died runs again only when asked to: Ray's default re-runs it 3 times.
-        remote = ray.remote(max_retries=0)(fn)
+        remote = ray.remote(max_retries=0)(ray_chunk.as_task(fn))
         with self._lock:
             self._cache[fn] = remote
             if len(self._cache) > self.SIZE:

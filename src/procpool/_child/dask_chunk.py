@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
+from . import identity
 from .errors import TimeLimitInterrupt
 
 T = TypeVar("T")
@@ -119,6 +120,15 @@ def call_limited(
     raise value
 
 
+def run_call(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """Return ``fn(*args, **kwargs)``, run as a procpool task (for ``current_worker()``)."""
+    token = identity.enter("dask")
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        identity.leave(token)
+
+
 def failure(fn: Callable[..., object], exc: BaseException) -> Outcome:
     """Package an item's exception so that it survives the trip back to the client."""
     tb = exc.__traceback__
@@ -152,6 +162,20 @@ def run_chunk(
     as in a serial ``map``. An item that runs out of time is run again up to
     ``timeout_retries`` times.
     """
+    token = identity.enter("dask")
+    try:
+        return _run_items(fn, items, timeout, timeout_retries, grace)
+    finally:
+        identity.leave(token)
+
+
+def _run_items(
+    fn: Callable[..., object],
+    items: Sequence[tuple[Any, ...]],
+    timeout: float | None,
+    timeout_retries: int,
+    grace: float | None,
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for args in items:
         attempts = timeout_retries

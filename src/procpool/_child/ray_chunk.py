@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
+from . import identity
 from .dask_chunk import Outcome, TimedOut, call_limited, failure
 
 #: How long a worker whose call is stuck waits to be killed by the driver before it
@@ -37,7 +38,31 @@ def call(fn: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any
     Ray resolves an ObjectRef given as a task's own argument; nested in ``args``
     it reaches ``fn`` as it is, as with the other pools.
     """
-    return fn(*args, **kwargs)
+    token = identity.enter("ray")
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        identity.leave(token)
+
+
+def as_task(fn: Callable[..., object]) -> Callable[..., object]:
+    """``fn`` as the function of a Ray remote function: run as a procpool task.
+
+    The wrapper is exported to Ray once per function (``fn`` travels inside it
+    by reference, as a top-level function does), and each call sends only its
+    arguments. It sets who runs the call (``current_worker()``) around it.
+    """
+
+    def task(*args: Any, **kwargs: Any) -> object:
+        token = identity.enter("ray")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            identity.leave(token)
+
+    # Ray names the task after its function (its dashboard, its errors).
+    task.__name__ = getattr(fn, "__name__", task.__name__)
+    return task
 
 
 def run_items(
@@ -53,13 +78,17 @@ def run_items(
     """
     values: list[Any] = []
     errors: dict[int, tuple[BaseException, str | None]] = {}
-    for index, item in enumerate(items):
-        try:
-            values.append(fn(*item) if star else fn(item))
-        except Exception as exc:
-            values.append(None)
-            _, error, text = failure(fn, exc)
-            errors[index] = (error, text)
+    token = identity.enter("ray")
+    try:
+        for index, item in enumerate(items):
+            try:
+                values.append(fn(*item) if star else fn(item))
+            except Exception as exc:
+                values.append(None)
+                _, error, text = failure(fn, exc)
+                errors[index] = (error, text)
+    finally:
+        identity.leave(token)
     return values, errors
 
 
@@ -89,6 +118,25 @@ def limited(
     this worker waits to be killed, because that thread would run on beside the
     next task.
     """
+    token = identity.enter("ray")
+    try:
+        report = _run_limited(fn, items, kwargs, timeout, grace, timeout_retries, first_attempts)
+    finally:
+        identity.leave(token)
+    yield report
+    if report[1] is not None:
+        _linger()
+
+
+def _run_limited(
+    fn: Callable[..., object],
+    items: Sequence[tuple[Any, ...]],
+    kwargs: dict[str, Any],
+    timeout: float,
+    grace: float | None,
+    timeout_retries: int,
+    first_attempts: int,
+) -> Report:
     outcomes: list[Outcome] = []
     for index, args in enumerate(items):
         attempts = first_attempts if index == 0 else timeout_retries
@@ -97,9 +145,7 @@ def limited(
                 value = call_limited(fn, args, kwargs, timeout, grace)
             except TimedOut as exc:
                 if exc.stopped is not True:
-                    yield (outcomes, (index, attempts, exc))
-                    _linger()
-                    return
+                    return (outcomes, (index, attempts, exc))
                 if attempts > 0:
                     attempts -= 1
                     continue
@@ -109,7 +155,7 @@ def limited(
             else:
                 outcomes.append((True, value, None))
             break
-    yield (outcomes, None)
+    return (outcomes, None)
 
 
 def _linger() -> None:
