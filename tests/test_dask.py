@@ -262,7 +262,10 @@ def test_current_worker_holds_for_procpools_tasks_only(pool: DaskPool, dask_clie
 # -- priority (issue 26.4) ---------------------------------------------------------------------
 
 
-def test_priority_goes_to_dasks_scheduler_higher_first(pool: DaskPool) -> None:
+def test_priority_goes_to_dasks_scheduler_higher_first(doomed_client: Any) -> None:
+    # A cluster of its own: a thread left running by an earlier test (Dask cannot
+    # stop a cancelled task) would hold a worker whose queue the others cannot take.
+    pool = DaskPool(doomed_client)
     # Both worker threads busy; then twelve low-priority tasks, then a
     # high-priority task and a high-priority map. Dask orders what waits in its
     # scheduler by priority (higher first, FIFO within one). The first few low
@@ -280,6 +283,8 @@ def test_priority_goes_to_dasks_scheduler_higher_first(pool: DaskPool) -> None:
     # In submission order (no priority) all twelve low tasks would start first.
     assert max(order.index(tag) for tag in ("high", "map0", "map1")) <= 8, order
     assert order.index("high") < order.index("low11"), order
+    pool.close()
+    assert pool.join(30)
 
 
 # -- lifecycle --------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 
 from ._child.dask_chunk import NotSendable, TimedOut
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError, WorkerLostError
-from ._remote_core import Backend, Cancelled, CancelMode, RemoteJob, Result, Value
+from ._remote_backend import Backend, Cancelled, CancelMode, RemoteJob, Result, Value
 
 LOGGER = logging.getLogger("procpool")
 

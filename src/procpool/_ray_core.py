@@ -60,7 +60,7 @@ from ._ray_calls import (
 )
 from ._ray_connect import CONNECTION
 from ._ray_errors import RayErrors
-from ._remote_core import (
+from ._remote_backend import (
     Backend,
     Cancelled,
     CancelMode,
@@ -68,9 +68,9 @@ from ._remote_core import (
     Continue,
     RemoteJob,
     Result,
-    Threads,
     Value,
 )
+from ._remote_threads import Threads
 
 LOGGER = logging.getLogger("procpool")
 

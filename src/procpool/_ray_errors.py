@@ -19,7 +19,7 @@ from typing import Any
 from ._child.dask_chunk import NotSendable, TimedOut
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError, WorkerLostError
 from ._ray_calls import ChunkCall, LimitedCall, PlainCall
-from ._remote_core import Resubmit, Result
+from ._remote_backend import Resubmit, Result
 
 
 class RayErrors:

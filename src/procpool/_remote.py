@@ -29,8 +29,9 @@ from ._lifecycle import Lifecycle
 from ._mapfuture import MapFuture
 from ._options import Options
 from ._progress import Progress, make_reporter
+from ._remote_backend import CancelMode
 from ._remote_chunks import Chunks
-from ._remote_core import CancelMode, RemoteCore, drop
+from ._remote_core import RemoteCore, drop
 from ._stats import PoolStats
 
 P = ParamSpec("P")

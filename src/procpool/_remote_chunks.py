@@ -37,7 +37,8 @@ from ._errors import PoolClosedError, RemoteTraceback, WorkerLostError, add_note
 from ._future import Future
 from ._mapfuture import MapFuture
 from ._options import Options, backoff_delay
-from ._remote_core import CancelMode, ChunkResult, Lost, RemoteCore, attempts_note
+from ._remote_backend import CancelMode, ChunkResult, Lost
+from ._remote_core import RemoteCore, attempts_note
 
 #: A lost chunk of more items than this runs again as this many smaller chunks; a
 #: smaller one runs again one item per chunk. Each round of cutting costs the

@@ -3,8 +3,9 @@
 ``DaskPool`` and ``RayPool`` hand their work to an engine that runs it on a
 cluster (``dask.distributed``, Ray). Everything that does not depend on which
 engine lives here, in :class:`RemoteCore`; what does (how to submit a call, learn
-that it ended, read its outcome, stop it) is the engine's :class:`Backend`
-(``._dask_core.DaskBackend``, ``._ray_core.RayBackend``). The data flow of one task::
+that it ended, read its outcome, stop it) is the engine's ``Backend``
+(:mod:`._remote_backend`; ``._dask_core.DaskBackend``, ``._ray_core.RayBackend``).
+The data flow of one task::
 
     RemotePool.submit ── RemoteCore.launch ── Backend.submit(job) ──> the engine runs it
          │                the job is kept in ``RemoteCore.jobs`` until it is done
@@ -14,18 +15,19 @@ that it ended, read its outcome, stop it) is the engine's :class:`Backend`
     engine's thread); ``RemoteCore.resolve`` runs there or on one of the core's
     helper threads (``Backend.resolve_inline``), asks ``Backend.outcome`` for the
     result or the exception (already translated into procpool's errors), submits
-    again if a retry (or the rest of a chunk) is due, else resolves the procpool
-    Future and forgets the job
+    again if a retry (or the rest of a chunk) is due (after its backoff, held in
+    ``RemoteCore.timers``), else resolves the procpool Future and forgets the job
          │
          ▼
     the pool's callback runner runs the user's callbacks (then/catch/add_done_callback),
     so a callback that blocks never stalls the engine's own threads.
 
 ``map`` and ``imap`` send chunks of items; the engine runs them with
-``_child.dask_chunk.run_chunk`` (or the Ray variant), which catches each item's
-exception separately and returns one outcome per item; :func:`deliver_chunk`
-copies them into the map's :class:`MapFuture`, so items fail exactly as they
-would in a serial ``map``.
+``_child.dask_chunk.run_chunk`` (or ``_child.ray_chunk``), which catches each
+item's exception separately and returns one outcome per item;
+``_remote_chunks.Chunks`` copies them into the map's ``MapFuture``, so items fail
+exactly as they would in a serial ``map``, runs an item again after a
+``retry_on`` error, and cuts a chunk whose worker died into smaller ones.
 
 This module owns the tasks in flight; it calls the futures' executor methods and
 nothing of the local pool, and imports no engine.
@@ -33,21 +35,15 @@ nothing of the local pool, and imports no engine.
 
 from __future__ import annotations
 
-import abc
 import functools
-import heapq
-import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any
 
 from ._callbacks import CallbackRunner
-from ._child.dask_chunk import Outcome
 from ._errors import (
     PoolClosedError,
     SerializationError,
@@ -58,322 +54,21 @@ from ._errors import (
 from ._future import Future
 from ._lifecycle import Lifecycle
 from ._options import Options, backoff_delay
+from ._remote_backend import (
+    MAX_RESUBMITS,
+    Backend,
+    Cancelled,
+    CancelMode,
+    ChunkResult,
+    Continue,
+    Lost,
+    RemoteJob,
+    Resubmit,
+)
+from ._remote_threads import Threads, Timers
 from ._stats import Counters
 
 LOGGER = logging.getLogger("procpool")
-
-
-class Threads:
-    """A few daemon threads that run thunks from one queue, started on first use.
-
-    They run what must not happen on an engine's own threads: fetching a result
-    (a network round trip for Dask, which can stall when a result is released
-    while it is being fetched), cancelling, submitting again. One that stalls must
-    not hold up the others, nor the engine's callback thread, which runs the
-    done-callbacks of every task in the process. (The user's callbacks run on a
-    :class:`CallbackRunner` of their own, for the same reason.)
-    """
-
-    def __init__(self, name: str, size: int) -> None:
-        self._name = name
-        self._size = size
-        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._closed = False
-
-    def __call__(self, thunk: Callable[[], object]) -> None:
-        with self._lock:
-            if not self._closed:
-                if not self._threads:
-                    for number in range(self._size):
-                        # Daemon: a thunk that never returns must not block interpreter exit.
-                        thread = threading.Thread(
-                            target=self._loop, name=f"{self._name}-{number}", daemon=True
-                        )
-                        thread.start()
-                        self._threads.append(thread)
-                self._queue.put(thunk)
-                return
-        # After the pool is gone (a late cancel, say) run inline rather than drop it.
-        thunk()
-
-    def _loop(self) -> None:
-        for thunk in iter(self._queue.get, None):
-            try:
-                thunk()
-            except Exception:  # the thunks handle their errors; this is a last resort
-                LOGGER.exception("error in %s", self._name)
-            # Drop it before waiting for the next one: it may hold an engine's
-            # handle, and an engine keeps a task (and its result) while one lives.
-            del thunk
-
-    def close(self) -> None:
-        """Let the threads end once the queue is empty; later thunks run inline."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for _ in self._threads:
-                self._queue.put(None)
-
-
-class Timers:
-    """One daemon thread that runs thunks after a delay, started on first use.
-
-    Retries that must wait (``backoff``) wait here, in the client, holding no
-    worker: the job stays in :attr:`RemoteCore.jobs` meanwhile, so it can be
-    cancelled and ``join()`` waits for it. The thunks only hand work to the
-    core's helper threads, so one thread serves every wait.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Callable[[], object]]] = []
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def call_later(self, delay: float, thunk: Callable[[], object]) -> None:
-        """Run ``thunk`` (on this thread) ``delay`` seconds from now; dropped after close."""
-        with self._cond:
-            if self._closed:
-                return
-            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), thunk))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed:
-                    now = time.monotonic()
-                    if self._heap and self._heap[0][0] <= now:
-                        break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
-                if self._closed:
-                    return
-                _, _, thunk = heapq.heappop(self._heap)
-            try:
-                thunk()
-            except Exception:  # the thunks handle their errors; this is a last resort
-                LOGGER.exception("error in %s", self._name)
-            del thunk
-
-    def close(self) -> None:
-        """Drop the thunks still waiting and let the thread end."""
-        with self._cond:
-            self._closed = True
-            self._heap.clear()
-            self._cond.notify()
-
-
-@dataclass
-class RemoteJob:
-    """One task in flight on the engine, and what is needed to submit it again."""
-
-    name: str
-    #: What the backend submits; opaque here (a callable for Dask, a call spec for Ray).
-    #: A backend may replace it to go on with the rest of a chunk (see :class:`Continue`).
-    call: Any
-    future: Future[Any]
-    retries_left: int
-    retry_timeouts: bool
-    #: The job's key in ``RemoteCore.jobs``: the engine's key of its first
-    #: submission. A retry gets a new handle but keeps this key, so that whoever
-    #: holds it (a cancel hook, an imap) cancels the retried task too.
-    id: str = ""
-    #: The engine's handle of the current submission (a Dask future, a Ray ObjectRef).
-    handle: Any = None
-    #: Set (under the core's lock) when a thread starts reading the outcome.
-    claimed: bool = False
-    #: What the items of a chunk already run by earlier submissions gave.
-    done_items: ChunkResult | None = None
-    #: Times submitted again after losses to the pool's own cancels (see Resubmit).
-    resubmits: int = 0
-    #: A ``submit``'s job, whose end the core counts (a chunk's items are counted
-    #: when they are delivered); set to False once counted.
-    count: bool = False
-    #: Exception types after which the task runs again (``retries`` allowing).
-    retry_on: tuple[type[BaseException], ...] = ()
-    #: Seconds the first retry waits (see ``_options.backoff_delay``).
-    backoff: float = 0.0
-    #: Times it has been run again so far (for the backoff and the final note).
-    attempts: int = 0
-    #: Higher runs first, where the engine orders its queue (Dask).
-    priority: int = 0
-
-
-@dataclass
-class ChunkResult:
-    """What the items of one chunk gave: their values in order and their failures.
-
-    ``values`` has one entry per item (None where it failed); ``errors`` maps an
-    item's index to its exception as the worker sent it (a ``_child.dask_chunk``
-    stand-in or the item's own exception) and the worker's traceback text.
-    """
-
-    values: list[Any]
-    errors: dict[int, tuple[BaseException, str | None]]
-
-    @classmethod
-    def of(cls, result: object) -> ChunkResult:
-        """A chunk's result as a backend returns it: a ChunkResult, a ``(values,
-        errors)`` pair, or a list of ``_child.dask_chunk`` outcomes."""
-        if isinstance(result, ChunkResult):
-            return result
-        if isinstance(result, tuple):
-            values, errors = cast(
-                "tuple[list[Any], dict[int, tuple[BaseException, str | None]]]", result
-            )
-            return cls(values, errors)
-        outcomes = cast("list[Outcome]", result)
-        return cls(
-            [value if ok else None for ok, value, _ in outcomes],
-            {i: (value, text) for i, (ok, value, text) in enumerate(outcomes) if not ok},
-        )
-
-    def then(self, more: ChunkResult) -> ChunkResult:
-        """This chunk's items followed by ``more``'s."""
-        offset = len(self.values)
-        errors = dict(self.errors)
-        errors.update((offset + i, error) for i, error in more.errors.items())
-        return ChunkResult(self.values + more.values, errors)
-
-
-class Value:
-    """A task's result (for a chunk: its :class:`ChunkResult`, or what ``ChunkResult.of`` takes)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-
-class Cancelled:
-    """The engine cancelled the task (a restart, a lost client)."""
-
-    __slots__ = ()
-
-
-class Resubmit:
-    """The task was lost to the pool's own stopping of another task: run it again.
-
-    Ray's ``ray.cancel`` can hit the next task of the worker that ran the one
-    cancelled. Such a task is submitted again (it may have run in part: as for a
-    local pool's neighbours of a killed item) up to :data:`MAX_RESUBMITS` times
-    without spending its ``retries``; then it fails with ``error``.
-    """
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-#: How many times a task lost to the pool's own cancels is submitted again.
-MAX_RESUBMITS = 3
-
-
-class Continue:
-    """A chunk stopped part-way; submit ``call`` (the rest) and keep ``done`` (its outcomes)."""
-
-    __slots__ = ("call", "done", "retried")
-
-    def __init__(self, call: object, done: ChunkResult, *, retried: bool) -> None:
-        self.call = call
-        self.done = done
-        #: The item it stopped at runs again (a time limit, with retry_timeouts).
-        self.retried = retried
-
-
-class Lost:
-    """What a chunk's future holds when its worker died after parts of it had run.
-
-    ``done``: the outcomes of the items before the ones lost (see :class:`Continue`);
-    ``error``: the :class:`~procpool.WorkerLostError` of the rest.
-    """
-
-    __slots__ = ("done", "error")
-
-    def __init__(self, done: ChunkResult, error: BaseException) -> None:
-        self.done = done
-        self.error = error
-
-
-#: How much a cancel needs the tasks stopped: ``"stop"``, running ones too
-#: (``cancel()`` of a future, ``terminate()``); ``"unstarted"``, the ones that have
-#: not started must not start (``shutdown(cancel_futures=True)``); ``"drop"``, the
-#: results are not wanted and the rest is up to the engine (the read-ahead of an
-#: ``imap`` left early).
-CancelMode = Literal["stop", "unstarted", "drop"]
-
-#: What :meth:`Backend.outcome` returns.
-Result = Value | Cancelled | Continue | Resubmit | BaseException
-
-
-class Backend(abc.ABC):
-    """What one engine does for :class:`RemoteCore`: submit, watch, read, cancel, release."""
-
-    #: The pool's class name, for messages ("DaskPool").
-    label: str = ""
-    #: :meth:`outcome` never blocks, so :meth:`RemoteCore.resolve` may run on the
-    #: engine's own callback thread (saves a thread hop per task).
-    resolve_inline: bool = False
-    #: A worker's death can fail tasks other than the one that killed it (a Dask
-    #: worker holds several: its threads', and the ones queued there), so a map
-    #: item lost on its own is run once more alone before it fails (see
-    #: ``_remote_chunks``).
-    shares_workers: bool = False
-
-    @abc.abstractmethod
-    def submit(self, job: RemoteJob) -> tuple[str, Any]:
-        """Send ``job.call`` to the engine; return a unique key and the engine's handle.
-
-        Runs under the core's lock. Raises :class:`~procpool.SerializationError` if
-        the call cannot be sent (a function or argument that does not pickle).
-        """
-
-    @abc.abstractmethod
-    def watch(self, handle: Any, done: Callable[[], None]) -> None:
-        """Call ``done()`` (on any thread) once the task of ``handle`` has ended."""
-
-    @abc.abstractmethod
-    def outcome(self, job: RemoteJob, handle: Any) -> Result:
-        """The outcome of the ended task of ``handle``, translated into procpool's errors.
-
-        An exception is returned, not raised: the task's own (with the remote
-        traceback as ``__cause__``), :class:`~procpool.WorkerLostError`,
-        :class:`~procpool.TaskTimeoutError`, :class:`~procpool.SerializationError`.
-        """
-
-    @abc.abstractmethod
-    def cancel(self, handles: list[Any], *, mode: CancelMode) -> None:
-        """Stop these tasks on the engine (on a helper thread; errors are logged).
-
-        ``mode`` (see :data:`CancelMode`) says how much the caller needs them
-        stopped; an engine does what it can, and may do more.
-        """
-
-    @abc.abstractmethod
-    def parallelism(self) -> int:
-        """How many tasks the cluster runs at once, right now (at least 1)."""
-
-    @abc.abstractmethod
-    def release(self) -> None:
-        """Let go of what the pool made (a client, a cluster, a Ray instance).
-
-        Called once the pool's work has ended, and again when a dropped pool is
-        collected: a second call does nothing. It must not hold the core (a
-        ``weakref.finalize`` calls it after the core is gone).
-        """
-
-    def from_worker(self, exc: BaseException) -> BaseException:
-        """Turn a map item's failure from the worker (``_child.dask_chunk``) into procpool's error."""
-        return exc
 
 
 class RemoteCore:
