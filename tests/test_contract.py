@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import os
 import threading
 import time
@@ -742,6 +743,65 @@ def test_worker_state_is_built_once_per_worker_process(pool: Executor) -> None:
         assert builder == runner != os.getpid()  # built where it is used, not in the parent
         built.setdefault(runner, set()).add(when)
     assert all(len(times) == 1 for times in built.values()), built  # once per process
+
+
+# -- on_event (issue 25.5) ----------------------------------------------------------------------
+
+
+def test_on_event_tells_tasks_queued_and_finished_with_their_times(make_pool: MakePool) -> None:
+    events: list[procpool.PoolEvent] = []
+    threads: set[str] = set()
+
+    def hook(event: procpool.PoolEvent) -> None:
+        threads.add(threading.current_thread().name)
+        events.append(event)
+
+    with make_pool(on_event=hook) as pool:
+        assert pool.submit(h.sleep_then, 0.2, 7).result(timeout=30) == 7
+        with pytest.raises(ValueError, match="no"):
+            pool.submit(h.raise_value_error, "no").result(timeout=30)
+        with pytest.raises(procpool.TaskTimeoutError):
+            pool.options(timeout=0.3).submit(h.sleep_then, 2.0).result(timeout=30)
+        failing = pool.map(h.fail_on_multiples, range(1, 7), chunksize=6)
+        assert failing.exception(timeout=30) is not None
+        assert list(pool.imap(h.square, range(3), chunksize=3)) == [0, 1, 4]
+    name = pool._name  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+    assert all(e.pool == name for e in events)
+    assert all(t.endswith("-callbacks") for t in threads), threads  # never the engine's
+    queued = [(e.task, e.items) for e in events if isinstance(e, procpool.TaskQueued)]
+    assert queued == [
+        ("dask_helpers.sleep_then", 1),
+        ("dask_helpers.raise_value_error", 1),
+        ("dask_helpers.sleep_then", 1),
+        ("map(dask_helpers.fail_on_multiples, ...)", 6),
+        ("map(dask_helpers.square, ...)", 3),
+    ]
+    finished = [e for e in events if isinstance(e, procpool.TaskFinished)]
+    by_task = {(e.task, e.outcome): e for e in finished}
+    slept = by_task["dask_helpers.sleep_then", "completed"]
+    assert 0.15 < slept.run_seconds < 10
+    assert 0 <= slept.queued_seconds < 10
+    assert slept.worker_pid not in (None, os.getpid())
+    assert ("dask_helpers.raise_value_error", "failed") in by_task
+    assert ("dask_helpers.sleep_then", "timed_out") in by_task
+    chunk = by_task["map(dask_helpers.fail_on_multiples, ...)", "failed"]
+    assert (chunk.items, chunk.failed) == (6, 2)
+    assert chunk.run_seconds > 0
+    assert by_task["map(dask_helpers.square, ...)", "completed"].items == 3
+
+
+def test_a_raising_hook_is_logged_and_the_pool_goes_on(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hook(event: procpool.PoolEvent) -> None:
+        raise RuntimeError("hook exploded")
+
+    with caplog.at_level(logging.ERROR, logger="procpool"), make_pool(on_event=hook) as pool:
+        assert pool.map(h.square, range(6)).result(timeout=30) == [x * x for x in range(6)]
+        assert pool.submit(h.square, 3).result(timeout=30) == 9
+    assert "hook exploded" in caplog.text
+    with pytest.raises(TypeError, match="on_event"):
+        make_pool(on_event="print")
 
 
 # -- lifecycle --------------------------------------------------------------------------------

@@ -246,6 +246,34 @@ def test_cancelling_a_future_cancels_the_dask_task(pool: DaskPool, dask_client: 
     assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
 
 
+# -- on_event: workers joining and leaving (issue 25.5) ------------------------------------------
+
+
+def test_on_event_tells_workers_leaving_and_joining(doomed_client: Any) -> None:
+    events: list[procpool.PoolEvent] = []
+    pool = DaskPool(doomed_client, on_event=events.append)
+    with pytest.raises(procpool.WorkerLostError):
+        pool.submit(h.exit_worker, 3).result(timeout=60)
+
+    def seen() -> tuple[list[procpool.WorkerExited], list[procpool.WorkerStarted]]:
+        return (
+            [e for e in events if isinstance(e, procpool.WorkerExited)],
+            [e for e in events if isinstance(e, procpool.WorkerStarted)],
+        )
+
+    # The nanny starts another worker in place of the dead one.
+    assert _wait_until(lambda: all(seen()), timeout=60), events
+    (exited,), (started,) = seen()
+    assert (exited.cause, exited.exitcode, exited.pid) == ("unknown", None, None)
+    assert exited.slot in (0, 1)  # a LocalCluster names its workers 0, 1
+    assert started.slot == exited.slot
+    assert started.at >= exited.at
+    pool.close()
+    assert pool.join(30)
+    # The pool no longer listens to the client's events once it is done.
+    assert "all" not in doomed_client._event_handlers
+
+
 # -- who runs a task (issue 26.1) ---------------------------------------------------------------
 
 

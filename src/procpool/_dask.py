@@ -23,10 +23,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ._child.dask_chunk import call_limited, run_call, run_chunk
+from ._child.dask_chunk import call_limited, run_call, run_chunk, stamped
 from ._dask_core import DaskBackend, import_distributed, private_local_cluster
+from ._events import EventHook
 from ._options import Options, RetryOn, check_count, check_timeout, finite, retry_types
-from ._remote import RemotePool
+from ._remote import RemotePool, check_hook
 from ._remote_core import RemoteCore
 
 __all__ = ["DaskPool"]
@@ -64,6 +65,14 @@ class DaskPool(RemotePool):
         backoff: seconds a retry waits, in this process (holding no Dask
             worker), before it is submitted again; each next retry of the same
             task waits twice as long (at most 60 s), jittered by 0.5-1.5x.
+        on_event: called with each :data:`~procpool.PoolEvent` on the pool's
+            callback thread (never Dask's), in order; an exception it raises is
+            logged. ``TaskQueued`` and ``TaskFinished`` (with the run time and
+            pid the worker measured), ``WorkerStarted``/``WorkerExited`` for
+            workers joining and leaving the cluster; no ``TaskStarted`` (Dask
+            does not tell the client). A :class:`procpool.otel.Tracing` traces
+            each task into the Dask worker's tracer provider. See
+            docs/scale-out.md.
 
     Every call returns procpool's own :class:`~procpool.Future` or
     :class:`~procpool.MapFuture`, and every task is submitted with ``pure=False``:
@@ -93,12 +102,14 @@ class DaskPool(RemotePool):
         retry_timeouts: bool = False,
         retry_on: RetryOn = (),
         backoff: float = 0.0,
+        on_event: EventHook | None = None,
     ) -> None:
         check_timeout("task_timeout", task_timeout)
         check_timeout("task_grace", task_grace)
         check_timeout("backoff", backoff)
         check_count("retries", retries, 0)
         retry_on_types = retry_types(retry_on) or ()
+        check_hook(on_event)
         distributed = import_distributed()
         owns = True
         client: Any
@@ -129,6 +140,7 @@ class DaskPool(RemotePool):
                 retry_on=retry_on_types,
                 backoff=backoff,
             ),
+            on_event,
         )
 
     @property
@@ -155,10 +167,12 @@ class DaskPool(RemotePool):
         # functools.partial keeps the arguments opaque to Dask: as task arguments,
         # Dask would compute any Dask collection among them and would take keyword
         # arguments such as key=, workers= or retries= for its own.
-        if opts.timeout is None:
-            return functools.partial(run_call, fn, args, kwargs)
-        limited = (fn, args, kwargs, opts.timeout, opts.grace)
-        return functools.partial(run_call, call_limited, limited, {})
+        inner: Callable[..., object] = fn
+        if opts.timeout is not None:
+            inner, args, kwargs = call_limited, (fn, args, kwargs, opts.timeout, opts.grace), {}
+        if self._stamp:  # on_event: the worker says when the call ran, and how long
+            inner, args = stamped, (inner, *args)
+        return functools.partial(run_call, inner, args, kwargs)
 
     def _chunk_call(
         self, fn: Callable[..., object], items: list[Any], star: bool
@@ -166,4 +180,7 @@ class DaskPool(RemotePool):
         opts = self._options
         timeout_retries = opts.retries if opts.retry_timeouts else 0
         rows = items if star else [(item,) for item in items]
-        return functools.partial(run_chunk, fn, rows, opts.timeout, timeout_retries, opts.grace)
+        chunk = (fn, rows, opts.timeout, timeout_retries, opts.grace)
+        if self._stamp:
+            return functools.partial(stamped, run_chunk, *chunk)
+        return functools.partial(run_chunk, *chunk)

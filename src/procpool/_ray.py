@@ -21,14 +21,17 @@ never needs it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
+from ._child.dask_chunk import stamped
+from ._events import EventHook
 from ._options import Options, RetryOn, check_count, check_timeout, finite, retry_types
 from ._ray_calls import ChunkCall, LimitedCall, PlainCall
 from ._ray_connect import CONNECTION, import_ray
 from ._ray_core import RayBackend
-from ._remote import RemotePool
+from ._remote import RemotePool, check_hook
 from ._remote_core import RemoteCore
 
 __all__ = ["RayPool"]
@@ -68,6 +71,11 @@ class RayPool(RemotePool):
         backoff: seconds a retry waits, in this process (holding no Ray worker
             or CPU), before it is submitted again; each next retry of the same
             task waits twice as long (at most 60 s), jittered by 0.5-1.5x.
+        on_event: called with each :data:`~procpool.PoolEvent` on the pool's
+            callback thread (never Ray's), in order; an exception it raises is
+            logged. ``TaskQueued`` and ``TaskFinished`` (with the run time and
+            pid the worker measured); no ``TaskStarted`` nor worker events (Ray
+            does not tell the driver). See docs/scale-out.md.
 
     Every call returns procpool's own :class:`~procpool.Future` or
     :class:`~procpool.MapFuture`. ``map`` sends ``chunksize`` items per Ray task
@@ -101,12 +109,14 @@ class RayPool(RemotePool):
         retry_timeouts: bool = False,
         retry_on: RetryOn = (),
         backoff: float = 0.0,
+        on_event: EventHook | None = None,
     ) -> None:
         check_timeout("task_timeout", task_timeout)
         check_timeout("task_grace", task_grace)
         check_timeout("backoff", backoff)
         check_count("retries", retries, 0)
         retry_on_types = retry_types(retry_on) or ()
+        check_hook(on_event)
         if address is not None and not isinstance(address, str):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"RayPool(address=...) takes a str or None, not {address!r}")
         ray = import_ray()
@@ -127,6 +137,7 @@ class RayPool(RemotePool):
                 retry_on=retry_on_types,
                 backoff=backoff,
             ),
+            on_event,
         )
 
     def _describe(self) -> str:
@@ -156,16 +167,29 @@ class RayPool(RemotePool):
     ) -> PlainCall | LimitedCall:
         opts = self._options
         if opts.timeout is None:
-            return PlainCall(fn, args, kwargs)
+            # Stamped (on_event): a partial, which Ray sends with each call.
+            return PlainCall(functools.partial(stamped, fn) if self._stamp else fn, args, kwargs)
         # Retries of a whole submission (retry_timeouts) are the core's, as for Dask.
-        return LimitedCall(fn, [args], kwargs, opts.timeout, opts.grace, 0, 0, single=True)
+        return LimitedCall(
+            fn, [args], kwargs, opts.timeout, opts.grace, 0, 0, single=True, stamp=self._stamp
+        )
 
     def _chunk_call(
         self, fn: Callable[..., object], items: list[Any], star: bool
     ) -> ChunkCall | LimitedCall:
         opts = self._options
         if opts.timeout is None:
-            return ChunkCall(fn, items, star)
+            return ChunkCall(fn, items, star, stamp=self._stamp)
         retries = opts.retries if opts.retry_timeouts else 0
         rows = items if star else [(item,) for item in items]
-        return LimitedCall(fn, rows, {}, opts.timeout, opts.grace, retries, retries, single=False)
+        return LimitedCall(
+            fn,
+            rows,
+            {},
+            opts.timeout,
+            opts.grace,
+            retries,
+            retries,
+            single=False,
+            stamp=self._stamp,
+        )

@@ -42,6 +42,8 @@ class ChunkCall:
     fn: Callable[..., object]
     items: list[Any]
     star: bool
+    #: Return the chunk's result ``Stamped`` with its run time (``on_event``).
+    stamp: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class LimitedCall:
     timeout_retries: int
     first_attempts: int
     single: bool
+    #: Yield the report ``Stamped`` with the task's run time (``on_event``).
+    stamp: bool = False
 
 
 @dataclass
@@ -195,6 +199,7 @@ def rest_of(call: LimitedCall, items: list[tuple[Any, ...]], first_attempts: int
         call.timeout_retries,
         first_attempts,
         single=False,
+        stamp=call.stamp,
     )
 
 

@@ -69,6 +69,8 @@ from ._remote_backend import (
     RemoteJob,
     Result,
     Value,
+    take_error_stamp,
+    take_stamp,
 )
 from ._remote_threads import Threads
 
@@ -119,7 +121,7 @@ class RayBackend(Backend):
             if isinstance(call, PlainCall):
                 ref = self._submit_plain(call)
             elif isinstance(call, ChunkCall):
-                ref = self._chunk.remote(call.fn, call.items, call.star)
+                ref = self._chunk.remote(call.fn, call.items, call.star, call.stamp)
             else:
                 gen = self._limited.remote(
                     call.fn,
@@ -129,6 +131,7 @@ class RayBackend(Backend):
                     call.grace,
                     call.timeout_retries,
                     call.first_attempts,
+                    call.stamp,
                 )
                 task = RayTask(gen, self.limits.run(first_item(gen)))
                 return gen.completed().hex(), task
@@ -233,8 +236,11 @@ class RayBackend(Backend):
         error = future.exception()
         if error is not None:
             after_a_cancel = time.monotonic() - self._cancelled_at < KILL_WINDOW
-            return self.errors.translate(job.name, error, after_a_cancel=after_a_cancel)
-        value = future.result()
+            result = self.errors.translate(job.name, error, after_a_cancel=after_a_cancel)
+            if isinstance(result, BaseException):
+                take_error_stamp(job, result)
+            return result
+        value = take_stamp(job, future.result())
         call = job.call
         if not isinstance(call, LimitedCall):
             return Value(value)
@@ -246,7 +252,7 @@ class RayBackend(Backend):
         ok, result, text = outcomes[0]
         if ok:
             return Value(result)
-        exc = self.errors.from_worker(result)
+        exc = take_error_stamp(job, self.errors.from_worker(result))
         if text is not None:
             exc.__cause__ = RemoteTraceback(text)
         return exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import itertools
 import math
 import threading
 import weakref
@@ -20,8 +21,10 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
+from ._child.codec import describe_callable
 from ._child.dask_chunk import task_name
 from ._errors import PoolClosedError
+from ._events import EventHook, TraceTask
 from ._executor import Executor
 from ._future import Future
 from ._imap import Launch
@@ -37,16 +40,38 @@ from ._stats import PoolStats
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: Numbers the pools of a process, for their names in events (``procpool.DaskPool-1``).
+_pool_numbers = itertools.count(1)
+
+
+def check_hook(on_event: object) -> None:
+    """Check ``on_event=``: None or a callable (before a pool connects to anything)."""
+    if on_event is not None and not callable(on_event):
+        raise TypeError(f"on_event must be callable, not {on_event!r}")
+
 
 class RemotePool(Executor):
     """Base of the pools on a cluster engine: their shared ``submit``, ``map`` and lifecycle."""
 
     _core: RemoteCore
+    #: ``on_event.trace_task`` (procpool.otel.Tracing): wraps each submission.
+    _trace_task: TraceTask | None = None
+    #: The workers stamp each call with its run time (``on_event`` is set).
+    _stamp: bool = False
 
-    def _start(self, core: RemoteCore, options: Options) -> None:
-        """Take ``core`` as this pool's engine; stop its threads and let it go when dropped."""
+    def _start(self, core: RemoteCore, options: Options, on_event: EventHook | None) -> None:
+        """Take ``core`` as this pool's engine; stop its threads and let it go when dropped.
+
+        ``on_event``: the hook of :meth:`RemoteCore.watch` (checked here).
+        """
+        check_hook(on_event)
         self._core = self._engine = core
         self._options = options
+        self._name = f"procpool.{core.backend.label}-{next(_pool_numbers)}"
+        if on_event is not None:
+            self._trace_task = getattr(on_event, "trace_task", None)
+            self._stamp = True
+            core.watch(self._name, on_event)
         # A pool dropped without close(): once the pool, its options() views and its
         # tasks in flight (which hold the core) are gone, stop its threads and let go
         # of what it started.
@@ -99,9 +124,19 @@ class RemotePool(Executor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {fn!r}")
-        call = self._call(fn, args, kwargs)
+        core, opts = self._core, self._options
+        fut: Future[R] = Future()
+        sent: Callable[..., object] = fn
+        title = ""
+        if core.events is not None:
+            title = describe_callable(fn)
+            if self._trace_task is not None:
+                sent = self._trace_task(fn, fut, title)
+            core.check_open()  # not for a closed pool's work
+            core.queued(title, 1, opts.priority)
+        call = self._call(sent, args, kwargs)
         # The core counts it (submitted, then completed, failed or cancelled).
-        _, fut = self._core.launch(task_name(fn), call, self._options, user_facing=True)
+        core.launch(task_name(fn), call, opts, user_facing=True, title=title, future=fut)
         return fut
 
     def _map(
@@ -131,6 +166,8 @@ class RemotePool(Executor):
             # do not each pay a scheduler round trip, and the load still balances.
             chunksize = max(1, math.ceil(len(items) / (4 * core.parallelism())))
         chunks = self._chunks(fn, result, star, "stop")
+        if core.events is not None:
+            core.queued(chunks.title, len(items), self._options.priority)
         launched = 0
         try:
             for start in range(0, len(items), chunksize):
@@ -190,15 +227,25 @@ class RemotePool(Executor):
     def _chunks(
         self, fn: Callable[..., object], into: MapFuture[Any], star: bool, mode: CancelMode
     ) -> Chunks:
-        """The chunks of one map of ``fn`` under this view's options, delivering into ``into``."""
+        """The chunks of one map of ``fn`` under this view's options, delivering into ``into``.
+
+        With an ``on_event`` hook they carry the map's title, and with a tracing
+        hook each chunk sends ``fn`` wrapped to run in the map's span.
+        """
+        sent, title = fn, ""
+        if self._core.events is not None:
+            title = f"map({describe_callable(fn)}, ...)"
+            if self._trace_task is not None:
+                sent = self._trace_task(fn, into, title)
         return Chunks(
             self._core,
             self._options,
             task_name(fn),
-            functools.partial(self._chunk_call, fn),
+            functools.partial(self._chunk_call, sent),
             into,
             star,
             mode,
+            title,
         )
 
     # -- what the shared surface asks of a pool ------------------------------------------
@@ -210,6 +257,9 @@ class RemotePool(Executor):
             chunk: MapFuture[R] = MapFuture(len(items))
             # Cancelled: the read-ahead of an imap left early, whose results are not wanted.
             chunks = self._chunks(fn, chunk, False, "drop")
+            if core.events is not None:
+                core.check_open()
+                core.queued(chunks.title, len(items), self._options.priority)
             chunks.launch(items, 0)
             core.counters.add(submitted=len(items))
             chunk.set_cancel_hook(chunks.cancel)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
-from ._child.dask_chunk import Outcome
+from ._child.dask_chunk import STAMP, Outcome, Stamped
+from ._events import Events
 from ._future import Future
 
 
@@ -54,6 +55,15 @@ class RemoteJob:
     attempts: int = 0
     #: Higher runs first, where the engine orders its queue (Dask).
     priority: int = 0
+    #: For events (``on_event``): what ``TaskFinished.task`` says, how many items
+    #: the task carries, ``time.time()`` of the current submission, and what the
+    #: worker told of its run: ``(started, seconds, pid)`` (see :func:`take_stamp`).
+    title: str = ""
+    #: A map's chunk (its value is the items' outcomes), not a ``submit``.
+    chunk: bool = False
+    items: int = 1
+    submitted_at: float = 0.0
+    stamp: tuple[float, float, int] | None = None
 
 
 @dataclass
@@ -164,6 +174,29 @@ CancelMode = Literal["stop", "unstarted", "drop"]
 Result = Value | Cancelled | Continue | Resubmit | BaseException
 
 
+def take_stamp(job: RemoteJob, value: Any) -> Any:
+    """``value`` without the times a stamped call added (``on_event``); they go on ``job``.
+
+    A :class:`~._child.dask_chunk.Stamped` value is unwrapped; anything else is
+    returned as it is.
+    """
+    if isinstance(value, Stamped):
+        job.stamp = (value.started, value.ran, value.pid)
+        return value.value
+    return value
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def take_error_stamp(job: RemoteJob, exc: E) -> E:
+    """``exc`` without the attribute on which a stamped call's times travelled."""
+    stamp = vars(exc).pop(STAMP, None)
+    if isinstance(stamp, tuple):
+        job.stamp = cast("tuple[float, float, int]", stamp)
+    return exc
+
+
 class Backend(abc.ABC):
     """What one engine does for :class:`RemoteCore`: submit, watch, read, cancel, release."""
 
@@ -207,6 +240,13 @@ class Backend(abc.ABC):
         stopped; an engine does what it can, and may do more.
         """
 
+    def watch_workers(self, events: Events) -> None:
+        """Tell ``events`` when workers join and leave, if the engine says (Dask does).
+
+        Stop when :meth:`release` is called. By default nothing is sent.
+        """
+        return
+
     @abc.abstractmethod
     def parallelism(self) -> int:
         """How many tasks the cluster runs at once, right now (at least 1)."""
@@ -237,4 +277,6 @@ __all__ = [
     "Resubmit",
     "Result",
     "Value",
+    "take_error_stamp",
+    "take_stamp",
 ]

@@ -60,6 +60,7 @@ class Chunks:
         into: the map's future; item ``i`` of the map is item ``i`` there.
         star: each item is a tuple of arguments.
         mode: how a cancel of the map stops its chunks.
+        title: what its chunks' ``TaskFinished`` events say (``on_event``).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Chunks:
         into: MapFuture[Any],
         star: bool,
         mode: CancelMode,
+        title: str = "",
     ) -> None:
         self.core = core
         self.opts = opts
@@ -79,6 +81,7 @@ class Chunks:
         self.into = into
         self.star = star
         self.mode: CancelMode = mode
+        self.title = title
         #: The keys of every chunk launched, retries and splits included: a cancel
         #: of the map reaches them all. (Keys, not futures: those hold results.)
         self.keys: list[str] = []
@@ -96,7 +99,9 @@ class Chunks:
         """
         opts = self._chunk_options(items, 0, alone=False)
         call = self.make_call(items, self.star)
-        key, chunk = self.core.launch(self.name, call, opts, user_facing=False)
+        key, chunk = self.core.launch(
+            self.name, call, opts, user_facing=False, title=self.title, items=len(items)
+        )
         self._follow(key, chunk, items, at, 0, alone=False)
 
     def cancel(self, _was_running: bool = True) -> None:
@@ -131,6 +136,8 @@ class Chunks:
             self._chunk_options(items, attempts, alone=alone),
             delay=delay,
             attempts=attempts,
+            title=self.title,
+            items=len(items),
         )
         self._follow(key, chunk, items, at, attempts, alone=alone)
 

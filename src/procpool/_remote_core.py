@@ -51,6 +51,8 @@ from ._errors import (
     WorkerLostError,
     add_note,
 )
+from ._events import EventHook, Events, TaskFinished, TaskQueued, now
+from ._events import Outcome as EventOutcome
 from ._future import Future
 from ._lifecycle import Lifecycle
 from ._options import Options, backoff_delay
@@ -64,6 +66,8 @@ from ._remote_backend import (
     Lost,
     RemoteJob,
     Resubmit,
+    Result,
+    Value,
 )
 from ._remote_threads import Threads, Timers
 from ._stats import Counters
@@ -91,6 +95,8 @@ class RemoteCore:
         self.timers = Timers(f"{tag}-timers-{id(self):x}")
         #: Items of a map count one each; the engine keeps the workers, so no busy time.
         self.counters = Counters()
+        #: The ``on_event`` hook's deliverer (see :meth:`watch`); None: no events are made.
+        self.events: Events | None = None
 
     def closed_error(self) -> PoolClosedError:
         return PoolClosedError(
@@ -137,17 +143,30 @@ class RemoteCore:
     # -- submitting -----------------------------------------------------------------------
 
     def launch(
-        self, name: str, call: object, opts: Options, *, user_facing: bool
+        self,
+        name: str,
+        call: object,
+        opts: Options,
+        *,
+        user_facing: bool,
+        title: str = "",
+        items: int = 1,
+        future: Future[Any] | None = None,
     ) -> tuple[str, Future[Any]]:
         """Submit ``call``; return its key and a procpool future bridged to it.
+
+        ``user_facing``: a ``submit`` (its future is the caller's), not a map's
+        chunk. ``title`` and ``items``: what its ``TaskFinished`` events say.
+        ``future``: the one to resolve (made here if None).
 
         Raises:
             PoolClosedError: the pool is closed or terminated.
         """
-        fut: Future[Any] = Future()
+        fut: Future[Any] = Future() if future is None else future
         if user_facing:
             fut.set_callback_runner(self.callbacks)
-        job = self._job(name, call, fut, opts, count=user_facing)
+        job = self._job(name, call, fut, opts, count=user_facing, title=title, items=items)
+        job.chunk = not user_facing
         with self.lock:
             if self.state is not Lifecycle.RUNNING:
                 raise self.closed_error()
@@ -162,7 +181,15 @@ class RemoteCore:
         return key or "", fut
 
     def launch_later(
-        self, name: str, call: object, opts: Options, *, delay: float = 0.0, attempts: int = 0
+        self,
+        name: str,
+        call: object,
+        opts: Options,
+        *,
+        delay: float = 0.0,
+        attempts: int = 0,
+        title: str = "",
+        items: int = 1,
     ) -> tuple[str, Future[Any]]:
         """Submit ``call`` ``delay`` seconds from now, for work already under way.
 
@@ -177,7 +204,8 @@ class RemoteCore:
             PoolClosedError: the pool is terminated.
         """
         fut: Future[Any] = Future()
-        job = self._job(name, call, fut, opts, count=False)
+        job = self._job(name, call, fut, opts, count=False, title=title, items=items)
+        job.chunk = True
         job.attempts = attempts
         job.claimed = True  # no handle yet: nothing to cancel on the engine
         key = job.id = f"{name}-{uuid.uuid4().hex}"
@@ -194,7 +222,16 @@ class RemoteCore:
         return key, fut
 
     @staticmethod
-    def _job(name: str, call: object, fut: Future[Any], opts: Options, *, count: bool) -> RemoteJob:
+    def _job(
+        name: str,
+        call: object,
+        fut: Future[Any],
+        opts: Options,
+        *,
+        count: bool,
+        title: str,
+        items: int,
+    ) -> RemoteJob:
         return RemoteJob(
             name,
             call,
@@ -202,6 +239,8 @@ class RemoteCore:
             opts.retries,
             opts.retry_timeouts,
             count=count,
+            title=title,
+            items=items,
             retry_on=opts.retry_on,
             backoff=opts.backoff,
             priority=opts.priority,
@@ -225,6 +264,8 @@ class RemoteCore:
 
     def _submit_locked(self, job: RemoteJob) -> str | None:
         """Submit ``job`` (again) and record it under its id; None if it would not pickle."""
+        if self.events is not None:
+            job.submitted_at, job.stamp = time.time(), None
         try:
             key, job.handle = self.backend.submit(job)
         except SerializationError as exc:
@@ -265,6 +306,8 @@ class RemoteCore:
             # A map's chunk passes this on to its MapFuture; its callback counts the items.
             job.future.abandon()
             self._counted(job)
+            if self.events is not None and job.handle is not None:
+                self._report(job, Cancelled())
         # Cancelling a task whose outcome is being read can leave that read waiting
         # forever inside distributed (seen with 2026.8), holding a helper thread and
         # the task. Such a job is dropped instead: the read ends, finds the job gone,
@@ -305,6 +348,8 @@ class RemoteCore:
             outcome = self.backend.outcome(job, handle)
         except BaseException as exc:  # never leave a future hanging
             outcome = exc
+        if self.events is not None:
+            self._report(job, outcome)
         if isinstance(outcome, Resubmit):
             if job.resubmits < MAX_RESUBMITS:
                 job.resubmits += 1
@@ -424,6 +469,47 @@ class RemoteCore:
         if count:
             self.counters.add(retried=1)
         self._watch(key, job)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def watch(self, pool: str, hook: EventHook) -> None:
+        """Send this pool's events to ``hook`` (``on_event``), on the callback thread."""
+        self.events = Events(pool, hook, self.callbacks)
+        self.backend.watch_workers(self.events)
+
+    def queued(self, title: str, items: int, priority: int) -> None:
+        """Tell the hook a submission came (``TaskQueued``); only with :attr:`events`."""
+        events = self.events
+        assert events is not None
+        events.emit(TaskQueued(events.pool, title, items, priority, now()))
+
+    def _report(self, job: RemoteJob, outcome: Result) -> None:
+        """Tell the hook that one run of ``job`` ended (``TaskFinished``)."""
+        events = self.events
+        assert events is not None
+        failed = job.items
+        if isinstance(outcome, Value):
+            failed = len(ChunkResult.of(outcome.value).errors) if job.chunk else 0
+            ended: EventOutcome = "failed" if failed else "completed"
+        elif isinstance(outcome, Continue):
+            ended, failed = "timed_out", 1  # a chunk that stopped at an item past its limit
+        elif isinstance(outcome, Cancelled):
+            ended, failed = "cancelled", 0
+        elif isinstance(outcome, (Resubmit, WorkerLostError)):
+            ended = "lost"
+        elif isinstance(outcome, TaskTimeoutError):
+            ended = "timed_out"
+        else:
+            ended = "failed"
+        queued = ran = 0.0
+        pid = None
+        if job.stamp is not None:
+            started, ran, pid = job.stamp
+            # Two clocks (the worker's and the client's) where they are two machines.
+            queued = max(0.0, started - job.submitted_at)
+        events.emit(
+            TaskFinished(events.pool, job.title, ended, job.items, failed, queued, ran, pid, now())
+        )
 
     # -- shutting down ----------------------------------------------------------------------
 

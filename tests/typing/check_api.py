@@ -283,7 +283,11 @@ def check_events() -> None:
 
     assert_type(procpool.Pool(2, on_event=hook), procpool.Pool)
     assert_type(procpool.Pool(2, on_event=print), procpool.Pool)
+    assert_type(procpool.DaskPool(on_event=hook), procpool.DaskPool)
+    assert_type(procpool.RayPool(on_event=hook), procpool.RayPool)
     procpool.Pool(2, on_event=wrong)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.DaskPool(on_event=wrong)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(on_event=wrong)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 class Model:

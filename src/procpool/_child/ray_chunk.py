@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from . import identity
-from .dask_chunk import Outcome, TimedOut, call_limited, failure
+from .dask_chunk import Outcome, Stamped, TimedOut, call_limited, failure, stamped
 
 #: How long a worker whose call is stuck waits to be killed by the driver before it
 #: ends itself (a lost driver, a cancel that did not arrive): a backstop only.
@@ -66,8 +67,8 @@ def as_task(fn: Callable[..., object]) -> Callable[..., object]:
 
 
 def run_items(
-    fn: Callable[..., object], items: Sequence[Any], star: bool
-) -> tuple[list[Any], dict[int, tuple[BaseException, str | None]]]:
+    fn: Callable[..., object], items: Sequence[Any], star: bool, stamp: bool = False
+) -> tuple[list[Any], dict[int, tuple[BaseException, str | None]]] | Stamped:
     """Run ``fn`` on each item of a map chunk with no time limit; ``(values, errors)``.
 
     ``star``: call ``fn(*item)``, else ``fn(item)``. An item's exception is caught
@@ -75,7 +76,10 @@ def run_items(
     every item fails or succeeds as in a serial ``map``; ``values`` has None in its
     place and ``errors`` its exception and traceback text. The result of a chunk
     that all went well is a plain list, which is what crosses the object store.
+    ``stamp``: return it :class:`~.dask_chunk.Stamped` with the chunk's run time.
     """
+    if stamp:
+        return stamped(run_items, fn, items, star)
     values: list[Any] = []
     errors: dict[int, tuple[BaseException, str | None]] = {}
     token = identity.enter("ray")
@@ -106,7 +110,8 @@ def limited(
     grace: float | None,
     timeout_retries: int,
     first_attempts: int,
-) -> Generator[Report, None, None]:
+    stamp: bool = False,
+) -> Generator[Report | Stamped, None, None]:
     """Run ``fn(*item, **kwargs)`` for each item with a time limit; yield one report.
 
     An item's exception is caught and packaged (``_child.dask_chunk.failure``), so
@@ -116,14 +121,19 @@ def limited(
     earlier worker left of its tries). An item whose thread is still running
     after its limit (and grace period) ends the run: the report names it, and
     this worker waits to be killed, because that thread would run on beside the
-    next task.
+    next task. ``stamp``: yield the report :class:`~.dask_chunk.Stamped` with the
+    task's run time.
     """
+    started, clock = time.time(), time.perf_counter()
     token = identity.enter("ray")
     try:
         report = _run_limited(fn, items, kwargs, timeout, grace, timeout_retries, first_attempts)
     finally:
         identity.leave(token)
-    yield report
+    if stamp:
+        yield Stamped(report, started, time.perf_counter() - clock, os.getpid())
+    else:
+        yield report
     if report[1] is not None:
         _linger()
 
