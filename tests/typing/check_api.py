@@ -180,6 +180,10 @@ def check_ray_pool(pool: procpool.RayPool) -> None:
     procpool.RayPool(task_timeout="5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     procpool.RayPool(address=6379)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     procpool.RayPool(workers=2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    # Placement and elastic pools are Pool's: the engines have their own means.
+    procpool.RayPool(worker_env={"A": "1"})  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    procpool.DaskPool(idle_timeout=30)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    procpool.DaskPool(cpu_affinity="spread")  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
 
 
 async def check_ray_await(pool: procpool.RayPool) -> None:
