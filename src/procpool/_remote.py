@@ -129,10 +129,10 @@ class RemotePool(Executor):
         sent: Callable[..., object] = fn
         title = ""
         if core.events is not None:
+            core.check_open()  # no event (nor span) for a closed pool's work
             title = describe_callable(fn)
             if self._trace_task is not None:
                 sent = self._trace_task(fn, fut, title)
-            core.check_open()  # not for a closed pool's work
             core.queued(title, 1, opts.priority)
         call = self._call(sent, args, kwargs)
         # The core counts it (submitted, then completed, failed or cancelled).
@@ -256,9 +256,10 @@ class RemotePool(Executor):
         def launch(items: list[Any], base_index: int) -> MapFuture[R]:
             chunk: MapFuture[R] = MapFuture(len(items))
             # Cancelled: the read-ahead of an imap left early, whose results are not wanted.
+            if core.events is not None:
+                core.check_open()  # no event (nor span) for a closed pool's work
             chunks = self._chunks(fn, chunk, False, "drop")
             if core.events is not None:
-                core.check_open()
                 core.queued(chunks.title, len(items), self._options.priority)
             chunks.launch(items, 0)
             core.counters.add(submitted=len(items))
