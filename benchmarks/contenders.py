@@ -690,7 +690,7 @@ class DaskPool(Contender):
 def _start_ray() -> Any:
     import ray
 
-    from procpool._ray_core import init_local
+    from procpool._ray_connect import init_local
 
     init_local(ray, WORKERS, log_to_driver=False)
     return ray

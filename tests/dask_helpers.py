@@ -111,3 +111,22 @@ def die_once_then_sleep(marker: str, seconds: float) -> float:
         os._exit(3)
     time.sleep(seconds)
     return seconds
+
+
+def exit_on(x: int, bad: int) -> int:
+    """Return ``x * x``, or end the worker at once when ``x == bad`` (a crash inside a map)."""
+    if x == bad:
+        os._exit(3)
+    return x * x
+
+
+def die_once_then_nap(marker: str, seconds: float) -> float:
+    """End the worker the first time; the next time write "again" to ``marker``, then sleep."""
+    if not os.path.exists(marker):
+        with open(marker, "x"):
+            pass
+        os._exit(3)
+    with open(marker, "w") as note:
+        note.write("again")
+    time.sleep(seconds)
+    return seconds

@@ -54,3 +54,9 @@ def die_with_model(state: procpool.WorkerState[dict[str, Any]]) -> None:
     """Build the model, then die."""
     state.get()
     os._exit(1)
+
+
+def model_seen(state: procpool.WorkerState[dict[str, Any]], x: int) -> tuple[int, float, int, int]:
+    """(pid that built the model, when, this process's pid, ``x``)."""
+    model = state.get()
+    return model["pid"], model["built"], os.getpid(), x

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import ray
 
-from procpool._ray_core import init_local
+from procpool._ray_connect import init_local
 
 TESTS = Path(__file__).resolve().parent
 #: CPUs of the session's Ray instance: two worker processes run at once.

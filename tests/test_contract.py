@@ -19,9 +19,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +33,8 @@ from hypothesis import strategies as st
 
 import dask_helpers as h
 import helpers
+import placement_helpers as plh
+import policy_helpers as ph
 import procpool
 from procpool import Executor
 from procpool._remote import RemotePool
@@ -235,6 +240,13 @@ def test_task_exception_keeps_its_type_and_carries_the_remote_traceback(
     assert "dask_helpers.py" in str(cause)
 
 
+def test_arguments_that_do_not_fit_the_function_are_its_type_error(pool: Executor) -> None:
+    fut = pool.submit(h.square, 1, 2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    with pytest.raises(TypeError, match="square"):
+        fut.result(timeout=30)
+    assert not isinstance(fut.exception(), procpool.SerializationError)
+
+
 def test_unpicklable_argument_or_result_is_a_serialization_error(pool: Executor) -> None:
     with pytest.raises(procpool.SerializationError, match="sleep_then"):
         pool.submit(h.sleep_then, threading.Lock()).result(timeout=30)  # type: ignore[arg-type]
@@ -323,6 +335,64 @@ def test_imap_progress_has_a_total_when_the_input_tells_its_length(pool: Executo
         x * x for x in range(7)
     ]
     assert seen[-1] == (7, 7)
+
+
+# -- per-item outcomes: return_exceptions=True (issue 25.1) -----------------------------------
+
+
+def _shown(outcomes: list[object]) -> list[object]:
+    """Outcomes with each exception as (type name, message, worker traceback named it)."""
+    return [
+        (type(v).__name__, str(v), "dask_helpers.py" in str(v.__cause__))
+        if isinstance(v, BaseException)
+        else v
+        for v in outcomes
+    ]
+
+
+def _expected(xs: list[int]) -> list[object]:
+    return [
+        ("DaskHelperError", str(v[1]), True) if isinstance(v, tuple) else v
+        for v in _serial_outcomes(xs, 3)
+    ]
+
+
+def test_return_exceptions_puts_each_failure_in_its_place(pool: Executor) -> None:
+    xs = list(range(1, 12))
+    mapped = pool.map(h.fail_on_multiples, xs, chunksize=4, return_exceptions=True)
+    assert _shown(mapped.result(timeout=30)) == _expected(xs)
+    assert mapped.exception() is None
+    streamed = pool.map(h.fail_on_multiples, xs, chunksize=2, return_exceptions=True)
+    assert _shown(list(streamed)) == _expected(xs)
+    lazily = pool.imap(h.fail_on_multiples, iter(xs), chunksize=3, return_exceptions=True)
+    assert _shown(list(lazily)) == _expected(xs)
+    unordered = list(pool.imap_unordered(h.fail_on_multiples, xs, return_exceptions=True))
+    errors = [v for v in unordered if isinstance(v, BaseException)]
+    assert sorted(str(e) for e in errors) == sorted(
+        f"{x} is a multiple of 3" for x in xs if x % 3 == 0
+    )
+    # Each carries a note naming its item of the input.
+    assert all(
+        getattr(e, "__notes__", None)
+        == [f"procpool: raised by item {xs.index(int(str(e).split()[0]))} of the input"]
+        for e in errors
+    )
+
+
+def test_return_exceptions_still_cancels_and_terminates(pool: Executor) -> None:
+    queued = pool.map(h.sleep_then, [1.0] * 6, chunksize=1, return_exceptions=True)
+    assert queued.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued.result(timeout=10)
+    running = pool.map(h.sleep_then, [2.0] * 4, chunksize=1, return_exceptions=True)
+    streamed = pool.imap(h.sleep_then, [2.0] * 4, return_exceptions=True)
+    time.sleep(0.3)
+    pool.terminate()
+    assert pool.join(timeout=30)
+    with pytest.raises(concurrent.futures.CancelledError):
+        running.result(timeout=10)
+    with pytest.raises((concurrent.futures.CancelledError, procpool.ProcpoolError)):
+        next(streamed)
 
 
 # -- imap -------------------------------------------------------------------------------------
@@ -506,6 +576,33 @@ def test_retries_submit_again_after_a_killed_worker(
     assert pool.stats().retried == 1
 
 
+def test_a_crash_in_a_map_fails_only_the_item_that_crashed(
+    make_pool: MakePool, request: pytest.FixtureRequest
+) -> None:
+    # Issue 22.1 on every pool: the neighbours of the crashed item, in its chunk,
+    # are delivered (a remote pool runs them again, in smaller chunks).
+    pool = _pool_that_may_lose_workers(make_pool, request)
+    got = pool.map(h.exit_on, range(8), [5] * 8, chunksize=8, return_exceptions=True)
+    outcomes = got.result(timeout=110)
+    assert [v for i, v in enumerate(outcomes) if i != 5] == [x * x for x in range(8) if x != 5]
+    assert isinstance(outcomes[5], procpool.WorkerLostError)
+    stats = pool.stats()
+    assert (stats.completed, stats.failed, stats.retried) == (7, 1, 0)
+
+
+@pytest.mark.slow
+def test_with_retries_the_item_that_crashed_runs_again_alone(
+    make_pool: MakePool, request: pytest.FixtureRequest
+) -> None:
+    pool = _pool_that_may_lose_workers(make_pool, request, retries=1)
+    got = pool.map(h.exit_on, range(4), [2] * 4, chunksize=4, return_exceptions=True)
+    outcomes = got.result(timeout=110)
+    assert [outcomes[i] for i in (0, 1, 3)] == [0, 1, 9]
+    assert isinstance(outcomes[2], procpool.WorkerLostError)
+    stats = pool.stats()
+    assert (stats.completed, stats.failed, stats.retried) == (3, 1, 1)
+
+
 def _pool_that_may_lose_workers(
     make_pool: MakePool, request: pytest.FixtureRequest, **kwargs: Any
 ) -> Executor:
@@ -522,6 +619,189 @@ def _pool_that_may_lose_workers(
     stack.callback(pool.join, 30)
     stack.callback(pool.terminate)
     return pool
+
+
+# -- retries by exception type, with backoff (issue 25.2) ------------------------------------
+
+
+def test_a_task_raising_a_retried_type_runs_again_until_it_succeeds(
+    pool: Executor, tmp_path: Path
+) -> None:
+    view = pool.options(retries=3, retry_on=ConnectionError, backoff=0.01)
+    assert view.submit(ph.fail_first, str(tmp_path / "a"), 2).result(timeout=30) == 3
+    assert pool.stats().retried == 2
+    assert pool.stats().failed == 0
+
+
+def test_retry_on_and_backoff_are_pool_defaults_and_other_types_are_not_retried(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = make_pool(retries=3, retry_on=(ConnectionError,), backoff=0.01)
+    assert pool.submit(ph.fail_first, str(tmp_path / "a"), 1).result(timeout=30) == 2
+    fut = pool.submit(ph.fail_first, str(tmp_path / "b"), 1, "ValueError")
+    with pytest.raises(ValueError, match="call 1 failed"):
+        fut.result(timeout=30)
+    assert pool.stats().retried == 1
+    with pytest.raises(ValueError, match="backoff"):
+        make_pool(backoff=-1)
+    with pytest.raises(TypeError, match="retry_on"):
+        make_pool(retry_on=42)
+
+
+def test_the_final_error_says_how_many_attempts_were_made(pool: Executor, tmp_path: Path) -> None:
+    view = pool.options(retries=2, retry_on=ConnectionError)
+    with pytest.raises(ConnectionError, match="call 3 failed") as info:
+        view.submit(ph.fail_first, str(tmp_path / "a"), 10).result(timeout=30)
+    assert getattr(info.value, "__notes__", None) == [
+        "procpool: 3 attempts were made; this is the error of the last"
+    ]
+    assert isinstance(info.value.__cause__, procpool.RemoteTraceback)
+    assert pool.stats().retried == 2
+
+
+def test_map_items_are_retried_one_by_one_in_their_places(pool: Executor, tmp_path: Path) -> None:
+    view = pool.options(retries=2, retry_on=ConnectionError, backoff=0.01)
+    got = view.map(ph.fail_first_item, range(12), [str(tmp_path)] * 12, [1] * 12, chunksize=4)
+    assert got.result(timeout=30) == [(x, 2 if x % 3 == 0 else 0) for x in range(12)]
+    assert pool.stats().retried == 4
+    assert pool.stats().completed == 12
+    # An item that keeps failing ends in its last error, with the note, in its place.
+    (tmp_path / "t").mkdir()
+    stubborn = pool.options(retries=1, retry_on=ConnectionError).map(
+        ph.fail_first_item, [1, 3], [str(tmp_path / "t")] * 2, [5] * 2, return_exceptions=True
+    )
+    outcomes = stubborn.result(timeout=30)
+    assert outcomes[0] == (1, 0)
+    assert isinstance(outcomes[1], ConnectionError)
+    assert getattr(outcomes[1], "__notes__", None) == [
+        "procpool: 2 attempts were made; this is the error of the last"
+    ]
+
+
+def test_a_retry_waits_in_the_client_holding_no_worker(pool: Executor, tmp_path: Path) -> None:
+    # Two workers: while both failed tasks wait out their backoff (1-3 s), other
+    # work runs on both workers; a waiting retry can be cancelled.
+    view = pool.options(retries=1, retry_on=ConnectionError, backoff=2.0)
+    flaky = [view.submit(ph.fail_first, str(tmp_path / name), 1) for name in "ab"]
+    assert _wait_until(lambda: (tmp_path / "a").exists() and (tmp_path / "b").exists())
+    others = pool.map(h.sleep_then, [0.2] * 4, range(4), chunksize=1)
+    assert others.result(timeout=30) == [0, 1, 2, 3]
+    assert not any(f.done() for f in flaky)
+    assert flaky[0].cancel()
+    assert flaky[1].result(timeout=30) == 2
+    assert (tmp_path / "a").read_text() == "1"  # the cancelled retry never ran
+
+
+# -- who runs a task, per-worker state (issue 26.1, 26.2) ---------------------------------------
+
+
+def _kind(pool: Executor) -> str:
+    return type(pool).__name__
+
+
+def test_current_worker_says_who_runs_the_task(pool: Executor) -> None:
+    assert procpool.current_worker() is None
+    method = {"Pool": None, "DaskPool": "dask", "RayPool": "ray"}[_kind(pool)]
+    seen = [
+        pool.submit(plh.who).result(timeout=30),
+        pool.options(timeout=30).submit(plh.who).result(timeout=30),  # a helper thread on Dask
+        *pool.map(plh.who, range(6), chunksize=2).result(timeout=30),
+        *pool.options(timeout=30).map(plh.who, range(2), chunksize=2).result(timeout=30),
+        *pool.imap(plh.who, range(2)),
+    ]
+    for info in seen:
+        assert info is not None
+        slot, pid, name, tasks_run, start_method = info
+        assert pid != os.getpid()
+        assert tasks_run >= 0
+        if method is None:
+            assert start_method in ("fork", "spawn", "forkserver")
+            assert slot in (0, 1)
+            assert name.startswith("procpool.Pool-")
+        else:
+            assert start_method == method
+        if method == "dask":  # a LocalCluster names its workers 0, 1
+            assert slot in (0, 1)
+            assert name.startswith("tcp://127.0.0.1:")
+        if method == "ray":  # Ray's workers have no fixed places
+            assert slot == -1
+            assert name
+    # The count goes up in each process: calls finished before this one.
+    counts: dict[int, list[int]] = {}
+    for info in pool.map(plh.who, range(8), chunksize=1).result(timeout=30):
+        assert info is not None
+        counts.setdefault(info[1], []).append(info[3])
+    assert all(len(set(runs)) == len(runs) for runs in counts.values()), counts
+
+
+def test_worker_state_is_built_once_per_worker_process(pool: Executor) -> None:
+    model = procpool.WorkerState(plh.make_model)
+    got = pool.map(plh.model_seen, [model] * 16, range(16), chunksize=1).result(timeout=60)
+    assert [x for *_, x in got] == list(range(16))
+    built: dict[int, set[float]] = {}
+    for builder, when, runner, _ in got:
+        assert builder == runner != os.getpid()  # built where it is used, not in the parent
+        built.setdefault(runner, set()).add(when)
+    assert all(len(times) == 1 for times in built.values()), built  # once per process
+
+
+# -- on_event (issue 25.5) ----------------------------------------------------------------------
+
+
+def test_on_event_tells_tasks_queued_and_finished_with_their_times(make_pool: MakePool) -> None:
+    events: list[procpool.PoolEvent] = []
+    threads: set[str] = set()
+
+    def hook(event: procpool.PoolEvent) -> None:
+        threads.add(threading.current_thread().name)
+        events.append(event)
+
+    with make_pool(on_event=hook) as pool:
+        assert pool.submit(h.sleep_then, 0.2, 7).result(timeout=30) == 7
+        with pytest.raises(ValueError, match="no"):
+            pool.submit(h.raise_value_error, "no").result(timeout=30)
+        with pytest.raises(procpool.TaskTimeoutError):
+            pool.options(timeout=0.3).submit(h.sleep_then, 2.0).result(timeout=30)
+        failing = pool.map(h.fail_on_multiples, range(1, 7), chunksize=6)
+        assert failing.exception(timeout=30) is not None
+        assert list(pool.imap(h.square, range(3), chunksize=3)) == [0, 1, 4]
+    name = pool._name  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+    assert all(e.pool == name for e in events)
+    assert all(t.endswith("-callbacks") for t in threads), threads  # never the engine's
+    queued = [(e.task, e.items) for e in events if isinstance(e, procpool.TaskQueued)]
+    assert queued == [
+        ("dask_helpers.sleep_then", 1),
+        ("dask_helpers.raise_value_error", 1),
+        ("dask_helpers.sleep_then", 1),
+        ("map(dask_helpers.fail_on_multiples, ...)", 6),
+        ("map(dask_helpers.square, ...)", 3),
+    ]
+    finished = [e for e in events if isinstance(e, procpool.TaskFinished)]
+    by_task = {(e.task, e.outcome): e for e in finished}
+    slept = by_task["dask_helpers.sleep_then", "completed"]
+    assert 0.15 < slept.run_seconds < 10
+    assert 0 <= slept.queued_seconds < 10
+    assert slept.worker_pid not in (None, os.getpid())
+    assert ("dask_helpers.raise_value_error", "failed") in by_task
+    assert ("dask_helpers.sleep_then", "timed_out") in by_task
+    chunk = by_task["map(dask_helpers.fail_on_multiples, ...)", "failed"]
+    assert (chunk.items, chunk.failed) == (6, 2)
+    assert chunk.run_seconds > 0
+    assert by_task["map(dask_helpers.square, ...)", "completed"].items == 3
+
+
+def test_a_raising_hook_is_logged_and_the_pool_goes_on(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hook(event: procpool.PoolEvent) -> None:
+        raise RuntimeError("hook exploded")
+
+    with caplog.at_level(logging.ERROR, logger="procpool"), make_pool(on_event=hook) as pool:
+        assert pool.map(h.square, range(6)).result(timeout=30) == [x * x for x in range(6)]
+        assert pool.submit(h.square, 3).result(timeout=30) == 9
+    assert "hook exploded" in caplog.text
+    with pytest.raises(TypeError, match="on_event"):
+        make_pool(on_event="print")
 
 
 # -- lifecycle --------------------------------------------------------------------------------

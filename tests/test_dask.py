@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +36,8 @@ distributed = pytest.importorskip(
 
 import dask_helpers as h  # noqa: E402
 import dask_support  # noqa: E402
+import placement_helpers as plh  # noqa: E402
+import policy_helpers as ph  # noqa: E402
 import procpool  # noqa: E402
 from procpool import DaskPool  # noqa: E402
 
@@ -162,20 +165,18 @@ def retrying_pool(doomed_client: Any) -> Iterator[DaskPool]:
         pool.join(30)
 
 
-def _wait_for_one_retry(pool: DaskPool) -> None:
-    """Wait (60 s at most) until the pool has retried a task, then check it did once."""
-    deadline = time.monotonic() + 60
-    while pool.stats().retried < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert pool.stats().retried == 1
+def _wait_until_it_runs_again(marker: Path) -> None:
+    """Wait (60 s at most) until ``h.die_once_then_nap`` runs again, after its worker died."""
+    assert _wait_until(lambda: marker.exists() and marker.read_text() == "again", timeout=60)
 
 
 def test_cancelling_a_map_reaches_a_chunk_that_was_retried(
-    retrying_pool: DaskPool, tmp_path: Any
+    retrying_pool: DaskPool, tmp_path: Path
 ) -> None:
     pool = retrying_pool
-    mapped = pool.map(h.die_once_then_sleep, [str(tmp_path / "died")], [6.0], chunksize=1)
-    _wait_for_one_retry(pool)
+    marker = tmp_path / "died"
+    mapped = pool.map(h.die_once_then_nap, [str(marker)], [6.0], chunksize=1)
+    _wait_until_it_runs_again(marker)  # a lost item runs again alone first (no retry spent)
     assert mapped.cancel()
     pool.close()
     # Nothing of the map is left to wait for: the retried task was cancelled too.
@@ -183,11 +184,12 @@ def test_cancelling_a_map_reaches_a_chunk_that_was_retried(
 
 
 def test_cancelling_an_imap_reaches_a_chunk_that_was_retried(
-    retrying_pool: DaskPool, tmp_path: Any
+    retrying_pool: DaskPool, tmp_path: Path
 ) -> None:
     pool = retrying_pool
-    stream = pool.imap(functools.partial(h.die_once_then_sleep, str(tmp_path / "died")), [6.0])
-    _wait_for_one_retry(pool)
+    marker = tmp_path / "died"
+    stream = pool.imap(functools.partial(h.die_once_then_nap, str(marker)), [6.0])
+    _wait_until_it_runs_again(marker)
     stream.close()  # type: ignore[attr-defined]
     pool.close()
     assert pool.join(timeout=3)
@@ -242,6 +244,75 @@ def test_cancelling_a_future_cancels_the_dask_task(pool: DaskPool, dask_client: 
     assert running.cancelled()
     assert blockers[1].result(timeout=30) == 0
     assert _wait_until(lambda: not _keys(dask_client) - before), _keys(dask_client) - before
+
+
+# -- on_event: workers joining and leaving (issue 25.5) ------------------------------------------
+
+
+def test_on_event_tells_workers_leaving_and_joining(doomed_client: Any) -> None:
+    events: list[procpool.PoolEvent] = []
+    pool = DaskPool(doomed_client, on_event=events.append)
+    with pytest.raises(procpool.WorkerLostError):
+        pool.submit(h.exit_worker, 3).result(timeout=60)
+
+    def seen() -> tuple[list[procpool.WorkerExited], list[procpool.WorkerStarted]]:
+        return (
+            [e for e in events if isinstance(e, procpool.WorkerExited)],
+            [e for e in events if isinstance(e, procpool.WorkerStarted)],
+        )
+
+    # The nanny starts another worker in place of the dead one.
+    assert _wait_until(lambda: all(seen()), timeout=60), events
+    (exited,), (started,) = seen()
+    assert (exited.cause, exited.exitcode, exited.pid) == ("unknown", None, None)
+    assert exited.slot in (0, 1)  # a LocalCluster names its workers 0, 1
+    assert started.slot == exited.slot
+    assert started.at >= exited.at
+    pool.close()
+    assert pool.join(30)
+    # The pool no longer listens to the client's events once it is done.
+    assert "all" not in doomed_client._event_handlers
+
+
+# -- who runs a task (issue 26.1) ---------------------------------------------------------------
+
+
+def test_current_worker_holds_for_procpools_tasks_only(pool: DaskPool, dask_client: Any) -> None:
+    # Set per task (a context variable), not per worker process: a Dask task of
+    # another program on the same worker, before and after, sees None.
+    assert dask_client.submit(plh.who, pure=False).result(timeout=30) is None
+    ours = pool.map(plh.who, range(4), chunksize=1).result(timeout=30)
+    assert all(info is not None and info[4] == "dask" for info in ours)
+    theirs = [dask_client.submit(plh.who, i, pure=False) for i in range(4)]
+    assert [f.result(timeout=30) for f in theirs] == [None] * 4
+
+
+# -- priority (issue 26.4) ---------------------------------------------------------------------
+
+
+def test_priority_goes_to_dasks_scheduler_higher_first(doomed_client: Any) -> None:
+    # A cluster of its own: a thread left running by an earlier test (Dask cannot
+    # stop a cancelled task) would hold a worker whose queue the others cannot take.
+    pool = DaskPool(doomed_client)
+    # Both worker threads busy; then twelve low-priority tasks, then a
+    # high-priority task and a high-priority map. Dask orders what waits in its
+    # scheduler by priority (higher first, FIFO within one). The first few low
+    # tasks are handed to the workers at once (before the group is large enough
+    # for the scheduler to queue it): those run first whatever comes later.
+    blockers = [pool.submit(h.sleep_then, 1.0) for _ in range(2)]
+    low = [pool.options(priority=-1).submit(ph.stamp, f"low{i}") for i in range(12)]
+    urgent = pool.options(priority=10)
+    high = urgent.submit(ph.stamp, "high")
+    mapped = urgent.map(ph.stamp, ["map0", "map1"], chunksize=1)
+    started = dict(f.result(timeout=30) for f in [*low, high])
+    started.update(mapped.result(timeout=30))
+    assert [b.result(timeout=30) for b in blockers] == [0, 0]
+    order = sorted(started, key=started.__getitem__)
+    # In submission order (no priority) all twelve low tasks would start first.
+    assert max(order.index(tag) for tag in ("high", "map0", "map1")) <= 8, order
+    assert order.index("high") < order.index("low11"), order
+    pool.close()
+    assert pool.join(30)
 
 
 # -- lifecycle --------------------------------------------------------------------------------

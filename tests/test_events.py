@@ -191,3 +191,50 @@ def test_a_failed_task_marks_its_spans_as_errors(spans: Any, tmp_path: Path) -> 
     (submit,) = [s for s in spans.get_finished_spans() if s.name.startswith("procpool.submit")]
     assert submit.status.status_code is StatusCode.ERROR
     assert any(isinstance(e, procpool.TaskFinished) for e in seen)  # events passed on
+
+
+def test_tracing_on_daskpool_runs_each_task_in_a_span_of_the_callers_trace(
+    spans: Any, tmp_path: Path
+) -> None:
+    # The caller's spans go to the in-memory exporter; each Dask worker's to a
+    # file, through a tracer provider set up there with client.run().
+    pytest.importorskip(
+        "distributed", reason="install the dask extra: pip install 'procpool[dask]'"
+    )
+    from opentelemetry import trace
+
+    import dask_support
+    import otel_helpers
+    from procpool.otel import Tracing
+
+    spans.clear()
+    out = tmp_path / "worker-spans.jsonl"
+    tracer = trace.get_tracer("tests")
+    with dask_support.client_of_a_new_cluster() as client:
+        client.run(otel_helpers.init_tracing, str(out))
+        with procpool.DaskPool(client, on_event=Tracing()) as pool:
+            with tracer.start_as_current_span("caller") as caller:
+                assert pool.submit(otel_helpers.traced_double, 21).result() == 42
+                assert pool.map(otel_helpers.traced_double, [1, 2, 3]).result() == [2, 4, 6]
+                with pytest.raises(ValueError, match="odd 1"):
+                    pool.submit(otel_helpers.fail_traced, 1).result()
+    ours = {s.name: s for s in spans.get_finished_spans()}
+    trace_id = caller.get_span_context().trace_id
+    submit = ours["procpool.submit otel_helpers.traced_double"]
+    mapped = ours["procpool.submit map(otel_helpers.traced_double, ...)"]
+    for span in (submit, mapped):
+        assert span.context.trace_id == trace_id
+        assert span.parent is not None
+        assert span.parent.span_id == caller.get_span_context().span_id
+    from opentelemetry.trace import StatusCode
+
+    assert ours["procpool.submit otel_helpers.fail_traced"].status.status_code is StatusCode.ERROR
+    assert helpers.wait_for(lambda: len(_worker_spans(out)) >= 9, timeout=10)
+    theirs = _worker_spans(out)
+    runs = [s for s in theirs if s["name"] == "procpool.run otel_helpers.traced_double"]
+    assert [s["parent"] for s in runs].count(submit.context.span_id) == 1
+    assert [s["parent"] for s in runs].count(mapped.context.span_id) == 3
+    assert all(s["trace"] == trace_id for s in theirs)
+    inner = [s for s in theirs if s["name"] == "inner work"]
+    assert len(inner) == 4
+    assert {s["parent"] for s in inner} == {s["span"] for s in runs}

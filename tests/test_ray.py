@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402  (after the importorskip above)
 
 import dask_helpers as h  # noqa: E402
 import helpers  # noqa: E402
+import placement_helpers as plh  # noqa: E402
 import procpool  # noqa: E402
 import ray_helpers as rh  # noqa: E402
 from procpool import RayPool  # noqa: E402
@@ -102,6 +103,22 @@ def test_ray_pool_refuses_a_memory_limit_per_worker(pool: RayPool) -> None:
 
 
 # -- what travels -----------------------------------------------------------------------------
+
+
+def test_current_worker_holds_for_procpools_tasks_only(pool: RayPool) -> None:
+    # Set around each call, not per worker process: a plain Ray task (on a worker
+    # that ran procpool's tasks before) sees None.
+    ours = pool.map(plh.who, range(4), chunksize=1).result(timeout=30)
+    assert all(info is not None and info[4] == "ray" for info in ours)
+    assert pool.submit(plh.who).result(timeout=30) is not None
+    plain = ray.remote(plh.who)
+    assert ray.get([plain.remote(i) for i in range(4)], timeout=30) == [None] * 4
+
+
+def test_ray_pool_refuses_a_priority_rather_than_ignore_it(pool: RayPool) -> None:
+    with pytest.raises(ValueError, match="Ray has no task priorities"):
+        pool.options(priority=5)
+    assert pool.options(priority=0).submit(h.square, 3).result(timeout=30) == 9
 
 
 def test_submit_sends_lambdas_and_closures_with_cloudpickle(pool: RayPool) -> None:

@@ -59,9 +59,9 @@ def test_raypool_starts_a_ray_that_listens_on_loopback_only_and_shuts_it_down(
     assert report["initialized_after"] is False
     assert report["processes_left"] == 0
     # A Ray worker loads the process boundary (and the Ray task runner) only.
-    allowed = ("procpool", "procpool._version", "procpool._ray_task")
+    allowed = ("procpool", "procpool._version")
     modules = report["worker_modules"]
-    assert "procpool._ray_task" in modules
+    assert "procpool._child.ray_chunk" in modules
     assert [m for m in modules if m not in allowed and not m.startswith("procpool._child")] == []
 
 

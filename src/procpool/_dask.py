@@ -23,10 +23,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ._child.dask_chunk import call_limited, run_chunk
+from ._child.dask_chunk import call_limited, run_call, run_chunk, stamped
 from ._dask_core import DaskBackend, import_distributed, private_local_cluster
-from ._options import Options, check_count, check_timeout, finite
-from ._remote import RemotePool
+from ._events import EventHook
+from ._options import Options, RetryOn, check_count, check_timeout, finite, retry_types
+from ._remote import RemotePool, check_hook
 from ._remote_core import RemoteCore
 
 __all__ = ["DaskPool"]
@@ -51,12 +52,27 @@ class DaskPool(RemotePool):
             ``finally`` blocks run) and the task waits this long for it to end
             before it fails. Dask cannot kill a thread: one that runs on after its
             grace period is left to finish, and its result is thrown away.
-        retries: submit a task again, up to this many times, when Dask gives up on
-            it because workers died running it (``KilledWorker``). Dask itself
+        retries: submit a task (or a map item) again, up to this many times,
+            when Dask gives up on it because workers died running it
+            (``KilledWorker``), or when it raises one of ``retry_on``. Dask itself
             already re-runs such a task ``distributed.scheduler.allowed-failures``
             times (3 by default) first.
         retry_timeouts: also run again, up to ``retries`` times, a task that ran
             out of time.
+        retry_on: exception types (one, or a tuple) after which a task (or a map
+            item, on its own) is submitted again, up to ``retries`` times; its
+            final error carries a note saying how many attempts were made.
+        backoff: seconds a retry waits, in this process (holding no Dask
+            worker), before it is submitted again; each next retry of the same
+            task waits twice as long (at most 60 s), jittered by 0.5-1.5x.
+        on_event: called with each :data:`~procpool.PoolEvent` on the pool's
+            callback thread (never Dask's), in order; an exception it raises is
+            logged. ``TaskQueued`` and ``TaskFinished`` (with the run time and
+            pid the worker measured), ``WorkerStarted``/``WorkerExited`` for
+            workers joining and leaving the cluster; no ``TaskStarted`` (Dask
+            does not tell the client). A :class:`procpool.otel.Tracing` traces
+            each task into the Dask worker's tracer provider. See
+            docs/scale-out.md.
 
     Every call returns procpool's own :class:`~procpool.Future` or
     :class:`~procpool.MapFuture`, and every task is submitted with ``pure=False``:
@@ -71,7 +87,8 @@ class DaskPool(RemotePool):
 
     Raises:
         ImportError: ``distributed`` is not installed (``pip install "procpool[dask]"``).
-        ValueError: a negative ``task_timeout`` or ``retries``.
+        ValueError: a negative ``task_timeout``, ``retries`` or ``backoff``.
+        TypeError: ``retry_on`` that is not an exception type or a tuple of them.
         TypeError: an asynchronous ``distributed.Client``.
     """
 
@@ -83,10 +100,16 @@ class DaskPool(RemotePool):
         task_grace: float | None = None,
         retries: int = 0,
         retry_timeouts: bool = False,
+        retry_on: RetryOn = (),
+        backoff: float = 0.0,
+        on_event: EventHook | None = None,
     ) -> None:
         check_timeout("task_timeout", task_timeout)
         check_timeout("task_grace", task_grace)
+        check_timeout("backoff", backoff)
         check_count("retries", retries, 0)
+        retry_on_types = retry_types(retry_on) or ()
+        check_hook(on_event)
         distributed = import_distributed()
         owns = True
         client: Any
@@ -109,7 +132,15 @@ class DaskPool(RemotePool):
         self._backend = DaskBackend(distributed, client, owns)
         self._start(
             RemoteCore(self._backend),
-            Options(finite(task_timeout), retries, retry_timeouts, grace=task_grace),
+            Options(
+                finite(task_timeout),
+                retries,
+                retry_timeouts,
+                grace=task_grace,
+                retry_on=retry_on_types,
+                backoff=backoff,
+            ),
+            on_event,
         )
 
     @property
@@ -136,9 +167,12 @@ class DaskPool(RemotePool):
         # functools.partial keeps the arguments opaque to Dask: as task arguments,
         # Dask would compute any Dask collection among them and would take keyword
         # arguments such as key=, workers= or retries= for its own.
-        if opts.timeout is None:
-            return functools.partial(fn, *args, **kwargs)
-        return functools.partial(call_limited, fn, args, kwargs, opts.timeout, opts.grace)
+        inner: Callable[..., object] = fn
+        if opts.timeout is not None:
+            inner, args, kwargs = call_limited, (fn, args, kwargs, opts.timeout, opts.grace), {}
+        if self._stamp:  # on_event: the worker says when the call ran, and how long
+            inner, args = stamped, (inner, *args)
+        return functools.partial(run_call, inner, args, kwargs)
 
     def _chunk_call(
         self, fn: Callable[..., object], items: list[Any], star: bool
@@ -146,4 +180,7 @@ class DaskPool(RemotePool):
         opts = self._options
         timeout_retries = opts.retries if opts.retry_timeouts else 0
         rows = items if star else [(item,) for item in items]
-        return functools.partial(run_chunk, fn, rows, opts.timeout, timeout_retries, opts.grace)
+        chunk = (fn, rows, opts.timeout, timeout_retries, opts.grace)
+        if self._stamp:
+            return functools.partial(stamped, run_chunk, *chunk)
+        return functools.partial(run_chunk, *chunk)

@@ -126,7 +126,9 @@ class Executor(concurrent.futures.Executor, abc.ABC):
                 1.5. The wait is spent in the pool's queue, holding no worker.
             priority: queued work starts highest priority first, in the order
                 it came within one priority (default 0; negative is allowed).
-                The items of one ``map`` keep their order.
+                The items of one ``map`` keep their order. ``DaskPool`` passes
+                it to Dask's scheduler; ``RayPool`` refuses any but 0 (Ray has
+                no task priorities).
             max_memory_per_worker: after each of these tasks, a worker whose
                 resident memory is above this many bytes (or ``"2 GiB"``...)
                 delivers the result and is replaced before it takes another
@@ -139,8 +141,9 @@ class Executor(concurrent.futures.Executor, abc.ABC):
 
         Raises:
             TypeError: a number of seconds that is not a number.
-            ValueError: a negative number, a memory size that is not one, or
-                ``grace`` without a time limit.
+            ValueError: a negative number, a memory size that is not one,
+                ``grace`` without a time limit, or a setting this pool cannot
+                honour (a memory limit on ``DaskPool``, a priority on ``RayPool``).
         """
         check_timeout("timeout", timeout)
         check_count("retries", retries, 0)
@@ -151,6 +154,8 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         memory = memory_bytes("max_memory_per_worker", max_memory_per_worker)
         if memory is not None:
             self._check_memory_limit()
+        if priority:
+            self._check_priority(priority)
         current = self._options
         if grace is not None and timeout is None and current.timeout is None:
             raise ValueError(
@@ -172,6 +177,9 @@ class Executor(concurrent.futures.Executor, abc.ABC):
 
     def _check_memory_limit(self) -> None:
         """Raise if this pool cannot replace a worker for its memory (DaskPool)."""
+
+    def _check_priority(self, priority: int) -> None:
+        """Raise if this pool cannot order its work by ``priority`` (RayPool)."""
 
     # -- map --------------------------------------------------------------------------
 

@@ -11,20 +11,27 @@ lists every difference.
 
 What it shares with ``DaskPool`` (``submit``, ``map``, the lifecycle, tasks in
 flight, retries) is in :mod:`._remote` and :mod:`._remote_core`; the Ray side
-(the connection, submitting, outcomes, cancelling) is in :mod:`._ray_core`; what
-runs on the Ray workers is in :mod:`._ray_task` and :mod:`._child.dask_chunk`.
+(submitting, outcomes, cancelling) is in :mod:`._ray_core`, with the connection
+in :mod:`._ray_connect`, the calls in :mod:`._ray_calls` and Ray's errors in
+:mod:`._ray_errors`; what runs on the Ray workers is in :mod:`._child.ray_chunk`
+and :mod:`._child.dask_chunk`.
 ``ray`` is imported only when a ``RayPool`` is built, so ``import procpool``
 never needs it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
-from ._options import Options, check_count, check_timeout, finite
-from ._ray_core import CONNECTION, ChunkCall, LimitedCall, PlainCall, RayBackend, import_ray
-from ._remote import RemotePool
+from ._child.dask_chunk import stamped
+from ._events import EventHook
+from ._options import Options, RetryOn, check_count, check_timeout, finite, retry_types
+from ._ray_calls import ChunkCall, LimitedCall, PlainCall
+from ._ray_connect import CONNECTION, import_ray
+from ._ray_core import RayBackend
+from ._remote import RemotePool, check_hook
 from ._remote_core import RemoteCore
 
 __all__ = ["RayPool"]
@@ -52,11 +59,23 @@ class RayPool(RemotePool):
             ``TimeLimitInterrupt`` is raised inside the task's thread (its
             ``finally`` blocks run); a task still running this long after is
             killed with its worker process.
-        retries: run a task again, up to this many times, when its worker or
-            node died. (Ray's own retries, 3 by default, are turned off: a task
-            runs once unless you ask for more.)
+        retries: run a task (or a map item) again, up to this many times, when
+            its worker or node died, or when it raises one of ``retry_on``.
+            (Ray's own retries, 3 by default, are turned off: a task runs once
+            unless you ask for more.)
         retry_timeouts: also run again, up to ``retries`` times, a task that ran
             out of time.
+        retry_on: exception types (one, or a tuple) after which a task (or a map
+            item, on its own) is submitted again, up to ``retries`` times; its
+            final error carries a note saying how many attempts were made.
+        backoff: seconds a retry waits, in this process (holding no Ray worker
+            or CPU), before it is submitted again; each next retry of the same
+            task waits twice as long (at most 60 s), jittered by 0.5-1.5x.
+        on_event: called with each :data:`~procpool.PoolEvent` on the pool's
+            callback thread (never Ray's), in order; an exception it raises is
+            logged. ``TaskQueued`` and ``TaskFinished`` (with the run time and
+            pid the worker measured); no ``TaskStarted`` nor worker events (Ray
+            does not tell the driver). See docs/scale-out.md.
 
     Every call returns procpool's own :class:`~procpool.Future` or
     :class:`~procpool.MapFuture`. ``map`` sends ``chunksize`` items per Ray task
@@ -74,7 +93,8 @@ class RayPool(RemotePool):
 
     Raises:
         ImportError: Ray is not installed (``pip install "procpool[ray]"``).
-        ValueError: a negative ``task_timeout`` or ``retries``.
+        ValueError: a negative ``task_timeout``, ``retries`` or ``backoff``.
+        TypeError: ``retry_on`` that is not an exception type or a tuple of them.
         RuntimeError: an address, while this process is already connected to
             another Ray cluster.
     """
@@ -87,10 +107,16 @@ class RayPool(RemotePool):
         task_grace: float | None = None,
         retries: int = 0,
         retry_timeouts: bool = False,
+        retry_on: RetryOn = (),
+        backoff: float = 0.0,
+        on_event: EventHook | None = None,
     ) -> None:
         check_timeout("task_timeout", task_timeout)
         check_timeout("task_grace", task_grace)
+        check_timeout("backoff", backoff)
         check_count("retries", retries, 0)
+        retry_on_types = retry_types(retry_on) or ()
+        check_hook(on_event)
         if address is not None and not isinstance(address, str):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"RayPool(address=...) takes a str or None, not {address!r}")
         ray = import_ray()
@@ -103,7 +129,15 @@ class RayPool(RemotePool):
             raise
         self._start(
             RemoteCore(backend),
-            Options(finite(task_timeout), retries, retry_timeouts, grace=task_grace),
+            Options(
+                finite(task_timeout),
+                retries,
+                retry_timeouts,
+                grace=task_grace,
+                retry_on=retry_on_types,
+                backoff=backoff,
+            ),
+            on_event,
         )
 
     def _describe(self) -> str:
@@ -118,6 +152,14 @@ class RayPool(RemotePool):
             "cause='oom'), and RAY_memory_usage_threshold sets when; see docs/scale-out.md"
         )
 
+    def _check_priority(self, priority: int) -> None:
+        raise ValueError(
+            f"RayPool cannot order its work by priority={priority}: Ray has no task "
+            "priorities, and every task goes to Ray's own queue at once. Submit the "
+            "urgent work first, or give it a pool (or a Ray cluster) of its own; see "
+            "docs/scale-out.md"
+        )
+
     # -- what RemotePool asks of an engine -----------------------------------------------
 
     def _call(
@@ -125,16 +167,29 @@ class RayPool(RemotePool):
     ) -> PlainCall | LimitedCall:
         opts = self._options
         if opts.timeout is None:
-            return PlainCall(fn, args, kwargs)
+            # Stamped (on_event): a partial, which Ray sends with each call.
+            return PlainCall(functools.partial(stamped, fn) if self._stamp else fn, args, kwargs)
         # Retries of a whole submission (retry_timeouts) are the core's, as for Dask.
-        return LimitedCall(fn, [args], kwargs, opts.timeout, opts.grace, 0, 0, single=True)
+        return LimitedCall(
+            fn, [args], kwargs, opts.timeout, opts.grace, 0, 0, single=True, stamp=self._stamp
+        )
 
     def _chunk_call(
         self, fn: Callable[..., object], items: list[Any], star: bool
     ) -> ChunkCall | LimitedCall:
         opts = self._options
         if opts.timeout is None:
-            return ChunkCall(fn, items, star)
+            return ChunkCall(fn, items, star, stamp=self._stamp)
         retries = opts.retries if opts.retry_timeouts else 0
         rows = items if star else [(item,) for item in items]
-        return LimitedCall(fn, rows, {}, opts.timeout, opts.grace, retries, retries, single=False)
+        return LimitedCall(
+            fn,
+            rows,
+            {},
+            opts.timeout,
+            opts.grace,
+            retries,
+            retries,
+            single=False,
+            stamp=self._stamp,
+        )

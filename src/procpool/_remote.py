@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import itertools
 import math
 import threading
 import weakref
@@ -20,8 +21,10 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
+from ._child.codec import describe_callable
 from ._child.dask_chunk import task_name
 from ._errors import PoolClosedError
+from ._events import EventHook, TraceTask
 from ._executor import Executor
 from ._future import Future
 from ._imap import Launch
@@ -29,27 +32,58 @@ from ._lifecycle import Lifecycle
 from ._mapfuture import MapFuture
 from ._options import Options
 from ._progress import Progress, make_reporter
-from ._remote_core import RemoteCore, deliver_chunk, drop
+from ._remote_backend import CancelMode
+from ._remote_chunks import Chunks
+from ._remote_core import RemoteCore, drop
 from ._stats import PoolStats
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Numbers the pools of a process, for their names in events (``procpool.DaskPool-1``).
+_pool_numbers = itertools.count(1)
+
+
+def check_hook(on_event: object) -> None:
+    """Check ``on_event=``: None or a callable (before a pool connects to anything)."""
+    if on_event is not None and not callable(on_event):
+        raise TypeError(f"on_event must be callable, not {on_event!r}")
 
 
 class RemotePool(Executor):
     """Base of the pools on a cluster engine: their shared ``submit``, ``map`` and lifecycle."""
 
     _core: RemoteCore
+    #: ``on_event.trace_task`` (procpool.otel.Tracing): wraps each submission.
+    _trace_task: TraceTask | None = None
+    #: The workers stamp each call with its run time (``on_event`` is set).
+    _stamp: bool = False
 
-    def _start(self, core: RemoteCore, options: Options) -> None:
-        """Take ``core`` as this pool's engine; stop its threads and let it go when dropped."""
+    def _start(self, core: RemoteCore, options: Options, on_event: EventHook | None) -> None:
+        """Take ``core`` as this pool's engine; stop its threads and let it go when dropped.
+
+        ``on_event``: the hook of :meth:`RemoteCore.watch` (checked here).
+        """
+        check_hook(on_event)
         self._core = self._engine = core
         self._options = options
+        self._name = f"procpool.{core.backend.label}-{next(_pool_numbers)}"
+        if on_event is not None:
+            self._trace_task = getattr(on_event, "trace_task", None)
+            self._stamp = True
+            core.watch(self._name, on_event)
         # A pool dropped without close(): once the pool, its options() views and its
         # tasks in flight (which hold the core) are gone, stop its threads and let go
         # of what it started.
         # (Bound methods of the backend and the threads only: none of them holds the core.)
-        weakref.finalize(core, drop, core.backend.release, core.helpers.close, core.callbacks.close)
+        weakref.finalize(
+            core,
+            drop,
+            core.backend.release,
+            core.helpers.close,
+            core.timers.close,
+            core.callbacks.close,
+        )
 
     # -- what each engine supplies --------------------------------------------------------
 
@@ -90,9 +124,19 @@ class RemotePool(Executor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {fn!r}")
-        call = self._call(fn, args, kwargs)
+        core, opts = self._core, self._options
+        fut: Future[R] = Future()
+        sent: Callable[..., object] = fn
+        title = ""
+        if core.events is not None:
+            core.check_open()  # no event (nor span) for a closed pool's work
+            title = describe_callable(fn)
+            if self._trace_task is not None:
+                sent = self._trace_task(fn, fut, title)
+            core.queued(title, 1, opts.priority)
+        call = self._call(sent, args, kwargs)
         # The core counts it (submitted, then completed, failed or cancelled).
-        _, fut = self._core.launch(task_name(fn), call, self._options, user_facing=True)
+        core.launch(task_name(fn), call, opts, user_facing=True, title=title, future=fut)
         return fut
 
     def _map(
@@ -121,23 +165,25 @@ class RemotePool(Executor):
             # As multiprocessing.Pool.map: about four chunks per worker, so tiny items
             # do not each pay a scheduler round trip, and the load still balances.
             chunksize = max(1, math.ceil(len(items) / (4 * core.parallelism())))
-        keys: list[str] = []
+        chunks = self._chunks(fn, result, star, "stop")
+        if core.events is not None:
+            core.queued(chunks.title, len(items), self._options.priority)
         launched = 0
         try:
             for start in range(0, len(items), chunksize):
                 part = items[start : start + chunksize]
-                keys.append(self._launch_chunk(fn, part, result, start, star))
+                chunks.launch(part, start)
                 launched += len(part)
         except PoolClosedError:
             # Closed by another thread meanwhile: all or nothing. What went out counts
             # as submitted, then cancelled, so that the counters still add up.
             core.counters.add(submitted=launched)
-            core.cancel_keys(keys, mode="unstarted")
+            core.cancel_keys(chunks.keys, mode="unstarted")
             raise
         core.counters.add(submitted=len(items))
-        # The hook holds keys, not the chunk futures: those hold results, which an
-        # iterated MapFuture must not keep alive.
-        result.set_cancel_hook(lambda _was_running: core.cancel_keys(keys))
+        # The hook holds the chunks' keys, not their futures: those hold results,
+        # which an iterated MapFuture must not keep alive.
+        result.set_cancel_hook(chunks.cancel)
         return result
 
     def close(self) -> None:
@@ -154,6 +200,7 @@ class RemotePool(Executor):
         core.stop(Lifecycle.TERMINATED)
         core.cancel_all()
         core.helpers.close()
+        core.timers.close()
         core.callbacks.close()
         core.release()
 
@@ -177,29 +224,29 @@ class RemotePool(Executor):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _launch_chunk(
-        self,
-        fn: Callable[..., object],
-        items: list[Any],
-        into: MapFuture[Any],
-        at: int,
-        star: bool,
-    ) -> str:
-        """Send one chunk as one task; its outcomes go to ``into`` from item ``at``."""
-        opts = self._options
-        # Timeouts of single items are retried on the worker; the chunk as a whole
-        # is submitted again only when its worker died.
-        chunk_opts = Options(None, opts.retries, False)
-        core = self._core
-        key, chunk = core.launch(
-            task_name(fn), self._chunk_call(fn, items, star), chunk_opts, user_facing=False
+    def _chunks(
+        self, fn: Callable[..., object], into: MapFuture[Any], star: bool, mode: CancelMode
+    ) -> Chunks:
+        """The chunks of one map of ``fn`` under this view's options, delivering into ``into``.
+
+        With an ``on_event`` hook they carry the map's title, and with a tracing
+        hook each chunk sends ``fn`` wrapped to run in the map's span.
+        """
+        sent, title = fn, ""
+        if self._core.events is not None:
+            title = f"map({describe_callable(fn)}, ...)"
+            if self._trace_task is not None:
+                sent = self._trace_task(fn, into, title)
+        return Chunks(
+            self._core,
+            self._options,
+            task_name(fn),
+            functools.partial(self._chunk_call, sent),
+            into,
+            star,
+            mode,
+            title,
         )
-        chunk.add_done_callback(
-            functools.partial(
-                deliver_chunk, into, at, len(items), core.counters, core.backend.from_worker
-            )
-        )
-        return key
 
     # -- what the shared surface asks of a pool ------------------------------------------
 
@@ -208,10 +255,15 @@ class RemotePool(Executor):
 
         def launch(items: list[Any], base_index: int) -> MapFuture[R]:
             chunk: MapFuture[R] = MapFuture(len(items))
-            key = self._launch_chunk(fn, items, chunk, 0, False)
+            # Cancelled: the read-ahead of an imap left early, whose results are not wanted.
+            if core.events is not None:
+                core.check_open()  # no event (nor span) for a closed pool's work
+            chunks = self._chunks(fn, chunk, False, "drop")
+            if core.events is not None:
+                core.queued(chunks.title, len(items), self._options.priority)
+            chunks.launch(items, 0)
             core.counters.add(submitted=len(items))
-            # The read-ahead of an imap left early: its results are not wanted.
-            chunk.set_cancel_hook(lambda _was_running: core.cancel_keys([key], mode="drop"))
+            chunk.set_cancel_hook(chunks.cancel)
             return chunk
 
         return launch

@@ -3,8 +3,9 @@
 ``DaskPool`` and ``RayPool`` hand their work to an engine that runs it on a
 cluster (``dask.distributed``, Ray). Everything that does not depend on which
 engine lives here, in :class:`RemoteCore`; what does (how to submit a call, learn
-that it ended, read its outcome, stop it) is the engine's :class:`Backend`
-(``._dask_core.DaskBackend``, ``._ray_core.RayBackend``). The data flow of one task::
+that it ended, read its outcome, stop it) is the engine's ``Backend``
+(:mod:`._remote_backend`; ``._dask_core.DaskBackend``, ``._ray_core.RayBackend``).
+The data flow of one task::
 
     RemotePool.submit ── RemoteCore.launch ── Backend.submit(job) ──> the engine runs it
          │                the job is kept in ``RemoteCore.jobs`` until it is done
@@ -14,18 +15,19 @@ that it ended, read its outcome, stop it) is the engine's :class:`Backend`
     engine's thread); ``RemoteCore.resolve`` runs there or on one of the core's
     helper threads (``Backend.resolve_inline``), asks ``Backend.outcome`` for the
     result or the exception (already translated into procpool's errors), submits
-    again if a retry (or the rest of a chunk) is due, else resolves the procpool
-    Future and forgets the job
+    again if a retry (or the rest of a chunk) is due (after its backoff, held in
+    ``RemoteCore.timers``), else resolves the procpool Future and forgets the job
          │
          ▼
     the pool's callback runner runs the user's callbacks (then/catch/add_done_callback),
     so a callback that blocks never stalls the engine's own threads.
 
 ``map`` and ``imap`` send chunks of items; the engine runs them with
-``_child.dask_chunk.run_chunk`` (or the Ray variant), which catches each item's
-exception separately and returns one outcome per item; :func:`deliver_chunk`
-copies them into the map's :class:`MapFuture`, so items fail exactly as they
-would in a serial ``map``.
+``_child.dask_chunk.run_chunk`` (or ``_child.ray_chunk``), which catches each
+item's exception separately and returns one outcome per item;
+``_remote_chunks.Chunks`` copies them into the map's ``MapFuture``, so items fail
+exactly as they would in a serial ``map``, runs an item again after a
+``retry_on`` error, and cuts a chunk whose worker died into smaller ones.
 
 This module owns the tasks in flight; it calls the futures' executor methods and
 nothing of the local pool, and imports no engine.
@@ -33,265 +35,44 @@ nothing of the local pool, and imports no engine.
 
 from __future__ import annotations
 
-import abc
 import functools
 import logging
-import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any
 
 from ._callbacks import CallbackRunner
-from ._child.dask_chunk import Outcome, TimedOut
 from ._errors import (
     PoolClosedError,
-    RemoteTraceback,
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
+    add_note,
 )
+from ._events import EventHook, Events, TaskFinished, TaskQueued, now
+from ._events import Outcome as EventOutcome
 from ._future import Future
 from ._lifecycle import Lifecycle
-from ._mapfuture import MapFuture
-from ._options import Options
+from ._options import Options, backoff_delay
+from ._remote_backend import (
+    MAX_RESUBMITS,
+    Backend,
+    Cancelled,
+    CancelMode,
+    ChunkResult,
+    Continue,
+    Lost,
+    RemoteJob,
+    Resubmit,
+    Result,
+    Value,
+)
+from ._remote_threads import Threads, Timers
 from ._stats import Counters
 
 LOGGER = logging.getLogger("procpool")
-
-
-class Threads:
-    """A few daemon threads that run thunks from one queue, started on first use.
-
-    They run what must not happen on an engine's own threads: fetching a result
-    (a network round trip for Dask, which can stall when a result is released
-    while it is being fetched), cancelling, submitting again. One that stalls must
-    not hold up the others, nor the engine's callback thread, which runs the
-    done-callbacks of every task in the process. (The user's callbacks run on a
-    :class:`CallbackRunner` of their own, for the same reason.)
-    """
-
-    def __init__(self, name: str, size: int) -> None:
-        self._name = name
-        self._size = size
-        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._closed = False
-
-    def __call__(self, thunk: Callable[[], object]) -> None:
-        with self._lock:
-            if not self._closed:
-                if not self._threads:
-                    for number in range(self._size):
-                        # Daemon: a thunk that never returns must not block interpreter exit.
-                        thread = threading.Thread(
-                            target=self._loop, name=f"{self._name}-{number}", daemon=True
-                        )
-                        thread.start()
-                        self._threads.append(thread)
-                self._queue.put(thunk)
-                return
-        # After the pool is gone (a late cancel, say) run inline rather than drop it.
-        thunk()
-
-    def _loop(self) -> None:
-        for thunk in iter(self._queue.get, None):
-            try:
-                thunk()
-            except Exception:  # the thunks handle their errors; this is a last resort
-                LOGGER.exception("error in %s", self._name)
-            # Drop it before waiting for the next one: it may hold an engine's
-            # handle, and an engine keeps a task (and its result) while one lives.
-            del thunk
-
-    def close(self) -> None:
-        """Let the threads end once the queue is empty; later thunks run inline."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for _ in self._threads:
-                self._queue.put(None)
-
-
-@dataclass
-class RemoteJob:
-    """One task in flight on the engine, and what is needed to submit it again."""
-
-    name: str
-    #: What the backend submits; opaque here (a callable for Dask, a call spec for Ray).
-    #: A backend may replace it to go on with the rest of a chunk (see :class:`Continue`).
-    call: Any
-    future: Future[Any]
-    retries_left: int
-    retry_timeouts: bool
-    #: The job's key in ``RemoteCore.jobs``: the engine's key of its first
-    #: submission. A retry gets a new handle but keeps this key, so that whoever
-    #: holds it (a cancel hook, an imap) cancels the retried task too.
-    id: str = ""
-    #: The engine's handle of the current submission (a Dask future, a Ray ObjectRef).
-    handle: Any = None
-    #: Set (under the core's lock) when a thread starts reading the outcome.
-    claimed: bool = False
-    #: What the items of a chunk already run by earlier submissions gave.
-    done_items: ChunkResult | None = None
-    #: Times submitted again after losses to the pool's own cancels (see Resubmit).
-    resubmits: int = 0
-    #: A ``submit``'s job, whose end the core counts (a chunk's items are counted
-    #: when they are delivered); set to False once counted.
-    count: bool = False
-
-
-@dataclass
-class ChunkResult:
-    """What the items of one chunk gave: their values in order and their failures.
-
-    ``values`` has one entry per item (None where it failed); ``errors`` maps an
-    item's index to its exception as the worker sent it (a ``_child.dask_chunk``
-    stand-in or the item's own exception) and the worker's traceback text.
-    """
-
-    values: list[Any]
-    errors: dict[int, tuple[BaseException, str | None]]
-
-    @classmethod
-    def of(cls, result: object) -> ChunkResult:
-        """A chunk's result as a backend returns it: a ChunkResult, a ``(values,
-        errors)`` pair, or a list of ``_child.dask_chunk`` outcomes."""
-        if isinstance(result, ChunkResult):
-            return result
-        if isinstance(result, tuple):
-            values, errors = cast(
-                "tuple[list[Any], dict[int, tuple[BaseException, str | None]]]", result
-            )
-            return cls(values, errors)
-        outcomes = cast("list[Outcome]", result)
-        return cls(
-            [value if ok else None for ok, value, _ in outcomes],
-            {i: (value, text) for i, (ok, value, text) in enumerate(outcomes) if not ok},
-        )
-
-    def then(self, more: ChunkResult) -> ChunkResult:
-        """This chunk's items followed by ``more``'s."""
-        offset = len(self.values)
-        errors = dict(self.errors)
-        errors.update((offset + i, error) for i, error in more.errors.items())
-        return ChunkResult(self.values + more.values, errors)
-
-
-class Value:
-    """A task's result (for a chunk: its :class:`ChunkResult`, or what ``ChunkResult.of`` takes)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-
-class Cancelled:
-    """The engine cancelled the task (a restart, a lost client)."""
-
-    __slots__ = ()
-
-
-class Resubmit:
-    """The task was lost to the pool's own stopping of another task: run it again.
-
-    Ray's ``ray.cancel`` can hit the next task of the worker that ran the one
-    cancelled. Such a task is submitted again (it may have run in part: as for a
-    local pool's neighbours of a killed item) up to :data:`MAX_RESUBMITS` times
-    without spending its ``retries``; then it fails with ``error``.
-    """
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-#: How many times a task lost to the pool's own cancels is submitted again.
-MAX_RESUBMITS = 3
-
-
-class Continue:
-    """A chunk stopped part-way; submit ``call`` (the rest) and keep ``done`` (its outcomes)."""
-
-    __slots__ = ("call", "done", "retried")
-
-    def __init__(self, call: object, done: ChunkResult, *, retried: bool) -> None:
-        self.call = call
-        self.done = done
-        #: The item it stopped at runs again (a time limit, with retry_timeouts).
-        self.retried = retried
-
-
-#: How much a cancel needs the tasks stopped: ``"stop"``, running ones too
-#: (``cancel()`` of a future, ``terminate()``); ``"unstarted"``, the ones that have
-#: not started must not start (``shutdown(cancel_futures=True)``); ``"drop"``, the
-#: results are not wanted and the rest is up to the engine (the read-ahead of an
-#: ``imap`` left early).
-CancelMode = Literal["stop", "unstarted", "drop"]
-
-#: What :meth:`Backend.outcome` returns.
-Result = Value | Cancelled | Continue | Resubmit | BaseException
-
-
-class Backend(abc.ABC):
-    """What one engine does for :class:`RemoteCore`: submit, watch, read, cancel, release."""
-
-    #: The pool's class name, for messages ("DaskPool").
-    label: str = ""
-    #: :meth:`outcome` never blocks, so :meth:`RemoteCore.resolve` may run on the
-    #: engine's own callback thread (saves a thread hop per task).
-    resolve_inline: bool = False
-
-    @abc.abstractmethod
-    def submit(self, job: RemoteJob) -> tuple[str, Any]:
-        """Send ``job.call`` to the engine; return a unique key and the engine's handle.
-
-        Runs under the core's lock. Raises :class:`~procpool.SerializationError` if
-        the call cannot be sent (a function or argument that does not pickle).
-        """
-
-    @abc.abstractmethod
-    def watch(self, handle: Any, done: Callable[[], None]) -> None:
-        """Call ``done()`` (on any thread) once the task of ``handle`` has ended."""
-
-    @abc.abstractmethod
-    def outcome(self, job: RemoteJob, handle: Any) -> Result:
-        """The outcome of the ended task of ``handle``, translated into procpool's errors.
-
-        An exception is returned, not raised: the task's own (with the remote
-        traceback as ``__cause__``), :class:`~procpool.WorkerLostError`,
-        :class:`~procpool.TaskTimeoutError`, :class:`~procpool.SerializationError`.
-        """
-
-    @abc.abstractmethod
-    def cancel(self, handles: list[Any], *, mode: CancelMode) -> None:
-        """Stop these tasks on the engine (on a helper thread; errors are logged).
-
-        ``mode`` (see :data:`CancelMode`) says how much the caller needs them
-        stopped; an engine does what it can, and may do more.
-        """
-
-    @abc.abstractmethod
-    def parallelism(self) -> int:
-        """How many tasks the cluster runs at once, right now (at least 1)."""
-
-    @abc.abstractmethod
-    def release(self) -> None:
-        """Let go of what the pool made (a client, a cluster, a Ray instance).
-
-        Called once the pool's work has ended, and again when a dropped pool is
-        collected: a second call does nothing. It must not hold the core (a
-        ``weakref.finalize`` calls it after the core is gone).
-        """
-
-    def from_worker(self, exc: BaseException) -> BaseException:
-        """Turn a map item's failure from the worker (``_child.dask_chunk``) into procpool's error."""
-        return exc
 
 
 class RemoteCore:
@@ -311,8 +92,11 @@ class RemoteCore:
         tag = f"procpool-{backend.label.lower().removesuffix('pool')}"
         self.callbacks = CallbackRunner(f"{tag}-{id(self):x}")
         self.helpers = Threads(f"{tag}-fetch-{id(self):x}", 4)
+        self.timers = Timers(f"{tag}-timers-{id(self):x}")
         #: Items of a map count one each; the engine keeps the workers, so no busy time.
         self.counters = Counters()
+        #: The ``on_event`` hook's deliverer (see :meth:`watch`); None: no events are made.
+        self.events: Events | None = None
 
     def closed_error(self) -> PoolClosedError:
         return PoolClosedError(
@@ -347,6 +131,7 @@ class RemoteCore:
                     return False
                 self.idle.wait(remaining)
         self.helpers.close()
+        self.timers.close()
         self.callbacks.close()
         done = self.callbacks.join(
             None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -358,13 +143,30 @@ class RemoteCore:
     # -- submitting -----------------------------------------------------------------------
 
     def launch(
-        self, name: str, call: object, opts: Options, *, user_facing: bool
+        self,
+        name: str,
+        call: object,
+        opts: Options,
+        *,
+        user_facing: bool,
+        title: str = "",
+        items: int = 1,
+        future: Future[Any] | None = None,
     ) -> tuple[str, Future[Any]]:
-        """Submit ``call``; return its key and a procpool future bridged to it."""
-        fut: Future[Any] = Future()
+        """Submit ``call``; return its key and a procpool future bridged to it.
+
+        ``user_facing``: a ``submit`` (its future is the caller's), not a map's
+        chunk. ``title`` and ``items``: what its ``TaskFinished`` events say.
+        ``future``: the one to resolve (made here if None).
+
+        Raises:
+            PoolClosedError: the pool is closed or terminated.
+        """
+        fut: Future[Any] = Future() if future is None else future
         if user_facing:
             fut.set_callback_runner(self.callbacks)
-        job = RemoteJob(name, call, fut, opts.retries, opts.retry_timeouts, count=user_facing)
+        job = self._job(name, call, fut, opts, count=user_facing, title=title, items=items)
+        job.chunk = not user_facing
         with self.lock:
             if self.state is not Lifecycle.RUNNING:
                 raise self.closed_error()
@@ -377,6 +179,72 @@ class RemoteCore:
             fut.set_cancel_hook(lambda _was_running: self.cancel_keys([key]))
             self._watch(key, job)
         return key or "", fut
+
+    def launch_later(
+        self,
+        name: str,
+        call: object,
+        opts: Options,
+        *,
+        delay: float = 0.0,
+        attempts: int = 0,
+        title: str = "",
+        items: int = 1,
+    ) -> tuple[str, Future[Any]]:
+        """Submit ``call`` ``delay`` seconds from now, for work already under way.
+
+        The rest of a map's chunk, run again after a loss, or an item run again
+        after its exception: allowed after ``close()`` (the map was accepted
+        before), never after ``terminate()``. The job is in :attr:`jobs` at once,
+        so ``join()`` waits for it and its key cancels it while it waits; the
+        submission itself happens on a helper thread (never on an engine's own
+        callback thread). ``attempts``: times the work has been run again already.
+
+        Raises:
+            PoolClosedError: the pool is terminated.
+        """
+        fut: Future[Any] = Future()
+        job = self._job(name, call, fut, opts, count=False, title=title, items=items)
+        job.chunk = True
+        job.attempts = attempts
+        job.claimed = True  # no handle yet: nothing to cancel on the engine
+        key = job.id = f"{name}-{uuid.uuid4().hex}"
+        with self.lock:
+            if self.state is Lifecycle.TERMINATED:
+                raise self.closed_error()
+            self.jobs[key] = job
+        fut.set_cancel_hook(lambda _was_running: self.cancel_keys([key]))
+        submit = functools.partial(self._submit_again, key, job, None, False, False)
+        if delay > 0:
+            self.timers.call_later(delay, functools.partial(self.helpers, submit))
+        else:
+            self.helpers(submit)
+        return key, fut
+
+    @staticmethod
+    def _job(
+        name: str,
+        call: object,
+        fut: Future[Any],
+        opts: Options,
+        *,
+        count: bool,
+        title: str,
+        items: int,
+    ) -> RemoteJob:
+        return RemoteJob(
+            name,
+            call,
+            fut,
+            opts.retries,
+            opts.retry_timeouts,
+            count=count,
+            title=title,
+            items=items,
+            retry_on=opts.retry_on,
+            backoff=opts.backoff,
+            priority=opts.priority,
+        )
 
     def _counted(self, job: RemoteJob) -> None:
         """Count the end of a ``submit``'s job, once (its future is done)."""
@@ -396,6 +264,8 @@ class RemoteCore:
 
     def _submit_locked(self, job: RemoteJob) -> str | None:
         """Submit ``job`` (again) and record it under its id; None if it would not pickle."""
+        if self.events is not None:
+            job.submitted_at, job.stamp = time.time(), None
         try:
             key, job.handle = self.backend.submit(job)
         except SerializationError as exc:
@@ -436,12 +306,14 @@ class RemoteCore:
             # A map's chunk passes this on to its MapFuture; its callback counts the items.
             job.future.abandon()
             self._counted(job)
+            if self.events is not None and job.handle is not None:
+                self._report(job, Cancelled())
         # Cancelling a task whose outcome is being read can leave that read waiting
         # forever inside distributed (seen with 2026.8), holding a helper thread and
         # the task. Such a job is dropped instead: the read ends, finds the job gone,
         # and throws the outcome away. ``claimed`` and the removal from ``jobs`` both
         # happen under the core's lock, so each job is either read or cancelled.
-        handles = [job.handle for job in jobs if not job.claimed]
+        handles = [job.handle for job in jobs if not job.claimed and job.handle is not None]
         if handles:
             # On a helper thread: a dropped imap may be finalized on the engine's own
             # thread, where a blocking cancel cannot run.
@@ -476,6 +348,8 @@ class RemoteCore:
             outcome = self.backend.outcome(job, handle)
         except BaseException as exc:  # never leave a future hanging
             outcome = exc
+        if self.events is not None:
+            self._report(job, outcome)
         if isinstance(outcome, Resubmit):
             if job.resubmits < MAX_RESUBMITS:
                 job.resubmits += 1
@@ -493,6 +367,9 @@ class RemoteCore:
             return
         if isinstance(outcome, Cancelled):
             job.future.abandon()  # cancelled from the engine's side (a restart, a lost client)
+        elif isinstance(outcome, BaseException) and job.done_items is not None:
+            # A chunk that had gone on elsewhere: keep what its items gave before.
+            job.future.try_set_result(Lost(job.done_items, outcome))
         elif isinstance(outcome, BaseException):
             job.future.try_set_exception(outcome)
         elif job.done_items is not None:
@@ -507,30 +384,56 @@ class RemoteCore:
                 self.idle.notify_all()
 
     def _retry(self, key: str, job: RemoteJob, exc: BaseException) -> bool:
-        """Submit ``job`` again if its failure calls for it; True if it was (or will be)."""
-        due = isinstance(exc, WorkerLostError) or (
-            job.retry_timeouts and isinstance(exc, TaskTimeoutError)
+        """Submit ``job`` again if its failure calls for it; True if it was (or will be).
+
+        Due after a lost worker, a time limit (``retry_timeouts``), or an
+        exception of the ``retry_on`` types, while ``retries`` last; each retry
+        waits its backoff first. A ``retry_on`` error that is not retried any more
+        gets a note saying how many attempts were made, as on ``Pool``.
+        """
+        of_type = bool(job.retry_on) and isinstance(exc, job.retry_on)
+        due = (
+            of_type
+            or isinstance(exc, WorkerLostError)
+            or (job.retry_timeouts and isinstance(exc, TaskTimeoutError))
         )
-        if not due or job.retries_left <= 0:
+        if not due:
             return False
-        self._again(key, job, exc, spend=True, count=True)
+        if job.retries_left <= 0:
+            if of_type and job.attempts:
+                add_note(exc, attempts_note(job.attempts + 1))
+            return False
+        job.attempts += 1
+        delay = backoff_delay(job.backoff, job.attempts)
+        self._again(key, job, exc, spend=True, count=True, delay=delay)
         return True
 
     def _again(
-        self, key: str, job: RemoteJob, exc: BaseException | None, *, spend: bool, count: bool
+        self,
+        key: str,
+        job: RemoteJob,
+        exc: BaseException | None,
+        *,
+        spend: bool,
+        count: bool,
+        delay: float = 0.0,
     ) -> None:
         """Submit ``job.call`` again under the same key (a retry, or the rest of a chunk).
 
         ``spend``: this uses one of the job's retries; ``count``: it counts in
         ``stats().retried``. If the job was cancelled meanwhile, nothing is
         submitted; if the pool was terminated, the job fails with ``exc`` (or is
-        cancelled, without one).
+        cancelled, without one). ``delay``: seconds to wait first (in :attr:`timers`,
+        holding no worker).
         """
-        if self.backend.resolve_inline:
+        submit = functools.partial(self._submit_again, key, job, exc, spend, count)
+        if delay > 0:
+            self.timers.call_later(delay, functools.partial(self.helpers, submit))
+        elif self.backend.resolve_inline:
             # Not on the engine's callback thread: its other callbacks would wait.
-            self.helpers(functools.partial(self._submit_again, key, job, exc, spend, count))
+            self.helpers(submit)
         else:
-            self._submit_again(key, job, exc, spend, count)
+            submit()
 
     def _submit_again(
         self, key: str, job: RemoteJob, exc: BaseException | None, spend: bool, count: bool
@@ -567,6 +470,47 @@ class RemoteCore:
             self.counters.add(retried=1)
         self._watch(key, job)
 
+    # -- events ---------------------------------------------------------------------------------
+
+    def watch(self, pool: str, hook: EventHook) -> None:
+        """Send this pool's events to ``hook`` (``on_event``), on the callback thread."""
+        self.events = Events(pool, hook, self.callbacks)
+        self.backend.watch_workers(self.events)
+
+    def queued(self, title: str, items: int, priority: int) -> None:
+        """Tell the hook a submission came (``TaskQueued``); only with :attr:`events`."""
+        events = self.events
+        assert events is not None
+        events.emit(TaskQueued(events.pool, title, items, priority, now()))
+
+    def _report(self, job: RemoteJob, outcome: Result) -> None:
+        """Tell the hook that one run of ``job`` ended (``TaskFinished``)."""
+        events = self.events
+        assert events is not None
+        failed = job.items
+        if isinstance(outcome, Value):
+            failed = len(ChunkResult.of(outcome.value).errors) if job.chunk else 0
+            ended: EventOutcome = "failed" if failed else "completed"
+        elif isinstance(outcome, Continue):
+            ended, failed = "timed_out", 1  # a chunk that stopped at an item past its limit
+        elif isinstance(outcome, Cancelled):
+            ended, failed = "cancelled", 0
+        elif isinstance(outcome, (Resubmit, WorkerLostError)):
+            ended = "lost"
+        elif isinstance(outcome, TaskTimeoutError):
+            ended = "timed_out"
+        else:
+            ended = "failed"
+        queued = ran = 0.0
+        pid = None
+        if job.stamp is not None:
+            started, ran, pid = job.stamp
+            # Two clocks (the worker's and the client's) where they are two machines.
+            queued = max(0.0, started - job.submitted_at)
+        events.emit(
+            TaskFinished(events.pool, job.title, ended, job.items, failed, queued, ran, pid, now())
+        )
+
     # -- shutting down ----------------------------------------------------------------------
 
     def release(self) -> None:
@@ -580,6 +524,11 @@ class RemoteCore:
             LOGGER.exception("error while releasing %s's engine", self.backend.label)
 
 
+def attempts_note(attempts: int) -> str:
+    """The note on the last error of a task (or item) run ``attempts`` times, as on ``Pool``."""
+    return f"procpool: {attempts} attempts were made; this is the error of the last"
+
+
 def drop(release: Callable[[], None], *closers: Callable[[], None]) -> None:
     """Stop a dropped pool's threads, then let its engine go (a ``weakref.finalize``)."""
     for close in closers:
@@ -588,48 +537,3 @@ def drop(release: Callable[[], None], *closers: Callable[[], None]) -> None:
         release()
     except Exception:  # interpreter shutdown, or the engine is closing already
         LOGGER.debug("could not release an engine", exc_info=True)
-
-
-def with_remote_traceback(exc: BaseException, text: str | None) -> BaseException:
-    """Hang the worker's traceback ``text`` on ``exc`` as ``__cause__``, as concurrent.futures does."""
-    if text is not None:
-        exc.__cause__ = RemoteTraceback(text)
-    return exc
-
-
-def count_chunk(counters: Counters, size: int, chunk: Future[Any]) -> None:
-    """Add a finished chunk's items to the pool's counters."""
-    if chunk.cancelled():
-        counters.add(cancelled=size)
-    elif chunk.exception() is not None:
-        counters.add(failed=size)  # the whole task failed, so every item did
-    else:
-        errors = ChunkResult.of(chunk.result()).errors
-        timed_out = sum(isinstance(exc, TimedOut) for exc, _ in errors.values())
-        counters.add(completed=size - len(errors), failed=len(errors), timed_out=timed_out)
-
-
-def deliver_chunk(
-    target: MapFuture[Any],
-    start: int,
-    size: int,
-    counters: Counters,
-    from_worker: Callable[[BaseException], BaseException],
-    chunk: Future[Any],
-) -> None:
-    """Copy a finished chunk's results into the MapFuture (on whatever thread resolved it)."""
-    count_chunk(counters, size, chunk)
-    if chunk.cancelled():
-        target.abandon()  # the map as a whole was cancelled, or the pool terminated
-        return
-    error = chunk.exception()
-    if error is not None:
-        # The whole task failed (workers lost, a result that cannot be pickled): every item did.
-        target.set_items(start, [None] * size, dict.fromkeys(range(size), error))
-        return
-    result = ChunkResult.of(chunk.result())
-    errors = {
-        index: with_remote_traceback(from_worker(exc), text)
-        for index, (exc, text) in result.errors.items()
-    }
-    target.set_items(start, result.values, errors)

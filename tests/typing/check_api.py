@@ -180,6 +180,10 @@ def check_ray_pool(pool: procpool.RayPool) -> None:
     procpool.RayPool(task_timeout="5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     procpool.RayPool(address=6379)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     procpool.RayPool(workers=2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    # Placement and elastic pools are Pool's: the engines have their own means.
+    procpool.RayPool(worker_env={"A": "1"})  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    procpool.DaskPool(idle_timeout=30)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    procpool.DaskPool(cpu_affinity="spread")  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
 
 
 async def check_ray_await(pool: procpool.RayPool) -> None:
@@ -222,6 +226,22 @@ def check_policy(pool: procpool.Pool) -> None:
     pool.options(retry_on=[ConnectionError])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     pool.options(priority="high")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     procpool.Pool(idle_timeout="30")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+def check_remote_policy(dask_pool: procpool.DaskPool, ray_pool: procpool.RayPool) -> None:
+    """Issue 25.2 on the cluster pools: retry_on= and backoff= as on Pool."""
+    assert_type(
+        procpool.DaskPool(retries=2, retry_on=ConnectionError, backoff=0.5), procpool.DaskPool
+    )
+    assert_type(
+        procpool.RayPool(retries=2, retry_on=(ConnectionError, OSError), backoff=1),
+        procpool.RayPool,
+    )
+    assert_type(dask_pool.options(retry_on=OSError, backoff=0.1), procpool.DaskPool)
+    assert_type(ray_pool.options(retry_on=OSError, backoff=0.1), procpool.RayPool)
+    procpool.DaskPool(retry_on="OSError")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(retry_on=[ConnectionError])  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(backoff="1")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 def check_return_exceptions(pool: procpool.Pool, dask_pool: procpool.DaskPool) -> None:
@@ -267,7 +287,11 @@ def check_events() -> None:
 
     assert_type(procpool.Pool(2, on_event=hook), procpool.Pool)
     assert_type(procpool.Pool(2, on_event=print), procpool.Pool)
+    assert_type(procpool.DaskPool(on_event=hook), procpool.DaskPool)
+    assert_type(procpool.RayPool(on_event=hook), procpool.RayPool)
     procpool.Pool(2, on_event=wrong)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.DaskPool(on_event=wrong)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    procpool.RayPool(on_event=wrong)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 class Model:

@@ -10,16 +10,20 @@ turns into :class:`procpool.TaskTimeoutError` and :class:`procpool.Serialization
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ctypes
 import functools
 import math
+import os
 import pickle
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
+from . import identity
 from .errors import TimeLimitInterrupt
 
 T = TypeVar("T")
@@ -119,6 +123,49 @@ def call_limited(
     raise value
 
 
+class Stamped:
+    """A call's value, with when it started (``time.time()``), how long it ran, and where.
+
+    What a call returns when its pool has an ``on_event`` hook (:func:`stamped`):
+    the client reports the times in ``TaskFinished`` and hands on the value.
+    """
+
+    __slots__ = ("pid", "ran", "started", "value")
+
+    def __init__(self, value: object, started: float, ran: float, pid: int) -> None:
+        self.value = value
+        self.started = started
+        self.ran = ran
+        self.pid = pid
+
+
+#: The attribute on which an exception raised by a stamped call carries
+#: ``(started, ran, pid)`` to the client, which removes it.
+STAMP = "_procpool_stamp"
+
+
+def stamped(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Stamped:
+    """Run ``fn(*args, **kwargs)`` and return its value :class:`Stamped` (events on)."""
+    started, clock = time.time(), time.perf_counter()
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        # An exception that takes no attributes travels unstamped.
+        with contextlib.suppress(Exception):
+            setattr(exc, STAMP, (started, time.perf_counter() - clock, os.getpid()))
+        raise
+    return Stamped(value, started, time.perf_counter() - clock, os.getpid())
+
+
+def run_call(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """Return ``fn(*args, **kwargs)``, run as a procpool task (for ``current_worker()``)."""
+    token = identity.enter("dask")
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        identity.leave(token)
+
+
 def failure(fn: Callable[..., object], exc: BaseException) -> Outcome:
     """Package an item's exception so that it survives the trip back to the client."""
     tb = exc.__traceback__
@@ -152,6 +199,20 @@ def run_chunk(
     as in a serial ``map``. An item that runs out of time is run again up to
     ``timeout_retries`` times.
     """
+    token = identity.enter("dask")
+    try:
+        return _run_items(fn, items, timeout, timeout_retries, grace)
+    finally:
+        identity.leave(token)
+
+
+def _run_items(
+    fn: Callable[..., object],
+    items: Sequence[tuple[Any, ...]],
+    timeout: float | None,
+    timeout_retries: int,
+    grace: float | None,
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for args in items:
         attempts = timeout_retries
