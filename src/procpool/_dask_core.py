@@ -163,6 +163,10 @@ class DaskBackend(Backend):
         except TypeError as error:
             # A worker keeps a result it cannot pickle and fails only when we fetch it.
             return serialization_error(f"the result of {job.name}", error)
+        except self.distributed.KilledWorker as error:
+            # The task had finished, but its result was lost with its worker (killed
+            # by a neighbouring task) before we fetched it, and Dask's re-run failed.
+            exc, tb = error, None
         except Exception as error:  # the client lost the scheduler, and the like
             return error
         exc = from_worker(exc)
