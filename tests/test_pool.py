@@ -721,3 +721,18 @@ def test_large_payloads_in_both_directions_do_not_deadlock(pool: procpool.Pool) 
     assert pool.map(helpers.identity, blobs, chunksize=3).result(timeout=60) == blobs
     futures = [pool.submit(helpers.identity, blob) for blob in blobs[:6]]
     assert [f.result(timeout=60) for f in futures] == blobs[:6]
+
+
+def test_future_sets_every_field_of_the_standard_future() -> None:
+    # procpool.Future sets concurrent.futures.Future's fields itself (with a cheaper
+    # condition); a Python that adds one must not leave it missing here.
+    ours = procpool.Future[int]()
+    theirs = concurrent.futures.Future[int]()
+    assert set(vars(theirs)) <= set(vars(ours))
+    assert isinstance(ours._condition, threading.Condition)
+    waiter = threading.Thread(target=ours.result, args=(10,))
+    waiter.start()
+    time.sleep(0.05)
+    assert ours.try_set_result(1)
+    waiter.join(10)
+    assert not waiter.is_alive()

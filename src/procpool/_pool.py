@@ -223,9 +223,10 @@ class Pool(Executor):
         future: Future[R] = Future()
         opts = self._options
         flags, fields = limit_fields(opts)
+        call_id = new_call_id()
         try:
             data, lease = encode_call(
-                new_call_id(),
+                call_id,
                 m.CALL | flags,
                 fn,
                 (args, kwargs),
@@ -236,7 +237,7 @@ class Pool(Executor):
         except Unpicklable as exc:
             future.try_set_exception(not_picklable(exc))
             return future
-        dispatcher.add(SingleJob(future, fn, data, lease=lease, opts=opts))
+        dispatcher.add(SingleJob(future, fn, data, lease=lease, opts=opts, call_id=call_id))
         return future
 
     # -- what the shared surface (Executor) asks of a pool ------------------------

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NoReturn, cast
 
 from . import alarm as alarms
+from . import frames
 from . import messages as m
 from .alarm import on_sigint, shield_thread
 from .codec import decode_function, encode_reply, exception_body, format_exception
@@ -46,6 +47,10 @@ _PARENT_CHECK_INTERVAL = 0.2
 #: Most items in one block. Bounds what a sudden change from fast items to slow
 #: ones delays: the next flush, and the next look at whether the item was slow.
 MAX_BLOCK = 64
+
+#: Pipes are read and written through their descriptors (see ``.frames``); on
+#: Windows they are named pipes, which only ``Connection`` knows.
+_FD_FRAMES = sys.platform != "win32"
 
 
 def watch_parent(parent_pid: int) -> None:
@@ -105,6 +110,7 @@ class _Sender:
 
     def __init__(self, conn: Connection, segments: ReplySegments | None) -> None:
         self.conn = conn
+        self.fd = conn.fileno() if _FD_FRAMES else -1
         self.lock = threading.Lock()
         #: Where large results go (None: in the pickle).
         self.segments = segments
@@ -117,7 +123,10 @@ class _Sender:
             if watch is not None:
                 watch.critical += 1
             try:
-                self.conn.send_bytes(data)
+                if self.fd >= 0:
+                    frames.write_frame(self.fd, data)
+                else:
+                    self.conn.send_bytes(data)
             except OSError:
                 # The parent closes our pipes only after we exit: it is gone.
                 _orphaned()
@@ -411,10 +420,16 @@ def worker_main(
             sys.exit(3)
     header = m.CALL_HEADER
     header_size = header.size
-    clock = time.monotonic
+    since_slot, item_slot, stop_slot = base + m.MARK_SINCE, base + m.MARK_ITEM, base + m.MARK_STOP
+    clock_ns = time.monotonic_ns
+    loads = pickle.loads
+    task_fd = task_conn.fileno()
+    read_frame = frames.read_frame
+    # Every line of this loop runs once per call: a small call's whole cost is a
+    # few dozen of them, so constants are looked up once, above.
     while True:
         try:
-            data = task_conn.recv_bytes()
+            data = read_frame(task_fd) if _FD_FRAMES else task_conn.recv_bytes()
         except (EOFError, OSError):
             _orphaned()  # the parent stops us with STOP, never by closing the pipe
         call_id, kind = header.unpack_from(data)
@@ -429,11 +444,12 @@ def worker_main(
         if kind & m.GRACE:
             limits = m.GRACE_FIELD.unpack_from(data, at)
             at += m.GRACE_FIELD.size
-        since = marker[base + m.MARK_SINCE] = time.monotonic_ns()
-        marker[base + m.MARK_ITEM] = 0
-        marker[base + m.MARK_STOP] = 0
+        since = marker[since_slot] = clock_ns()
+        marker[item_slot] = 0
+        marker[stop_slot] = 0
         marker[call_slot] = call_id
-        started = clock()
+        # The same clock as monotonic(), in seconds: one read for both.
+        started = since / 1e9
         shared: CallBuffers | None = None
         try:
             payload = memoryview(data)[at:]
@@ -441,16 +457,16 @@ def worker_main(
                 name, spans, start = parse(payload, 0)
                 payload = payload[start:]
                 shared = CallBuffers(name, spans)
-                wire_fn, *body = pickle.loads(payload, buffers=shared.views)
+                message = loads(payload, buffers=shared.views)
             else:
-                wire_fn, *body = pickle.loads(payload)
+                message = loads(payload)
             del payload
-            fn = decode_function(wire_fn)
+            fn = decode_function(message[0]) if kind & m.CLOUDPICKLED else message[0]
         except BaseException as exc:
             sender.reply(
                 call_id,
                 m.BAD_PICKLE,
-                clock() - started,
+                time.monotonic() - started,
                 f"the call could not be unpickled in the worker ({type(exc).__name__}: {exc}); "
                 "functions and classes must be importable by the worker: define them at "
                 "module top level (not in __main__ of an interactive session), or pass "
@@ -462,12 +478,12 @@ def worker_main(
         del data
         what = kind & m.KIND_MASK
         if what == m.CALL:
-            _run_call(call_id, fn, body[0], body[1], sender, started, since, limits)
+            _run_call(call_id, fn, message[1], message[2], sender, started, since, limits)
         else:
             _run_chunk(
                 call_id,
                 fn,
-                body[0],
+                message[1],
                 what == m.STARCHUNK,
                 bool(kind & m.TIMED),
                 bool(kind & m.EXACT),
@@ -477,9 +493,10 @@ def worker_main(
                 limits,
             )
         # Drop the finished call's function and arguments before waiting for the next.
-        del fn, wire_fn, body
+        del fn, message
         marker[call_slot] = -1
-        _let_go(call_id, kind, shared, sender)
+        if kind & m.SHARED:
+            _let_go(call_id, kind, shared, sender)
         if limit and _over(limit, call_id, sender):
             break
 
