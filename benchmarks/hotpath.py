@@ -83,9 +83,11 @@ class Snapshot:
     def __init__(self, pids: dict[str, int]) -> None:
         self.cpu: dict[str, int] = {}
         self.switches: dict[str, tuple[int, int]] = {}
+        # The parent's threads by their Python names (the OS names are all "python").
+        names = {t.native_id: t.name for t in threading.enumerate()}
         for who, pid in pids.items():
             for tid, name in _threads(pid).items():
-                key = f"{who}/{name}" if who == "parent" else who
+                key = f"{who}/{names.get(tid, name)}" if who == "parent" else who
                 self.cpu[key] = self.cpu.get(key, 0) + _schedstat(pid, tid)
                 vol, invol = _switches(pid, tid)
                 old = self.switches.get(key, (0, 0))

@@ -53,6 +53,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 
+from ._assist import hand_out
 from ._callbacks import CallbackRunner, before_blocking
 from ._child.shm import ENABLED as SHARED_MEMORY
 from ._child.shm import SegmentPool
@@ -190,6 +191,8 @@ class Dispatcher:
             if self.direct.send(job):
                 return
             self.queue[id(job)] = job
+            if hand_out(self, job):  # sent from this thread: no wake-up (see _assist)
+                return
         self.wake()
 
     def command(self, action: Callable[[], None]) -> None:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
+from ._assist import take_in
 from ._child import messages as m
 from ._child.codec import Unpicklable, encode_call
 from ._context import StartMethod, resolve_context
@@ -288,6 +289,9 @@ class Pool(Executor):
         group, timing = object(), Timing()
 
         def launch(items: list[Any], base_index: int) -> MapFuture[R]:
+            # Finished chunks in first: they free room in the workers for this one,
+            # which can then go out from this thread (see _assist).
+            take_in(dispatcher)
             future: MapFuture[R] = MapFuture(len(items))
             job = MapJob(
                 future,

@@ -229,6 +229,10 @@ class WorkerSet:
         self._own_fds = (*self.wakeup.filenos(), *filter(None, [self.waiter.fileno()]))
         PARENT_FDS.add(*self._own_fds)
         self.waiter.register(self.wakeup.reader, None)
+        #: Every live worker's result pipe, for a look at all of them in one call
+        #: (:meth:`with_replies`), by descriptor.
+        self._replies = select.poll() if CLAIMS else None
+        self._by_result_fd: dict[int, Worker] = {}
 
     def values(self) -> Iterable[Worker]:
         """The live workers (a view: copy it if the set may change while you loop)."""
@@ -243,6 +247,13 @@ class WorkerSet:
 
     def __len__(self) -> int:
         return len(self.by_slot)
+
+    def with_replies(self) -> list[Worker]:
+        """The live workers whose result pipe can be read now (one ``poll``; none on Windows)."""
+        if self._replies is None:
+            return []
+        by_fd = self._by_result_fd
+        return [by_fd[fd] for fd, _ in self._replies.poll(0) if fd in by_fd]
 
     def wait(self, timeout: float | None) -> list[tuple[Worker, int] | None]:
         """The keys of what is ready, after at most ``timeout`` s.
@@ -307,6 +318,9 @@ class WorkerSet:
         widen_pipe(result_r.fileno())
         self.waiter.register(result_r, (worker, RESULT))
         self.waiter.register(process.sentinel, (worker, EXITED))
+        if self._replies is not None:
+            self._replies.register(worker.result_fd, select.POLLIN)
+            self._by_result_fd[worker.result_fd] = worker
         return worker
 
     def abandon_start(self) -> None:
@@ -480,6 +494,8 @@ class WorkerSet:
             unlink_prefixed(worker.reply_prefix)
         self.waiter.unregister(worker.result_conn)
         self.waiter.unregister(worker.process.sentinel)
+        if self._by_result_fd.pop(worker.result_fd, None) is not None and self._replies is not None:
+            self._replies.unregister(worker.result_fd)
         if worker.writing:
             self.waiter.unregister(worker.task_conn)
             worker.writing = False
