@@ -736,3 +736,16 @@ def test_future_sets_every_field_of_the_standard_future() -> None:
     assert ours.try_set_result(1)
     waiter.join(10)
     assert not waiter.is_alive()
+
+
+@pytest.mark.parametrize("items", [range(10_000), range(-50, 50, 7), range(100, 0, -3), range(0)])
+def test_map_of_a_range_equals_serial(pool: procpool.Pool, items: range) -> None:
+    # A range travels as ranges (a slice of a range is one), not as pickled ints.
+    assert pool.map(abs, items).result() == [abs(x) for x in items]
+    assert list(pool.map(abs, items, chunksize=7)) == [abs(x) for x in items]
+
+
+def test_a_failure_in_a_map_of_a_range_is_its_own_item(pool: procpool.Pool) -> None:
+    fut = pool.map(helpers.fail_on, range(1_000), chunksize=100)
+    with pytest.raises(ValueError, match="bad item 3"):
+        fut.result()

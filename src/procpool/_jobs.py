@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ._child import messages as m
@@ -248,7 +248,7 @@ class MapJob(Job):
         self,
         future: MapFuture[Any],
         fn: Callable[..., Any],
-        items: list[Any],
+        items: Sequence[Any],
         *,
         star: bool,
         chunksize: int | None,
@@ -263,7 +263,8 @@ class MapJob(Job):
         self.map_future = future
         self.fn = fn
         self.name = describe_callable(fn)
-        self.items: list[Any] | None = items
+        #: A list, or a range (whose slices are ranges: see ``Pool._map``).
+        self.items: Sequence[Any] | None = items
         self.star = star
         self.fixed = chunksize
         self._take_options(opts)

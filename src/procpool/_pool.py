@@ -11,7 +11,7 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
@@ -256,7 +256,15 @@ class Pool(Executor):
         dispatcher.check_open()
         star = len(iterables) > 1
         first: Iterable[Any] = iterables[0]
-        items: list[Any] = list(zip(*iterables, strict=False)) if star else list(first)
+        items: Sequence[Any]
+        if star:
+            items = list(zip(*iterables, strict=False))
+        elif type(first) is range:
+            # Immutable, and a slice of it is a range: chunks travel as a few bytes
+            # (start, stop, step) instead of pickled ints, and need no snapshot.
+            items = first
+        else:
+            items = list(first)
         future: MapFuture[R] = MapFuture(len(items), timeout=timeout)
         reporter = make_reporter(progress, len(items), getattr(fn, "__name__", "map"))
         if reporter is not None:
