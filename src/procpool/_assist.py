@@ -60,18 +60,19 @@ def take_in(d: Dispatcher) -> None:
         for worker in d.workers.with_replies():
             if worker.dying or worker.claimed:
                 continue
-            while True:
-                with worker.read_lock:
-                    # Read by the dispatcher, not yet applied: it applies it.
-                    if worker.unapplied or not worker.reply_waiting():
-                        break
-                    worker.claims += 1
-                    try:
-                        data = worker.read()
-                    except (EOFError, OSError):
-                        break  # exiting: its sentinel tells the dispatcher
-                d.settler.on_reply(worker, d.workers.decode(worker, data))
-                if not d.workers.is_live(worker) or worker.dying:
-                    break
+            with worker.read_lock:
+                # Read by the dispatcher, not yet applied: it applies it. Otherwise
+                # what the look above found is still there (only a holder of the
+                # lock, which we are, could have applied it since).
+                if worker.unapplied:
+                    continue
+                worker.claims += 1
+                try:
+                    data = worker.read()
+                except (EOFError, OSError):
+                    continue  # exiting: its sentinel tells the dispatcher
+            # One reply per worker: the next look (before the next chunk) finds the
+            # rest, without a system call now to ask whether there is more.
+            d.settler.on_reply(worker, d.workers.decode(worker, data))
         if d.queue:
             d.feeder.fill()
