@@ -13,7 +13,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.context import BaseContext
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from typing_extensions import ParamSpec
 
@@ -257,12 +257,14 @@ class Pool(Executor):
         star = len(iterables) > 1
         first: Iterable[Any] = iterables[0]
         items: Sequence[Any]
+        kind: type = type(first)
         if star:
             items = list(zip(*iterables, strict=False))
-        elif type(first) is range:
-            # Immutable, and a slice of it is a range: chunks travel as a few bytes
-            # (start, stop, step) instead of pickled ints, and need no snapshot.
-            items = first
+        elif kind is range or kind is tuple:
+            # A range is immutable, and a slice of it is a range: chunks travel as a
+            # few bytes (start, stop, step) instead of pickled ints. A tuple cannot
+            # change either. Neither needs a snapshot.
+            items = cast("Sequence[Any]", first)
         else:
             items = list(first)
         future: MapFuture[R] = MapFuture(len(items), timeout=timeout)
