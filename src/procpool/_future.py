@@ -169,13 +169,17 @@ class Future(concurrent.futures.Future[T]):
 
     def __init__(self) -> None:
         # concurrent.futures.Future.__init__'s fields, with a cheaper condition
-        # (tests/test_pool.py checks that the fields are still all of them).
-        self._condition = _Condition()
-        self._state = PENDING
-        self._result = None
-        self._exception = None
-        self._waiters = []
-        self._done_callbacks = []
+        # (tests/test_pool.py checks that the fields are still all of them). Set
+        # through an untyped alias: typeshed declares them on the base class, and
+        # an assignment here would redeclare them (``_waiters`` as a list of
+        # unknown), which the protocol of ``as_completed`` then rejects.
+        this: Any = self
+        this._condition = _Condition()
+        this._state = PENDING
+        this._result = None
+        this._exception = None
+        this._waiters = []
+        this._done_callbacks = []
         self._cancel_hook = None
         self._callback_runner = None
         self._wait_hook = None
