@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo check test lint typecheck pytest docs bench bench-quick bench-ray test-all clean
+.PHONY: demo check test lint typecheck pytest docs bench bench-quick bench-compare bench-ray test-all clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ bench-quick:
 
 bench-ray:
 	$(MAKE) -C benchmarks bench-ray
+
+# This tree against commit BASE in one interleaved run: each ratio (to mp.Pool, to
+# the limit, to BASE) with its spread. BENCH_ARGS go to benchmarks/run.py.
+bench-compare:
+	$(MAKE) -C benchmarks compare BASE=$(BASE) BENCH_ARGS="$(BENCH_ARGS)"
 
 clean:
 	rm -rf $(VENV) .venv-* dist build docs/_build .mypy_cache .pytest_cache .ruff_cache .nox

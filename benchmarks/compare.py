@@ -1,10 +1,11 @@
 """procpool of this tree against procpool of another commit, in one interleaved run.
 
-``python benchmarks/compare.py REV [run.py options]`` (``make -C benchmarks compare
-BASE=REV``): checks REV out into a temporary git worktree, runs ``run.py
---procpool-base <worktree>/src`` on B1, B3, B7 and B7d with multiprocessing.Pool,
-this tree's procpool and REV's procpool, 15 repetitions, and removes the worktree
-again.  The report is ``benchmarks/results/compare.md``; options given after REV
+``python benchmarks/compare.py REV [run.py options]`` (``make bench-compare BASE=REV``
+at the top level, or ``make -C benchmarks compare BASE=REV``): checks REV out into a
+temporary git worktree, runs ``run.py --procpool-base <worktree>/src`` on B1, B3, B5,
+B7 and B7d with the serial loop, multiprocessing.Pool, this tree's procpool and REV's
+procpool (and the limits of B3 and B5: a bare Pipe echo, np.copyto), 15
+repetitions, and removes the worktree again.  The report is ``benchmarks/results/compare.md``; options given after REV
 are passed on to run.py and override these (argparse keeps the last value), e.g.
 ``--reps 5`` or ``--workloads B7d``.
 
@@ -30,9 +31,9 @@ import run  # noqa: E402
 
 DEFAULTS = [
     "--workloads",
-    "B1,B3,B7,B7d",
+    "B1,B3,B5,B7,B7d",
     "--contenders",
-    "mp,procpool,procpool_base",
+    "serial,mp,procpool,procpool_base",
     "--reps",
     "15",
     "--output",

@@ -55,7 +55,15 @@ COMPARISON_METHOD = "fork"
 """Start method of the comparison table (the issue's reference figures are fork)."""
 
 FLOOR_LABELS = {"pipe": "bare Pipe", "copyto": "np.copyto"}
-"""Reference measurements shown in the "floor / limit" column."""
+"""Reference measurements that are not a library (the "limit" column of B3, B5)."""
+
+#: The limit of each workload that has one, in a user's words: what no pool can
+#: do better than on this machine (issue 24), measured in the same run.
+LIMITS = {
+    "B1": "the same loop run serially in one process",
+    "B3": "a bare `multiprocessing.Pipe` round trip between two processes",
+    "B5": "copying the same arrays once with `np.copyto` in one process",
+}
 
 # Contenders of the full run, in column order (the Dask hook adds "dask").
 DEFAULT_CONTENDERS = [
@@ -380,6 +388,8 @@ class Row:
     unit: str
     better: str  # "lower" or "higher"
     cells: dict[str, Cell] = field(default_factory=dict)
+    #: The limit measured beside procpool in the same repetitions (issue 24): the
+    #: serial time (B1), a bare Pipe echo (B3), np.copyto (B5).
     floor: Cell | None = None
     target: str = ""
     measured: str = ""
@@ -500,6 +510,63 @@ def _ratio_to(cells: dict[str, Cell], ref: str) -> float | None:
 
 def _value(cells: dict[str, Cell], key: str = "procpool") -> float | None:
     return cells.get(key, Cell(None)).value
+
+
+def _floor_cell(job: Job, key: str, metric: str) -> Cell:
+    """The limit measured in ``job`` by reference ``key``, with its figure of each run."""
+    runs = {rep: float(r[metric]) for rep, r in _runs(job, key)}
+    return Cell(
+        statistics.median(runs.values()) if runs else None, why=job.failures.get(key, ""), runs=runs
+    )
+
+
+def limit_ratio(row: Row, key: str = "procpool") -> tuple[float, float, float] | None:
+    """``key``'s figure over the row's limit: (ratio of the medians, lowest, highest
+    ratio within one repetition), or None. Below 1 is faster than the limit for
+    times, slower for rates."""
+    cell, floor = row.cells.get(key), row.floor
+    if cell is None or floor is None or cell.value is None or not floor.value:
+        return None
+    per_rep = [
+        cell.runs[k] / floor.runs[k] for k in cell.runs.keys() & floor.runs.keys() if floor.runs[k]
+    ]
+    ratio = cell.value / floor.value
+    return (ratio, min(per_rep, default=ratio), max(per_rep, default=ratio))
+
+
+def _spread(ratio: tuple[float, float, float] | None, suffix: str = "x") -> str:
+    """``1.70x (1.52-1.98)``: a ratio of medians and its range over single repetitions."""
+    if ratio is None:
+        return "—"
+    value, low, high = ratio
+    return f"{fmt(value)}{suffix} ({fmt(low)}-{fmt(high)})"
+
+
+def _against_limit(
+    label: str,
+    unit: str,
+    better: str,
+    cells: dict[str, Cell],
+    floor: Cell,
+    limit: float,
+    short: str,
+    *,
+    also: str = "",
+    **fields: Any,
+) -> Row:
+    """A row judged against its limit: procpool's figure at most (``better`` lower) or
+    at least (higher) ``limit`` x the limit's, both from the same repetitions.
+
+    ``short`` names the limit in the table (``serial``, ``Pipe``); ``also`` follows
+    the measured ratio.
+    """
+    row = Row(label, unit, better, cells, floor=floor, headline=True, **fields)
+    ratio = limit_ratio(row)
+    sign = "≤" if better == "lower" else "≥"
+    row.target = f"{sign} {limit}x {short}"
+    row.measured = _spread(ratio, f"x {short}") + also if ratio else "—"
+    _judge(row, ratio[0] if ratio else None, limit)
+    return row
 
 
 # --------------------------------------------------------------------------- workloads
@@ -697,15 +764,22 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
                 cell.value *= scale
                 cell.runs = {rep: v * scale for rep, v in cell.runs.items()}
                 cell.marks += "†"
+        serial = cells.get("serial")
+        r_mp = _ratio_to(cells, "mp")
         rows.append(
-            _against_mp(
+            _against_limit(
                 "B1 tiny tasks: map time",
                 "s",
+                "lower",
                 cells,
-                0.8,
+                Cell(serial.value, runs=dict(serial.runs)) if serial else Cell(None),
+                1.5,
+                "serial",
+                also=f", {fmt(r_mp)}x mp.Pool" if r_mp else "",
+                ref="mp",
                 group="B1",
                 metric="time",
-                goal=f"at most 0.8x {mp_name}'s time (1.25x faster)",
+                goal="at most 1.5x the time of the same loop run serially",
             )
         )
 
@@ -728,21 +802,22 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
     if "B3" in jobs:
         job = jobs["B3"]
         cells = _cells(job, "latency_us", cols)
-        floor = Cell(median_of(job, "pipe", "latency_us"), why=job.failures.get("pipe", ""))
-        pp = _value(cells)
-        vs_pipe = pp / floor.value if pp and floor.value else None
+        r_mp = _ratio_to(cells, "mp")
         rows.append(
-            _against_mp(
+            _against_limit(
                 "B3 latency: submit→result",
                 "µs",
+                "lower",
                 cells,
-                0.65,
-                also=f", {fmt(vs_pipe)}x Pipe",
+                _floor_cell(job, "pipe", "latency_us"),
+                2.5,
+                "Pipe",
+                also=f", {fmt(r_mp)}x mp.Pool" if r_mp else "",
+                ref="mp",
                 plot_serial=False,
-                floor=floor,
                 group="B3",
                 metric="round-trip time",
-                goal=f"at most 0.65x {mp_name}'s (1.54x faster)",
+                goal="at most 2.5x a bare `multiprocessing.Pipe` round trip",
             )
         )
 
@@ -786,20 +861,42 @@ def build_rows(jobs: dict[str, Job], sizes: Sizes, keys: list[str]) -> list[Row]
             ("identity_mbs", "identity", "throughput, arrays sent back"),
             ("sum_mbs", "sum", "throughput, only their sums sent back"),
         ):
-            floor = Cell(median_of(job, "copyto", metric), why=job.failures.get("copyto", ""))
+            floor = _floor_cell(job, "copyto", metric)
+            cells = _cells(job, metric, cols)
+            if label == "identity":
+                best = _best_peer(cells, "higher")
+                pp = _value(cells)
+                vs_peer = (
+                    f", {fmt(pp / best[1])}x {CONTENDERS[best[0]].label}" if pp and best else ""
+                )
+                rows.append(
+                    _against_limit(
+                        f"B5 {sizes.b5_mb} MB arrays: {label}",
+                        "MB/s",
+                        "higher",
+                        cells,
+                        floor,
+                        0.5,
+                        "np.copyto",
+                        also=vs_peer,
+                        group="B5",
+                        metric=words,
+                        goal="at least 0.5x the rate of `np.copyto` in one process",
+                    )
+                )
+                continue
             rows.append(
                 _against_best_peer(
                     f"B5 {sizes.b5_mb} MB arrays: {label}",
                     "MB/s",
                     "higher",
-                    _cells(job, metric, cols),
+                    cells,
                     2.0,
                     floor=floor,
                     target="≥ 2x best peer",
                     group="B5",
                     metric=words,
                     goal="at least 2x the best other pool's",
-                    headline=label == "identity",
                 )
             )
 
@@ -880,11 +977,11 @@ def _b7_rows(job: Job, cols: list[str], buffersize: int, words: str) -> list[Row
             f"{title}: total time",
             "s",
             _cells(job, "time", cols),
-            1.0,
+            0.85,
             of="mp.Pool.imap",
             group=job.name,
             metric="total time",
-            goal=f"no slower than {CONTENDERS['mp'].long_label}.imap",
+            goal=f"at most 0.85x {CONTENDERS['mp'].long_label}.imap's time",
         ),
     ]
 
@@ -909,7 +1006,11 @@ def render_table(rows: list[Row], keys: list[str]) -> str:
     used = [k for k in dict.fromkeys([*keys, "dask"]) if any(k in r.cells for r in rows)]
     has_floor = any(r.floor is not None for r in rows)
     header = ["workload", "unit"] + [CONTENDERS[k].label for k in used]
-    header += (["floor / limit"] if has_floor else []) + ["target", "procpool measured", "status"]
+    header += (["limit", "procpool / limit"] if has_floor else []) + [
+        "target",
+        "procpool measured",
+        "status",
+    ]
     lines: list[list[str]] = []
     for r in rows:
         line = [r.label, r.unit]
@@ -923,6 +1024,7 @@ def render_table(rows: list[Row], keys: list[str]) -> str:
                 line.append(fmt(c.value) + c.marks)
         if has_floor:
             line.append(fmt(r.floor.value) if r.floor is not None else "")
+            line.append(_spread(limit_ratio(r)) if r.floor is not None else "")
         line += [r.target or "", r.measured or "", r.status or ""]
         lines.append(line)
     return _markdown_table(header, lines)
@@ -998,6 +1100,24 @@ def _versus(row: Row, key: str, *, plain: bool = False) -> str:
     return f"{phrase} ({_quantity(other, row.unit)})"
 
 
+def _limit_sentence(row: Row, *, plain: bool = False) -> str:
+    """How far procpool is from the row's limit, in words ("" if the row has none).
+
+    ``plain`` (the users' page): two digits and no run-by-run range.
+    """
+    ratio = limit_ratio(row)
+    what = LIMITS.get(row.group)
+    if ratio is None or what is None or row.floor is None or row.floor.value is None:
+        return ""
+    value, low, high = ratio
+    figure = f"{value:.2g}x" if plain else f"{fmt(value)}x ({fmt(low)}-{fmt(high)} run by run)"
+    if row.better == "lower":
+        how = f"procpool takes {figure} as long"
+    else:
+        how = f"procpool reaches {figure} that rate"
+    return f"The limit, {what}: {_quantity(row.floor.value, row.unit)}; {how}."
+
+
 def _and(names: list[str]) -> str:
     """``a, b and c``."""
     return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
@@ -1053,9 +1173,11 @@ def render_summary(rows: list[Row], sizes: Sizes, keys: list[str], quick: bool) 
                 clauses.append(f"{metric}: {figure}, target {r.goal} — {_verdict(r)}.")
                 continue
             compared = _compared(r, others)
-            clauses.append(
-                f"{metric}: {'; '.join([figure, *compared])}. Target: {r.goal} — {_verdict(r)}."
-            )
+            clauses.append(f"{metric}: {'; '.join([figure, *compared])}.")
+            limit = _limit_sentence(r)
+            if limit:
+                clauses.append(limit)
+            clauses.append(f"Target: {r.goal} — {_verdict(r)}.")
         lines.append("- " + " ".join(clauses))
     return intro + "\n\n" + "\n".join(lines)
 
@@ -1115,12 +1237,19 @@ def render_user_page(
         metric = r.metric[:1].upper() + r.metric[1:]
         compared = _compared(r, others, plain=True)
         figure = f"procpool {_quantity(_value(r.cells) or 0.0, r.unit)}"
-        lines.append(f"- **{title}** ({what}). {metric}: {'; '.join([figure, *compared])}.")
+        limit = _limit_sentence(r, plain=True)
+        lines.append(
+            f"- **{title}** ({what}). {metric}: {'; '.join([figure, *compared])}."
+            + (f" {limit}" if limit else "")
+        )
     intro = (
         "What to expect from procpool next to the standard library's pools "
         "(`multiprocessing.Pool`, `concurrent.futures.ProcessPoolExecutor`)"
         + (f" and the best of {peers} on each workload" if peers else "")
-        + f", all with {WORKERS} worker processes on a {WORKERS}-core machine."
+        + f", all with {WORKERS} worker processes on a {WORKERS}-core machine. Where a "
+        "workload has a limit (what no pool can do better than on this machine: the same "
+        "loop without a pool, a bare pipe round trip, a copy in memory), measured in the "
+        "same runs, the line says how far procpool is from it."
     )
     if quick:
         intro += " **Quick mode: tiny sizes, the figures mean nothing.**"
@@ -1162,19 +1291,21 @@ def _ratio_range(a: Cell | None, b: Cell | None) -> str:
 def render_base_comparison(rows: list[Row], base: dict[str, str]) -> str | None:
     """procpool against procpool base, row by row (``--procpool-base``), or None."""
     lines = []
+    has_limit = any(r.floor is not None for r in rows)
     for r in rows:
         new, old = r.cells.get("procpool"), r.cells.get("procpool_base")
         if new is None or old is None or new.value is None or old.value is None:
             continue
         mp = r.cells.get("mp")
-        lines.append(
-            [
-                f"{r.label} ({r.unit}, {r.better} is better)",
-                _ratio_range(new, mp),
-                _ratio_range(old, mp),
-                _ratio_range(new, old),
-            ]
-        )
+        line = [
+            f"{r.label} ({r.unit}, {r.better} is better)",
+            _ratio_range(new, mp),
+            _ratio_range(old, mp),
+            _ratio_range(new, old),
+        ]
+        if has_limit:
+            line += [_spread(limit_ratio(r)), _spread(limit_ratio(r, "procpool_base"))]
+        lines.append(line)
     if not lines:
         return None
     intro = (
@@ -1185,8 +1316,16 @@ def render_base_comparison(rows: list[Row], base: dict[str, str]) -> str | None:
         "highest ratio between the two figures of one repetition. For times below 1 is "
         "better, for speed-ups and MB/s above 1. On this shared machine single figures move "
         "by 5-20 % from run to run: a ratio within that of 1 is a tie."
+        + (
+            " The limit of B1 is the serial loop, of B3 a bare Pipe round trip, of B5 "
+            "np.copyto, each measured in the same repetitions."
+            if has_limit
+            else ""
+        )
     )
     header = ["row", "procpool ÷ mp.Pool", "procpool base ÷ mp.Pool", "procpool ÷ procpool base"]
+    if has_limit:
+        header += ["procpool ÷ limit", "procpool base ÷ limit"]
     return intro + "\n\n" + _markdown_table(header, lines)
 
 
@@ -1228,6 +1367,14 @@ def footnotes(
             "then on the pool; the ratio is taken per run (the load of this shared machine "
             "drifts from one minute to the next), and the figure is the median ratio."
         )
+    if any(name in jobs for name in LIMITS):
+        notes.append(
+            "Limit column: what no pool can do better than, measured in the same "
+            "repetitions as procpool: B1 the serial loop (the serial column), B3 a bare "
+            "multiprocessing.Pipe echo between two processes, B5 np.copyto of the same "
+            "arrays in one process. procpool / limit: the ratio of the medians, in brackets "
+            "its lowest and highest value within one repetition."
+        )
     if "B3" in jobs:
         notes.append(
             "B3 runs at normal priority (nice 0), unlike the rest: at the raised priority "
@@ -1241,8 +1388,7 @@ def footnotes(
     if "B5" in jobs:
         notes.append(
             f"B5: MB/s = input bytes ({sizes.b5_count} x {sizes.b5_mb} MB) / wall time; identity "
-            "also moves them back. Floor column: bare multiprocessing.Pipe echo (B3), "
-            "in-process np.copyto rate (B5)."
+            "also moves them back."
         )
     if "B7" in jobs:
         notes.append(

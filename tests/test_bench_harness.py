@@ -80,7 +80,7 @@ def test_quick_run_prints_the_table(quick_run: QuickRun) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| workload"))
-    for column in ("serial", "mp.Pool", "target", "status"):
+    for column in ("serial", "mp.Pool", "limit", "procpool / limit", "target", "status"):
         assert column in header
     for row in ("B1 tiny tasks", "B2 CPU-bound", "B3 latency", "B4 start-up: fork", "B6", "B7"):
         assert any(line.startswith(f"| {row}") for line in lines), row
@@ -145,7 +145,8 @@ def test_quick_report_opens_with_a_summary_in_plain_words(quick_run: QuickRun) -
         b1 = next(line for line in summary if "Many tiny tasks" in line)
         assert "procpool " in b1
         assert "multiprocessing.Pool" in b1
-        assert "Target: at most 0.8x multiprocessing.Pool's time" in b1
+        assert "Target: at most 1.5x the time of the same loop run serially" in b1
+        assert "The limit, the same loop run serially in one process:" in b1
     assert text.index("## All figures") < text.index("## Machine")
 
 
@@ -263,3 +264,24 @@ def test_users_ratios_have_two_digits_and_ties_within_5_percent(run_module: Modu
     assert run_module._versus(row, "mp", plain=True).startswith(
         "about as fast as multiprocessing.Pool"
     )
+
+
+def test_limit_ratio_pairs_runs_of_the_same_repetition(run_module: ModuleType) -> None:
+    """procpool over its limit: the ratio of the medians, and its range within one
+    repetition (issue 24); the users' page says it in plain words."""
+    row = run_module.Row("B3 latency", "µs", "lower", group="B3")
+    row.cells = {"procpool": run_module.Cell(40.0, runs={0: 36.0, 1: 40.0, 2: 60.0})}
+    row.floor = run_module.Cell(16.0, runs={0: 18.0, 1: 16.0, 2: 15.0})
+    assert run_module.limit_ratio(row) == (2.5, 2.0, 4.0)
+    assert run_module._spread(run_module.limit_ratio(row)) == "2.50x (2.00-4.00)"
+    assert run_module._limit_sentence(row, plain=True) == (
+        "The limit, a bare `multiprocessing.Pipe` round trip between two processes: "
+        "16.0 µs; procpool takes 2.5x as long."
+    )
+    rate = run_module.Row("B5 8 MB arrays: identity", "MB/s", "higher", group="B5")
+    rate.cells = {"procpool": run_module.Cell(4000.0, runs={0: 4000.0})}
+    rate.floor = run_module.Cell(8000.0, runs={0: 8000.0})
+    assert "procpool reaches 0.5x that rate" in run_module._limit_sentence(rate, plain=True)
+    row.floor = None
+    assert run_module.limit_ratio(row) is None
+    assert run_module._limit_sentence(row) == ""

@@ -159,8 +159,10 @@ def test_two_callbacks_joining_the_pool_do_not_wait_for_each_other(start_method:
         with lock:
             results.append(ended)
 
-    pool.submit(helpers.square, 1).add_done_callback(join_pool)
-    pool.submit(helpers.square, 2).add_done_callback(join_pool)
+    # Tasks that outlast the submissions: a task that ended before its callback was
+    # added would run it inline, here, and close the pool under the next submit.
+    pool.submit(helpers.sleep_then, 0.2, 1).add_done_callback(join_pool)
+    pool.submit(helpers.sleep_then, 0.2, 2).add_done_callback(join_pool)
     pool.close()
     # The caller's join waits for both callbacks, each of which joined too.
     assert pool.join(timeout=PATIENCE)

@@ -77,7 +77,16 @@ def test_children_load_nothing_of_the_parent_side(method: str) -> None:
 
 #: The parts of the dispatcher, in the order they may import each other: each may
 #: import only parts before it (issue 23: no part holds the whole dispatcher).
-PARTS = ("_queue", "_workers", "_staffing", "_settle", "_feeding", "_direct", "_dispatcher")
+PARTS = (
+    "_queue",
+    "_workers",
+    "_staffing",
+    "_settle",
+    "_feeding",
+    "_direct",
+    "_assist",
+    "_dispatcher",
+)
 
 
 def test_the_dispatchers_parts_import_only_the_parts_before_them() -> None:

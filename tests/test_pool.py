@@ -721,3 +721,34 @@ def test_large_payloads_in_both_directions_do_not_deadlock(pool: procpool.Pool) 
     assert pool.map(helpers.identity, blobs, chunksize=3).result(timeout=60) == blobs
     futures = [pool.submit(helpers.identity, blob) for blob in blobs[:6]]
     assert [f.result(timeout=60) for f in futures] == blobs[:6]
+
+
+def test_future_sets_every_field_of_the_standard_future() -> None:
+    # procpool.Future sets concurrent.futures.Future's fields itself (with a cheaper
+    # condition); a Python that adds one must not leave it missing here.
+    ours = procpool.Future[int]()
+    theirs = concurrent.futures.Future[int]()
+    assert set(vars(theirs)) <= set(vars(ours))
+    assert isinstance(ours._condition, threading.Condition)
+    waiter = threading.Thread(target=ours.result, args=(10,))
+    waiter.start()
+    time.sleep(0.05)
+    assert ours.try_set_result(1)
+    waiter.join(10)
+    assert not waiter.is_alive()
+
+
+@pytest.mark.parametrize(
+    "items", [range(10_000), range(-50, 50, 7), range(100, 0, -3), range(0), tuple(range(-9, 9))]
+)
+def test_map_of_a_range_equals_serial(pool: procpool.Pool, items: range | tuple[int, ...]) -> None:
+    # A range travels as ranges (a slice of a range is one), not as pickled ints; a
+    # tuple, like a range, is sliced as it is, without a snapshot.
+    assert pool.map(abs, items).result() == [abs(x) for x in items]
+    assert list(pool.map(abs, items, chunksize=7)) == [abs(x) for x in items]
+
+
+def test_a_failure_in_a_map_of_a_range_is_its_own_item(pool: procpool.Pool) -> None:
+    fut = pool.map(helpers.fail_on, range(1_000), chunksize=100)
+    with pytest.raises(ValueError, match="bad item 3"):
+        fut.result()

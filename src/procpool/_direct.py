@@ -117,37 +117,48 @@ class DirectPath:
                     return
                 worker.claimed = True
                 worker.claims += 1
-            workers.waiter.unregister(worker.result_conn)
+            # By descriptor: the same registration, without asking the Connection.
+            workers.waiter.unregister(worker.result_fd)
             poller = worker.wait_poll
             assert poller is not None
+        claimed = True
         try:
             deadline = time.monotonic() + (
                 CLAIM_SECONDS if timeout is None else min(timeout, CLAIM_SECONDS)
             )
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or not poller.poll(left * 1000):
+                ready = poller.poll(left * 1000) if left > 0 else None
+                if not ready:
                     return
+                # The pipe itself is ready (not just the sentinel): no need to ask again.
+                readable = len(ready) > 1 or ready[0][0] == worker.result_fd
                 with life.lock:
-                    if self._read_claimed(worker, call):
+                    if self._read_claimed(worker, call, readable):
+                        claimed = False
+                        self._unclaim(worker)  # under the same hold of the lock
                         return
         finally:
-            with life.lock:
-                self._unclaim(worker)
+            if claimed:
+                with life.lock:
+                    self._unclaim(worker)
 
-    def _read_claimed(self, worker: Worker, call: Call) -> bool:
-        """Apply what a claimed worker sent; True once there is nothing left to wait for."""
+    def _read_claimed(self, worker: Worker, call: Call, readable: bool) -> bool:
+        """Apply what a claimed worker sent; True once there is nothing left to wait for.
+
+        ``readable``: the result pipe has just been seen ready.
+        """
         workers = self._workers
         if not workers.is_live(worker) or worker.dying:
             return True
-        conn = worker.result_conn
         while True:
             # Only the read means "exiting": an OSError out of applying a reply
             # (an error type of the task's, say) must not pass for a broken pipe.
             try:
-                if not worker.reply_waiting():
+                if not readable and not worker.reply_waiting():
                     return False
-                data = conn.recv_bytes()
+                readable = False
+                data = worker.read()
             except (EOFError, OSError):
                 return True  # exiting: the sentinel tells the dispatcher
             self._settler.on_reply(worker, workers.decode(worker, data))
@@ -160,7 +171,7 @@ class DirectPath:
         if self._life.exiting or not self._workers.is_live(worker) or worker.dying:
             return  # its exit is the dispatcher's business, pipe or not
         # Level-triggered: a reply that came meanwhile wakes the dispatcher at once.
-        self._workers.waiter.register(worker.result_conn, (worker, RESULT))
+        self._workers.waiter.register(worker.result_fd, (worker, RESULT))
         # The worker is free: work may wait for it, or it may be due to retire, or
         # the pool may be done.
         self._nudge()

@@ -58,6 +58,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 
+from ._assist import Assist
 from ._callbacks import CallbackRunner, before_blocking
 from ._child.shm import ENABLED as SHARED_MEMORY
 from ._child.shm import SegmentPool
@@ -155,6 +156,9 @@ class Dispatcher:
             size=workers,
             nudge=self._nudge,
         )
+        self.assist = Assist(
+            self.queue, self.workers, self.life, self.feeder, self.settler, size=workers
+        )
 
         try:
             for slot in range(workers):
@@ -231,6 +235,8 @@ class Dispatcher:
             if self.direct.send(job):
                 return
             self.queue.add(job)
+            if self.assist.hand_out(job):  # sent from this thread: no wake-up (see _assist)
+                return
         self.wake()
 
     def command(self, action: Callable[[], None]) -> None:

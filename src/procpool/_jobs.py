@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ._child import messages as m
@@ -32,7 +32,14 @@ _ids = itertools.count(1)
 
 
 def limit_fields(opts: Options) -> tuple[int, bytes]:
-    """The MEMORY and GRACE flags, and their fields, of a call with ``opts`` (see ``_child``)."""
+    """The MEMORY and GRACE flags, and their fields, of a call with ``opts`` (see ``_child``).
+
+    Worked out once per ``Options`` (a pool's, or an ``options()`` view's) and
+    kept on it: every submit needs them.
+    """
+    cached: tuple[int, bytes] | None = opts.__dict__.get("_limit_fields")
+    if cached is not None:
+        return cached
     flags, fields = 0, b""
     if opts.max_memory is not None:
         flags |= m.MEMORY
@@ -40,6 +47,8 @@ def limit_fields(opts: Options) -> tuple[int, bytes]:
     if opts.grace is not None and opts.timeout is not None:
         flags |= m.GRACE
         fields += m.GRACE_FIELD.pack(opts.timeout, opts.grace)
+    # Options is frozen, and its fields say everything this is made of.
+    object.__setattr__(opts, "_limit_fields", (flags, fields))
     return flags, fields
 
 
@@ -96,8 +105,9 @@ class Call:
         stop: int = 1,
         *,
         exact: bool = False,
+        call_id: int | None = None,
     ) -> None:
-        self.id: int = m.CALL_HEADER.unpack_from(data)[0]
+        self.id: int = m.CALL_HEADER.unpack_from(data)[0] if call_id is None else call_id
         self.job = job
         self.data = data
         #: The shared segment holding the call's large buffers, if any.
@@ -208,22 +218,31 @@ class SingleJob(Job):
         *,
         lease: Lease | None,
         opts: Options,
+        call_id: int | None = None,
     ) -> None:
         self.future = future
         self.fn = fn
-        self.name = describe_callable(fn)
+        self._name: str | None = None
         self.group = self
         self._take_options(opts)
         self._data: bytes | None = data
         self._lease = lease
         self.attempts = 0
+        self.call_id = call_id
+
+    @property
+    def name(self) -> str:
+        """The function's name, for messages (worked out only when one is needed)."""
+        if self._name is None:
+            self._name = describe_callable(self.fn) if self.fn is not None else "(released)"
+        return self._name
 
     def next_call(self, workers: int, *, short: bool = False) -> Call | None:
         data = self._data
         if data is None:
             return None
         lease, self._data, self._lease = self._lease, None, None
-        return Call(self, data, lease)
+        return Call(self, data, lease, call_id=self.call_id)
 
     def requeue(self, call: Call) -> None:
         """Hand the same call out again (it never started, or it is being retried)."""
@@ -248,6 +267,7 @@ class SingleJob(Job):
         return self.name
 
     def release(self) -> None:
+        # Nothing describes a job after this: its outcome is decided (see _settle).
         self.fn = None
         self._data = None
         lease, self._lease = self._lease, None
@@ -276,7 +296,7 @@ class MapJob(Job):
         self,
         future: MapFuture[Any],
         fn: Callable[..., Any],
-        items: list[Any],
+        items: Sequence[Any],
         *,
         star: bool,
         chunksize: int | None,
@@ -292,7 +312,8 @@ class MapJob(Job):
         self.map_future = future
         self.fn = fn
         self.name = name if name is not None else describe_callable(fn)
-        self.items: list[Any] | None = items
+        #: A list, or a range (whose slices are ranges: see ``Pool._map``).
+        self.items: Sequence[Any] | None = items
         self.star = star
         self.fixed = chunksize
         self._take_options(opts)

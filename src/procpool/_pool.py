@@ -11,9 +11,9 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.context import BaseContext
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from typing_extensions import ParamSpec
 
@@ -295,9 +295,10 @@ class Pool(Executor):
         sent: Callable[..., Any] = fn
         if self._trace_task is not None:
             sent = self._trace_task(fn, future, describe_callable(fn))
+        call_id = new_call_id()
         try:
             data, lease = encode_call(
-                new_call_id(),
+                call_id,
                 m.CALL | flags,
                 sent,
                 (args, kwargs),
@@ -308,7 +309,7 @@ class Pool(Executor):
         except Unpicklable as exc:
             future.try_set_exception(not_picklable(exc))
             return future
-        dispatcher.add(SingleJob(future, fn, data, lease=lease, opts=opts))
+        dispatcher.add(SingleJob(future, fn, data, lease=lease, opts=opts, call_id=call_id))
         return future
 
     # -- what the shared surface (Executor) asks of a pool ------------------------
@@ -326,7 +327,17 @@ class Pool(Executor):
         dispatcher.check_open()
         star = len(iterables) > 1
         first: Iterable[Any] = iterables[0]
-        items: list[Any] = list(zip(*iterables, strict=False)) if star else list(first)
+        items: Sequence[Any]
+        kind: type = type(first)
+        if star:
+            items = list(zip(*iterables, strict=False))
+        elif kind is range or kind is tuple:
+            # A range is immutable, and a slice of it is a range: chunks travel as a
+            # few bytes (start, stop, step) instead of pickled ints. A tuple cannot
+            # change either. Neither needs a snapshot.
+            items = cast("Sequence[Any]", first)
+        else:
+            items = list(first)
         future: MapFuture[R] = MapFuture(len(items), timeout=timeout)
         reporter = make_reporter(progress, len(items), getattr(fn, "__name__", "map"))
         if reporter is not None:
@@ -360,6 +371,9 @@ class Pool(Executor):
         group, timing = object(), Timing()
 
         def launch(items: list[Any], base_index: int) -> MapFuture[R]:
+            # Finished chunks in first: they free room in the workers for this one,
+            # which can then go out from this thread (see _assist).
+            dispatcher.assist.take_in()
             future: MapFuture[R] = MapFuture(len(items))
             job = MapJob(
                 future,

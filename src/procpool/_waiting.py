@@ -10,6 +10,7 @@ path. Windows pipes do not work with selectors, so there each wait goes through
 from __future__ import annotations
 
 import contextlib
+import select
 import selectors
 import socket
 import sys
@@ -20,6 +21,7 @@ if sys.platform == "linux":
     import fcntl
 
 K = TypeVar("K")
+_MISSING: Any = object()
 
 
 #: Whether pipes can be written without blocking and watched for writability.
@@ -43,13 +45,26 @@ def widen_pipe(fd: int) -> None:
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_CAPACITY)
 
 
+def _fd(obj: Any) -> int:
+    return obj if isinstance(obj, int) else int(obj.fileno())
+
+
 class Waiter(Generic[K]):
-    """Wait until any registered object is ready; yields the keys given at registration."""
+    """Wait until any registered object is ready; yields the keys given at registration.
+
+    On Linux an ``epoll`` object used directly: a claimed worker's pipe is taken
+    out of it and put back once per round trip, and the ``selectors`` wrapper's
+    bookkeeping in Python cost more than the two system calls themselves.
+    """
 
     def __init__(self) -> None:
+        self._epoll: Any = select.epoll() if hasattr(select, "epoll") else None
         self._selector: selectors.BaseSelector | None = (
-            None if sys.platform == "win32" else selectors.DefaultSelector()
+            None
+            if sys.platform == "win32" or self._epoll is not None
+            else selectors.DefaultSelector()
         )
+        #: By descriptor, but on Windows by the registered object.
         self._keys: dict[Any, K] = {}
 
     def register(self, obj: Any, key: K, *, write: bool = False) -> None:
@@ -57,26 +72,54 @@ class Waiter(Generic[K]):
 
         With ``write=True``, watch it for writability instead (POSIX only).
         """
-        self._keys[obj] = key
+        if self._epoll is not None:
+            fd = _fd(obj)
+            self._epoll.register(fd, select.EPOLLOUT if write else select.EPOLLIN)
+            self._keys[fd] = key
+            return
         if self._selector is not None:
+            # By descriptor too: a claimed pipe goes out and back in by descriptor.
+            fd = _fd(obj)
+            self._keys[fd] = key
             events = selectors.EVENT_WRITE if write else selectors.EVENT_READ
-            self._selector.register(obj, events, key)
+            self._selector.register(fd, events, key)
+            return
+        self._keys[obj] = key
 
     def unregister(self, obj: Any) -> None:
         """Stop watching ``obj`` (before it is closed)."""
-        self._keys.pop(obj, None)
+        if self._epoll is not None:
+            with contextlib.suppress(ValueError, OSError):  # closed, or not registered
+                fd = _fd(obj)
+                if self._keys.pop(fd, _MISSING) is not _MISSING:
+                    self._epoll.unregister(fd)
+            return
         if self._selector is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(obj)
+                fd = _fd(obj)
+                self._keys.pop(fd, None)
+                self._selector.unregister(fd)
+            return
+        self._keys.pop(obj, None)
 
     def wait(self, timeout: float | None) -> list[K]:
         """The keys of the objects that are ready, after at most ``timeout`` seconds."""
+        if self._epoll is not None:
+            keys = self._keys
+            # A descriptor unregistered by another thread meanwhile has no key.
+            return [
+                keys[fd]
+                for fd, _ in self._epoll.poll(-1 if timeout is None else timeout)
+                if fd in keys
+            ]
         if self._selector is not None:
             return [key.data for key, _ in self._selector.select(timeout)]
         return [self._keys[obj] for obj in _mp_wait(list(self._keys), timeout)]
 
     def fileno(self) -> int | None:
         """The selector's own descriptor (epoll on Linux), if it has one."""
+        if self._epoll is not None:
+            return int(self._epoll.fileno())
         if self._selector is None:
             return None
         fileno = getattr(self._selector, "fileno", None)
@@ -84,6 +127,8 @@ class Waiter(Generic[K]):
 
     def close(self) -> None:
         """Release the selector."""
+        if self._epoll is not None:
+            self._epoll.close()
         if self._selector is not None:
             self._selector.close()
         self._keys.clear()

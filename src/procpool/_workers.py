@@ -23,7 +23,6 @@ import pickle
 import re
 import select
 import signal
-import struct
 import threading
 import time
 from collections import deque
@@ -36,6 +35,8 @@ from typing import Any
 
 from ._child import messages as m
 from ._child.codec import describe_callable
+from ._child.frames import header as frame_header
+from ._child.frames import read_frame
 from ._child.placement import Placement
 from ._child.shm import ENABLED as SHARED_MEMORY
 from ._child.shm import Lease, drop_reply, load_reply, reply_prefix, unlink_prefixed
@@ -80,11 +81,8 @@ class Reply:
         self.error: BaseException | None = None
 
 
-def _frame_header(size: int) -> bytes:
-    """The length prefix multiprocessing's Connection.recv_bytes expects."""
-    if size > 0x7FFFFFFF:
-        return struct.pack("!i", -1) + struct.pack("!Q", size)
-    return struct.pack("!i", size)
+#: Messages up to this size are joined to their length prefix and written at once.
+_ONE_WRITE_BYTES = 64 * 1024
 
 
 class Worker:
@@ -103,7 +101,7 @@ class Worker:
     unapplied, reply_seq            ``read_lock``: the thread reading the result
                                     pipe (the dispatcher reads outside ``lock``)
     slot, process, task_conn,       set once, when the worker starts
-    result_conn, reply_prefix,
+    result_conn, result_fd, reply_prefix,
     read_lock, pipe_poll, wait_poll
     ==============================  ===============================================
 
@@ -132,6 +130,7 @@ class Worker:
         "reply_seq",
         "resident",
         "result_conn",
+        "result_fd",
         "retiring",
         "sent",
         "slot",
@@ -158,6 +157,7 @@ class Worker:
         self.process = process
         self.task_conn = task_conn
         self.result_conn = result_conn
+        self.result_fd = result_conn.fileno()
         self.outstanding: deque[Call] = deque()
         #: Bytes written to the task pipe later, when it has room (POSIX).
         self.out: deque[memoryview] = deque()
@@ -200,6 +200,16 @@ class Worker:
             self.wait_poll = select.poll()
             self.wait_poll.register(result_conn.fileno(), select.POLLIN)
             self.wait_poll.register(process.sentinel, select.POLLIN)
+
+    def read(self) -> bytes:
+        """Read one whole message from the result pipe (blocking; see ``_child.frames``).
+
+        Raises:
+            EOFError, OSError: the worker is gone.
+        """
+        if NONBLOCKING_WRITES:  # POSIX: pipes are plain descriptors
+            return read_frame(self.result_fd)
+        return self.result_conn.recv_bytes()
 
     def reply_waiting(self) -> bool:
         """Whether the result pipe can be read without blocking (EOF included)."""
@@ -246,6 +256,10 @@ class WorkerSet:
         self._own_fds = (*self.wakeup.filenos(), *filter(None, [self.waiter.fileno()]))
         PARENT_FDS.add(*self._own_fds)
         self.waiter.register(self.wakeup.reader, None)
+        #: Every live worker's result pipe, for a look at all of them in one call
+        #: (:meth:`with_replies`), by descriptor.
+        self._replies = select.poll() if CLAIMS else None
+        self._by_result_fd: dict[int, Worker] = {}
 
     def values(self) -> Iterable[Worker]:
         """The live workers (a view: copy it if the set may change while you loop)."""
@@ -260,6 +274,13 @@ class WorkerSet:
 
     def __len__(self) -> int:
         return len(self.by_slot)
+
+    def with_replies(self) -> list[Worker]:
+        """The live workers whose result pipe can be read now (one ``poll``; none on Windows)."""
+        if self._replies is None:
+            return []
+        by_fd = self._by_result_fd
+        return [by_fd[fd] for fd, _ in self._replies.poll(0) if fd in by_fd]
 
     def wait(self, timeout: float | None) -> list[tuple[Worker, int] | None]:
         """The keys of what is ready, after at most ``timeout`` s.
@@ -334,6 +355,9 @@ class WorkerSet:
         widen_pipe(result_r.fileno())
         self.waiter.register(result_r, (worker, RESULT))
         self.waiter.register(process.sentinel, (worker, EXITED))
+        if self._replies is not None:
+            self._replies.register(worker.result_fd, select.POLLIN)
+            self._by_result_fd[worker.result_fd] = worker
         return worker
 
     def abandon_start(self) -> None:
@@ -381,8 +405,20 @@ class WorkerSet:
         if not NONBLOCKING_WRITES:
             worker.task_conn.send_bytes(data)
             return
-        worker.out.append(memoryview(_frame_header(len(data))))
-        worker.out.append(memoryview(data))
+        if not worker.out and len(data) <= _ONE_WRITE_BYTES:
+            # Nothing queued before it: one write, which a pipe with room takes whole
+            # (the common case, and the whole cost of sending a small call).
+            frame = frame_header(len(data)) + data
+            try:
+                written = os.write(worker.task_conn.fileno(), frame)
+            except BlockingIOError:
+                written = 0
+            if written == len(frame):
+                return
+            worker.out.append(memoryview(frame)[written:])
+        else:
+            worker.out.append(memoryview(frame_header(len(data))))
+            worker.out.append(memoryview(data))
         self.flush(worker)
 
     def flush(self, worker: Worker) -> None:
@@ -423,12 +459,11 @@ class WorkerSet:
         None if the worker is exiting (its sentinel follows), or if a waiting thread
         has claimed the pipe or has just read what made it ready.
         """
-        conn = worker.result_conn
         with worker.read_lock:
             try:
                 if worker.claimed or (worker.claims and not worker.reply_waiting()):
                     return None
-                data = conn.recv_bytes()
+                data = worker.read()
             except (EOFError, OSError):
                 return None
             worker.unapplied += 1
@@ -436,10 +471,9 @@ class WorkerSet:
 
     def drain(self, worker: Worker, apply: Callable[[Worker, Reply], None]) -> None:
         """Read and ``apply`` every reply a dead worker managed to send before it died."""
-        conn = worker.result_conn
         with contextlib.suppress(EOFError, OSError):
             while worker.reply_waiting():
-                apply(worker, self.decode(worker, conn.recv_bytes()))
+                apply(worker, self.decode(worker, worker.read()))
 
     def decode(self, worker: Worker, data: bytes) -> Reply:
         """Unpickle a reply, once its header says it answers a call we wait for.
@@ -458,7 +492,11 @@ class WorkerSet:
         if reply.status in (m.LOG, m.INIT_ERROR):
             expected = call_id == m.NO_CALL and not shared
         else:
-            expected = any(call.id == call_id for call in tuple(worker.outstanding))
+            # One snapshot; the head first, which answers nearly every reply.
+            calls = tuple(worker.outstanding)
+            expected = bool(calls) and (
+                calls[0].id == call_id or any(call.id == call_id for call in calls[1:])
+            )
         view = memoryview(data)[m.REPLY_HEADER.size :]
         if not expected:
             reply.status = UNEXPECTED
@@ -528,6 +566,8 @@ class WorkerSet:
             unlink_prefixed(worker.reply_prefix)
         self.waiter.unregister(worker.result_conn)
         self.waiter.unregister(worker.process.sentinel)
+        if self._by_result_fd.pop(worker.result_fd, None) is not None and self._replies is not None:
+            self._replies.unregister(worker.result_fd)
         if worker.writing:
             self.waiter.unregister(worker.task_conn)
             worker.writing = False

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NoReturn, cast
 
 from . import alarm as alarms
+from . import frames
 from . import messages as m
 from .alarm import on_sigint, shield_thread
 from .codec import decode_function, encode_reply, exception_body, format_exception
@@ -50,7 +51,18 @@ _PARENT_CHECK_INTERVAL = 0.2
 
 #: Most items in one block. Bounds what a sudden change from fast items to slow
 #: ones delays: the next flush, and the next look at whether the item was slow.
-MAX_BLOCK = 64
+#: A block's own bookkeeping (a slice, a clock read, a few lines) costs about a
+#: microsecond: over 64 items of ~50 ns it was a third of their cost, over 1,024
+#: it is 2 %; and since a death in a block runs the block again item by item
+#: (see ``_settle``), its size costs at most 0.2 ms of work run twice.
+MAX_BLOCK = 1024
+#: Blocks sized for this many items or more (each at most BLOCK_TIME / 64, 3 µs)
+#: run through ``map`` in C, marked once per block.
+MIN_C_BLOCK = 64
+
+#: Pipes are read and written through their descriptors (see ``.frames``); on
+#: Windows they are named pipes, which only ``Connection`` knows.
+_FD_FRAMES = sys.platform != "win32"
 
 
 def watch_parent(parent_pid: int) -> None:
@@ -126,6 +138,7 @@ class _Sender:
 
     def __init__(self, conn: Connection, segments: ReplySegments | None) -> None:
         self.conn = conn
+        self.fd = conn.fileno() if _FD_FRAMES else -1
         self.lock = threading.Lock()
         #: Where large results go (None: in the pickle).
         self.segments = segments
@@ -138,7 +151,10 @@ class _Sender:
             if watch is not None:
                 watch.critical += 1
             try:
-                self.conn.send_bytes(data)
+                if self.fd >= 0:
+                    frames.write_frame(self.fd, data)
+                else:
+                    self.conn.send_bytes(data)
             except OSError:
                 # The parent closes our pipes only after we exit: it is gone.
                 _orphaned()
@@ -207,11 +223,12 @@ def _run_chunk(
     each item's start time goes to ``mark`` too, for the parent's deadline: a
     block's start would make an item that follows slow ones look overdue.
 
-    A full block (MAX_BLOCK items within BLOCK_TIME, so each takes a few µs at
-    most) runs through ``map`` in C and is marked once, with its bounds: the
-    per-item store and Python loop would cost as much as such items themselves.
-    A death in it then fails its items instead of one. Not when the parent needs
-    one item to blame (``exact``: it may retry it) or a start time per item.
+    A block of items so fast that MIN_C_BLOCK of them or more fit in BLOCK_TIME
+    (a few µs each at most) runs through ``map`` in C and is marked once, with
+    its bounds: the per-item store and Python loop would cost as much as such
+    items themselves. A death in it then runs the block again, item by item (see
+    ``_settle``). Not when the parent needs one item to blame (``exact``: it may
+    retry it) or a start time per item.
 
     With ``limits`` (a time limit and a grace period), each item runs under the
     alarm: one that reaches its limit is interrupted, is reported as Expired (the
@@ -259,7 +276,8 @@ def _run_chunk(
         if stop > n:
             stop = n
         count = stop - index
-        in_c = whole_blocks and count == MAX_BLOCK
+        # Sized for MIN_C_BLOCK items or more (not cut short by the chunk's end).
+        in_c = whole_blocks and block >= MIN_C_BLOCK
         while index < stop:
             try:
                 if in_c:
@@ -458,10 +476,16 @@ def worker_main(
             sys.exit(3)
     header = m.CALL_HEADER
     header_size = header.size
-    clock = time.monotonic
+    since_slot, item_slot, stop_slot = base + m.MARK_SINCE, base + m.MARK_ITEM, base + m.MARK_STOP
+    clock_ns = time.monotonic_ns
+    loads = pickle.loads
+    task_fd = task_conn.fileno()
+    read_frame = frames.read_frame
+    # Every line of this loop runs once per call: a small call's whole cost is a
+    # few dozen of them, so constants are looked up once, above.
     while True:
         try:
-            data = task_conn.recv_bytes()
+            data = read_frame(task_fd) if _FD_FRAMES else task_conn.recv_bytes()
         except (EOFError, OSError):
             _orphaned()  # the parent stops us with STOP, never by closing the pipe
         call_id, kind = header.unpack_from(data)
@@ -476,11 +500,12 @@ def worker_main(
         if kind & m.GRACE:
             limits = m.GRACE_FIELD.unpack_from(data, at)
             at += m.GRACE_FIELD.size
-        marker[base + m.MARK_SINCE] = time.monotonic_ns()
-        marker[base + m.MARK_ITEM] = 0
-        marker[base + m.MARK_STOP] = 0
+        since = marker[since_slot] = clock_ns()
+        marker[item_slot] = 0
+        marker[stop_slot] = 0
         marker[call_slot] = call_id
-        started = clock()
+        # The same clock as monotonic(), in seconds: one read for both.
+        started = since / 1e9
         shared: CallBuffers | None = None
         try:
             payload = memoryview(data)[at:]
@@ -488,16 +513,16 @@ def worker_main(
                 name, spans, start = parse(payload, 0)
                 payload = payload[start:]
                 shared = CallBuffers(name, spans)
-                wire_fn, *body = pickle.loads(payload, buffers=shared.views)
+                message = loads(payload, buffers=shared.views)
             else:
-                wire_fn, *body = pickle.loads(payload)
+                message = loads(payload)
             del payload
-            fn = decode_function(wire_fn)
+            fn = decode_function(message[0]) if kind & m.CLOUDPICKLED else message[0]
         except BaseException as exc:
             sender.reply(
                 call_id,
                 m.BAD_PICKLE,
-                clock() - started,
+                time.monotonic() - started,
                 f"the call could not be unpickled in the worker ({type(exc).__name__}: {exc}); "
                 "functions and classes must be importable by the worker: define them at "
                 "module top level (not in __main__ of an interactive session), or pass "
@@ -509,12 +534,12 @@ def worker_main(
         del data
         what = kind & m.KIND_MASK
         if what == m.CALL:
-            _run_call(call_id, fn, body[0], body[1], sender, started, limits)
+            _run_call(call_id, fn, message[1], message[2], sender, started, limits)
         else:
             _run_chunk(
                 call_id,
                 fn,
-                body[0],
+                message[1],
                 what == m.STARCHUNK,
                 bool(kind & m.TIMED),
                 bool(kind & m.EXACT),
@@ -524,10 +549,11 @@ def worker_main(
                 limits,
             )
         # Drop the finished call's function and arguments before waiting for the next.
-        del fn, wire_fn, body
+        del fn, message
         marker[call_slot] = -1
         count_call()
-        _let_go(call_id, kind, shared, sender)
+        if kind & m.SHARED:
+            _let_go(call_id, kind, shared, sender)
         if limit and _over(limit, call_id, sender):
             break
 
