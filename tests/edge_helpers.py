@@ -447,3 +447,15 @@ def triple(x: int, ms: float = 0.0) -> int:
 def exit_via_sys(code: int) -> None:
     """Call ``sys.exit(code)`` in the task."""
     sys.exit(code)
+
+
+def install_tblib() -> None:
+    """Initializer: patch exception pickling as Dask's workers do (tblib, every class)."""
+    from tblib import pickling_support
+
+    pickling_support.install()
+
+
+def raise_os_error(errno: int, text: str, filename: str) -> None:
+    """Raise ``OSError(errno, text, filename)``."""
+    raise OSError(errno, text, filename)

@@ -551,3 +551,41 @@ def test_a_worker_that_exited_with_a_code_does_not_blame_sys_exit(start_method: 
     assert isinstance(error, WorkerLostError)
     assert "exited with code 3" in str(error)
     assert "sys.exit" not in str(error)
+
+
+@pytest.fixture
+def tblib_in_the_parent() -> Iterator[None]:
+    """tblib's exception pickling installed here, as Dask installs it in a program
+    that uses DaskPool (and a fork worker inherits it); removed afterwards."""
+    import copyreg
+
+    from tblib import pickling_support
+
+    before = dict(copyreg.dispatch_table)
+    pickling_support.install()
+    try:
+        yield
+    finally:
+        copyreg.dispatch_table.clear()
+        copyreg.dispatch_table.update(before)
+
+
+@pytest.mark.usefixtures("tblib_in_the_parent")
+def test_exceptions_keep_their_fields_whatever_copyreg_says(start_method: str) -> None:
+    """Failed before procpool sealed its workers' exceptions: with tblib installed
+    (Dask does so for every exception that passes through it; a fork worker inherits
+    the parent's table, here every worker gets it from its initializer), SystemExit(3)
+    arrived with ``code`` None and an OSError without ``errno`` and ``filename``.
+    ``test_sys_exit_in_a_task_raises_system_exit_in_the_caller[fork]`` failed so in one
+    full run in two, after the Dask tests of the same process."""
+    with procpool.Pool(1, context=start_method, initializer=eh.install_tblib) as pool:  # type: ignore[arg-type]
+        with pytest.raises(SystemExit) as info:
+            pool.submit(eh.exit_via_sys, 3).result(timeout=60)
+        assert info.value.code == 3
+        error = pool.submit(eh.raise_os_error, 2, "gone", "/no/such").exception(timeout=60)
+        assert isinstance(error, FileNotFoundError)
+        assert (error.errno, error.strerror, error.filename) == (2, "gone", "/no/such")
+        # The same, item by item in a map, and from a map's blocks of tiny items.
+        outcomes = pool.map(eh.raise_os_error, [2], ["gone"], ["/x"], return_exceptions=True)
+        (first,) = outcomes.result(timeout=60)
+        assert isinstance(first, FileNotFoundError) and first.filename == "/x"

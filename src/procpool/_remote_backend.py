@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
+from ._child.codec import SealedError
 from ._child.dask_chunk import STAMP, Outcome, Stamped
 from ._events import Events
 from ._future import Future
@@ -66,6 +67,15 @@ class RemoteJob:
     stamp: tuple[float, float, int] | None = None
 
 
+def opened(exc: object) -> BaseException:
+    """An item's exception as a worker packed it (sealed: see ``_child.codec.SealedError``).
+
+    Unpickled on its way from a worker process it is the exception already; from
+    a worker in this process (a Dask cluster of threads) it is still sealed.
+    """
+    return exc.open() if isinstance(exc, SealedError) else cast("BaseException", exc)
+
+
 @dataclass
 class ChunkResult:
     """What the items of one chunk gave: their values in order and their failures.
@@ -88,11 +98,11 @@ class ChunkResult:
             values, errors = cast(
                 "tuple[list[Any], dict[int, tuple[BaseException, str | None]]]", result
             )
-            return cls(values, errors)
+            return cls(values, {i: (opened(exc), text) for i, (exc, text) in errors.items()})
         outcomes = cast("list[Outcome]", result)
         return cls(
             [value if ok else None for ok, value, _ in outcomes],
-            {i: (value, text) for i, (ok, value, text) in enumerate(outcomes) if not ok},
+            {i: (opened(value), text) for i, (ok, value, text) in enumerate(outcomes) if not ok},
         )
 
     def then(self, more: ChunkResult) -> ChunkResult:

@@ -9,7 +9,9 @@ argument position or keyword, attribute path inside it) and the usual fix.
 
 from __future__ import annotations
 
+import copyreg
 import importlib
+import io
 import pickle
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -182,16 +184,60 @@ def format_exception(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def exception_body(exc: BaseException) -> tuple[BaseException | None, str]:
+class SealedError:
+    """An exception pickled by its own class's rules, whatever ``copyreg`` says.
+
+    A library may register its own pickling of exception classes in the
+    process-wide ``copyreg`` table, and a fork child inherits it: tblib, which
+    Dask installs for every exception that passes through it, rebuilds an
+    exception without calling its ``__init__``, so a ``SystemExit(3)`` arrived
+    with ``code`` None, and an ``OSError`` without its ``errno``. Unpickled, a
+    sealed error is the exception itself (nothing to unwrap on the other side
+    of a pipe); in the same process, :meth:`open` it.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (pickle.loads, (self.data,))
+
+    def open(self) -> BaseException:
+        """The exception, in this process."""
+        exc: BaseException = pickle.loads(self.data)
+        return exc
+
+
+def seal(exc: BaseException) -> SealedError:
+    """Pickle ``exc`` with each exception class's own reduction (see :class:`SealedError`).
+
+    Raises:
+        Exception: whatever pickling raises.
+    """
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, PROTOCOL)
+    pickler.dispatch_table = {
+        kind: reduce
+        for kind, reduce in copyreg.dispatch_table.items()
+        # copyreg takes any key, whatever its annotation says.
+        if not (isinstance(kind, type) and issubclass(kind, BaseException))  # pyright: ignore[reportUnnecessaryIsInstance]
+    }
+    pickler.dump(exc)
+    return SealedError(out.getvalue())
+
+
+def exception_body(exc: BaseException) -> tuple[SealedError | None, str]:
     """(exception, traceback) ready to pickle; the exception is None if it would not pickle."""
     tb = format_exception(exc)
-    try:
-        # Pickle and unpickle now: an exception that cannot make the round trip
-        # (a required __init__ argument, an unpicklable attribute) must not cost
-        # the whole reply.
-        pickle.loads(pickle.dumps(exc, PROTOCOL))
-    except Exception:
-        return (None, tb)
     # Tracebacks do not pickle; the text travels beside the exception.
     exc.__traceback__ = None
-    return (exc, tb)
+    try:
+        sealed = seal(exc)
+        # Unpickle now too: an exception that cannot make the round trip (a
+        # required __init__ argument) must not cost the whole reply.
+        sealed.open()
+    except Exception:
+        return (None, tb)
+    return (sealed, tb)

@@ -16,7 +16,6 @@ import ctypes
 import functools
 import math
 import os
-import pickle
 import threading
 import time
 import traceback
@@ -24,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from . import identity
+from .codec import seal
 from .errors import TimeLimitInterrupt
 
 T = TypeVar("T")
@@ -172,17 +172,23 @@ def failure(fn: Callable[..., object], exc: BaseException) -> Outcome:
     # Skip run_chunk's own frame: the user wants to see their function.
     text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
     try:
-        # A round trip, not just dumps: an exception whose __init__ wants other
-        # arguments than its .args pickles fine, then fails to unpickle in the client,
-        # which would fail the whole chunk instead of this one item.
-        pickle.loads(pickle.dumps(exc))
+        # Sealed (see codec.SealedError: Dask's tblib patches exception pickling in
+        # its workers), and a round trip, not just dumps: an exception whose
+        # __init__ wants other arguments than its .args pickles fine, then fails to
+        # unpickle in the client, which would fail the whole chunk, not this item.
+        sealed = seal(exc)
+        sealed.open()
     except Exception as error:
-        exc = NotSendable(
-            f"{task_name(fn)} raised {type(exc).__qualname__}: {exc}, which cannot be sent "
-            f"back from the worker ({type(error).__name__}: {error}); give the exception "
-            "class an __init__ that accepts its .args, or a __reduce__"
+        return (
+            False,
+            NotSendable(
+                f"{task_name(fn)} raised {type(exc).__qualname__}: {exc}, which cannot be "
+                f"sent back from the worker ({type(error).__name__}: {error}); give the "
+                "exception class an __init__ that accepts its .args, or a __reduce__"
+            ),
+            text,
         )
-    return (False, exc, text)
+    return (False, sealed, text)
 
 
 def run_chunk(

@@ -248,7 +248,7 @@ def _run_chunk(
     values: list[Any] = []
     append = values.append
     extend = values.extend
-    errors: dict[int, tuple[BaseException | None, str]] = {}
+    errors: dict[int, tuple[object, str]] = {}
     offset = 0
     item_slot = base + m.MARK_ITEM
     since_slot = base + m.MARK_SINCE
@@ -336,7 +336,7 @@ def _encode_items_one_by_one(
     elapsed: float,
     offset: int,
     values: list[Any],
-    errors: dict[int, tuple[BaseException | None, str]],
+    errors: dict[int, tuple[object, str]],
 ) -> bytes:
     """Some result of the batch does not pickle: fail just those items."""
     for i, value in enumerate(values):
@@ -600,7 +600,7 @@ def _under_alarm(
     return value
 
 
-def _failure(exc: BaseException) -> tuple[BaseException | None, str]:
+def _failure(exc: BaseException) -> tuple[object, str]:
     """The reply body of a call (or an item) that raised ``exc``.
 
     A timed-out task is reported as :class:`Expired` with the traceback of where
