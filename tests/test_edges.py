@@ -588,4 +588,5 @@ def test_exceptions_keep_their_fields_whatever_copyreg_says(start_method: str) -
         # The same, item by item in a map, and from a map's blocks of tiny items.
         outcomes = pool.map(eh.raise_os_error, [2], ["gone"], ["/x"], return_exceptions=True)
         (first,) = outcomes.result(timeout=60)
-        assert isinstance(first, FileNotFoundError) and first.filename == "/x"
+        assert isinstance(first, FileNotFoundError)
+        assert first.filename == "/x"
