@@ -200,6 +200,12 @@ def log_something(message: str) -> int:
     return os.getpid()
 
 
+def log_to(name: str, message: str) -> int:
+    """Log a warning on logger ``name`` in the worker; return the worker's pid."""
+    logging.getLogger(name).warning(message)
+    return os.getpid()
+
+
 def nested_pool_sum(n: int) -> int:
     """Create a pool inside a task and use it."""
     with procpool.Pool(2) as pool:

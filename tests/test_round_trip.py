@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,28 @@ def test_log_record_sent_during_the_wait_is_replayed(
         pool.submit(helpers.square, 0).result(timeout=30)
         pid = pool.submit(helpers.log_then_sleep, "logged while awaited", 0.05).result(timeout=30)
     assert [(r.message, r.process) for r in caplog.records] == [("logged while awaited", pid)]
+
+
+@pytest.mark.parametrize("alone", [False, True], ids=["root-handler", "own-handler"])
+def test_a_forwarded_record_is_handled_once(start_method: str, alone: bool, tmp_path: Path) -> None:
+    """A handler of the parent's (on the root logger, or on a logger that does not
+    propagate) writes each worker record once. Failed under fork before: the worker
+    inherited the handler, wrote the line itself, and the parent's replay wrote it
+    again (the forkserver and spawn workers had no copy)."""
+    name = "procpool.tests.alone" if alone else "procpool.tests.worker"
+    logger = logging.getLogger() if not alone else logging.getLogger(name)
+    handler = logging.FileHandler(tmp_path / "log.txt")
+    handler.setFormatter(logging.Formatter("%(process)d %(message)s"))
+    logger.addHandler(handler)
+    propagate, logging.getLogger(name).propagate = logging.getLogger(name).propagate, not alone
+    try:
+        with procpool.Pool(1, context=start_method, forward_logs=True) as pool:  # type: ignore[arg-type]
+            pid = pool.submit(helpers.log_to, name, "once only").result(timeout=30)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logging.getLogger(name).propagate = propagate
+    assert (tmp_path / "log.txt").read_text().splitlines() == [f"{pid} once only"]
 
 
 def test_worker_retires_after_an_awaited_call() -> None:

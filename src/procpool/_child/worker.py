@@ -196,8 +196,26 @@ def _forward_logs(sender: _Sender) -> None:
             except Exception:
                 self.handleError(record)
 
+    # The parent's handlers handle what we forward. Handlers this process already
+    # has are copies of them (inherited under fork, or set up by the main module
+    # imported again under spawn): left in place, each record would be handled
+    # twice, once here (a second line on stderr, in the same file) and once in
+    # the parent. Handlers the initializer adds, after this, stay.
+    forwarder = LogForwarder()
     root = logging.getLogger()
-    root.addHandler(LogForwarder())
+    loggers = [root] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        had = bool(logger.handlers)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        if had and not logger.propagate and logger is not root:
+            # Its records never reach the root's forwarder: forward them here.
+            logger.addHandler(forwarder)
+    root.addHandler(forwarder)
     root.setLevel(logging.DEBUG)
 
 
