@@ -57,14 +57,32 @@ def spin(ms: float) -> None:
         n += 1
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs and is not a zombie."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` runs and is not a zombie; with ``started`` (see
+    :func:`process_identity`), whether it is still that process: pid numbers wrap at
+    32,768 here, and a busy machine hands a dead worker's number to a new process
+    within seconds."""
+    fields = _stat(pid)
+    if fields is None or fields[0] == "Z":
         return False
-    return state != "Z"
+    # starttime is field 22 of stat, the 20th after the command name.
+    return started is None or int(fields[19]) == started
+
+
+def process_identity() -> tuple[int, int]:
+    """(pid, start time in clock ticks since boot) of this process."""
+    fields = _stat(os.getpid())
+    assert fields is not None
+    return os.getpid(), int(fields[19])
 
 
 # -- CPU burners -------------------------------------------------------------------------------
@@ -424,11 +442,11 @@ def nested_timeout_propagates(context: str) -> None:
 # -- item 6: a worker that cannot exit ---------------------------------------------------------
 
 
-def leave_thread_running() -> int:
-    """Start a non-daemon thread that sleeps for days; return this worker's pid.
-    The process cannot exit normally while the thread runs."""
+def leave_thread_running() -> tuple[int, int]:
+    """Start a non-daemon thread that sleeps for days; return this worker's
+    :func:`process_identity`. The process cannot exit normally while the thread runs."""
     threading.Thread(target=time.sleep, args=(10**6,), name="left-behind").start()
-    return os.getpid()
+    return process_identity()
 
 
 # -- item 7: work under fire -------------------------------------------------------------------

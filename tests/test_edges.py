@@ -406,13 +406,26 @@ def test_a_recycled_worker_that_cannot_exit_is_killed_and_replaced(recycle: str)
     )
     pool = procpool.Pool(1, **limit)
     try:
-        stuck = pool.submit(eh.leave_thread_running).result(timeout=10)
+        stuck, started = pool.submit(eh.leave_thread_running).result(timeout=10)
         fresh = pool.submit(helpers.getpid).result(timeout=10)
         assert fresh != stuck
-        assert helpers.wait_for(lambda: not eh.pid_alive(stuck), timeout=10)
+        assert helpers.wait_for(lambda: not eh.pid_alive(stuck, started), timeout=10)
     finally:
         pool.terminate()
         pool.join(10)
+
+
+def test_a_spent_worker_retires_when_its_last_call_ends(start_method: str) -> None:
+    """``max_tasks_per_worker=1``: a worker that ran its call exits at once, with no
+    more work in sight. Failed before (make test-all found it as a stuck recycled
+    worker left alive): a spent worker retired only when work next went through the
+    queue, so one whose last call came by the direct path held its slot, and its
+    memory, until then; work sent straight to the other worker never freed it."""
+    with procpool.Pool(2, context=start_method, max_tasks_per_worker=1) as pool:  # type: ignore[arg-type]
+        first, started = pool.submit(eh.process_identity).result(timeout=30)
+        assert helpers.wait_for(lambda: not eh.pid_alive(first, started), timeout=10)
+        second, _ = pool.submit(eh.process_identity).result(timeout=30)
+        assert second != first
 
 
 # =============================================================================================

@@ -282,12 +282,14 @@ def test_twenty_recycled_workers_that_cannot_exit_never_hold_up_the_pool(
     try:
         futures = [pool.submit(eh.leave_thread_running) for _ in range(20)]
         deadline = time.monotonic() + 150
-        pids = [f.result(timeout=max(0.1, deadline - time.monotonic())) for f in futures]
-        assert len(set(pids)) == 20
+        workers = [f.result(timeout=max(0.1, deadline - time.monotonic())) for f in futures]
+        assert len({pid for pid, _ in workers}) == 20
         assert pool.submit(helpers.square, 4).result(timeout=30) == 16
-        assert helpers.wait_for(lambda: not any(eh.pid_alive(p) for p in pids), timeout=30), [
-            p for p in pids if eh.pid_alive(p)
-        ]
+        # By pid and start time: make test-all once found a pid of these alive 30 s
+        # later, a number the kernel had handed to a new process (pid_max 32,768).
+        assert helpers.wait_for(
+            lambda: not any(eh.pid_alive(*worker) for worker in workers), timeout=30
+        ), [worker for worker in workers if eh.pid_alive(*worker)]
     finally:
         pool.terminate()
         pool.join(30)

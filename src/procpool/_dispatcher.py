@@ -354,6 +354,11 @@ class Dispatcher:
                     if self.staffing.idle_timeout is not None:
                         self.staffing.grow(self._workers_wanted())
                     self.feeder.fill()
+                elif self.feeder.spends_workers():
+                    # A worker spent by its last call retires now, not when work
+                    # next comes through the queue: work sent straight to another
+                    # worker (the direct path) would leave it holding its slot.
+                    self.feeder.retire_spent()
                 if state is Lifecycle.CLOSED and self._idle():
                     self.life.exiting = True
                     return

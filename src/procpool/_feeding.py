@@ -167,9 +167,10 @@ class Feeder:
                         break
             if not queue:
                 break
-        self._retire_spent()
+        self.retire_spent()
 
-    def _retire_spent(self) -> None:
+    def retire_spent(self) -> None:
+        """Tell each idle worker that has run its ``max_tasks_per_worker`` calls to exit."""
         if self._max_tasks is None:
             return
         for worker in self._workers.values():
