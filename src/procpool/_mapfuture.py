@@ -105,24 +105,31 @@ class MapFuture(Future[list[R]], Iterator[R]):
 
         ``pending`` lists batch indices that have no outcome yet (they run again).
         Returns False, storing nothing, if the map is done already (cancelled).
+
+        The values are taken out of ``values``: the list is left empty, before
+        any iterator can see them. Whatever else still holds that list (the
+        executor's frames, a resolved task's future, an engine's callback) then
+        holds no result, so an item the caller has dropped is freed at once.
         """
         with self._condition:
             if self._state in DONE_STATES:
                 return False
             stop = start + len(values)
             self._values[start:stop] = values
+            count = stop - start
+            values.clear()
             if errors:
                 for index, exc in errors.items():
                     self._errors[start + index] = exc
             for index in pending:
                 self._values[start + index] = _MISSING
-            self._received += len(values) - len(pending)
+            self._received += count - len(pending)
             complete = self._received >= self._size
             # Only iterators care about single items; a thread in result() waking
             # for every batch would take the GIL from the dispatcher each time.
             if not complete and self._item_waiters:
                 self._condition.notify_all()
-        self._progressed(len(values) - len(pending))
+        self._progressed(count - len(pending))
         if complete:
             self._complete()
         return True

@@ -179,7 +179,12 @@ class Chunks:
         if error is None:
             result = chunk.result()
             if not isinstance(result, Lost):
-                self._deliver(ChunkResult.of(result), items, at, attempts)
+                outcomes = ChunkResult.of(result)
+                if isinstance(result, list):
+                    # Per-item outcomes hold the values too: only the map may,
+                    # once its iterator can see them (see MapFuture.set_items).
+                    result.clear()
+                self._deliver(outcomes, items, at, attempts)
                 return
             # Its worker died after a part of it had run elsewhere: keep that part.
             done = len(result.done.values)

@@ -139,12 +139,13 @@ class Settler:
                         retried.append(index - offset)
                     else:
                         failures[index - offset] = error
-            call.worker_done = offset + len(values)
+            count = len(values)
+            call.worker_done = offset + count
             # Counted only if stored: a cancelled map's items count as cancelled.
             if job.map_future.set_items(call.start + offset, values, failures, retried):
                 failed = len(failures) if failures else 0
                 call.failed += failed + len(retried)
-                self._stats.completed += len(values) - failed - len(retried)
+                self._stats.completed += count - failed - len(retried)
                 self._stats.failed += failed
                 for index in retried:
                     self._retry(job, call, call.start + offset + index)
