@@ -106,11 +106,18 @@ class ChunkResult:
         )
 
     def then(self, more: ChunkResult) -> ChunkResult:
-        """This chunk's items followed by ``more``'s."""
+        """This chunk's items followed by ``more``'s; their values move out of both.
+
+        (Only the map may hold a result once its iterator can see it: see
+        ``MapFuture.set_items``.)
+        """
         offset = len(self.values)
         errors = dict(self.errors)
         errors.update((offset + i, error) for i, error in more.errors.items())
-        return ChunkResult(self.values + more.values, errors)
+        values = self.values + more.values
+        self.values.clear()
+        more.values.clear()
+        return ChunkResult(values, errors)
 
 
 class Value:
