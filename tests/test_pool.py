@@ -209,6 +209,20 @@ def test_imap_starts_at_once_and_after_close_yields_what_was_sent(
     assert got == [0, 1, 4, 9]
 
 
+def test_imap_closed_after_the_pool_closed_ends_without_the_pending_error(
+    pool: procpool.Pool,
+) -> None:
+    # Found by the state machine: the refusal of the chunk after the pool's close
+    # waited to be raised after the items before it, and close() did not drop it.
+    iterator = pool.imap(helpers.square, range(1_000), chunksize=10, buffersize=20)
+    assert next(iterator) == 0
+    pool.close()
+    # Past the first chunk: the next one is refused, and the refusal kept for later.
+    assert [next(iterator) for _ in range(14)] == [i * i for i in range(1, 15)]
+    iterator.close()  # type: ignore[attr-defined]
+    assert list(iterator) == []
+
+
 def test_imap_with_chunks_and_unordered(pool: procpool.Pool) -> None:
     xs = list(range(100))
     assert list(pool.imap(helpers.square, xs, chunksize=7)) == [x * x for x in xs]

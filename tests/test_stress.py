@@ -905,6 +905,8 @@ def _pool_machine(start_method: str, root: Path) -> type[Any]:
             self.lock = threading.Lock()
             self.tracked: list[_Tracked] = []
             self.imaps: list[tuple[Iterator[int], list[int]]] = []
+            #: Long imaps of fast items: [stream, next index, length].
+            self.fast: list[list[Any]] = []
             self.tid = 0
             self.problems: list[str] = []
             #: shutdown(cancel_futures=True) or terminate() happened.
@@ -1004,6 +1006,50 @@ def _pool_machine(start_method: str, root: Path) -> type[Any]:
                 take -= 1
             if not rest:
                 del self.imaps[which]
+
+        @precondition(lambda self: self.state == "open")
+        @rule(n=st.integers(1, 20_000), take=st.integers(0, 20_000))
+        def fast_imap(self, n: int, take: int) -> None:
+            """Consumed in a burst, so that the consumer drives the result pipes (see
+            ``_assist``), then paused there while the other rules run."""
+            stream = self.pool.imap(helpers.square, range(n), chunksize=100)
+            self.fast.append([stream, 0, n])
+            self._consume_fast(len(self.fast) - 1, take)
+
+        @precondition(lambda self: self.fast)
+        @rule(which=st.integers(0, 100), take=st.integers(1, 20_000), close=st.booleans())
+        def consume_fast(self, which: int, take: int, close: bool) -> None:
+            which %= len(self.fast)
+            if close:
+                stream = self.fast.pop(which)[0]
+                stream.close()
+                assert list(stream) == []
+                return
+            self._consume_fast(which, take)
+
+        def _consume_fast(self, which: int, take: int) -> None:
+            entry = self.fast[which]
+            stream, index, n = entry
+            while take and index < n:
+                stopped = ""
+                try:
+                    value = next(stream)
+                except StopIteration:
+                    raise AssertionError(f"imap stopped with {n - index} items to go") from None
+                except (procpool.PoolClosedError, concurrent.futures.CancelledError) as exc:
+                    stopped = repr(exc)
+                if stopped:
+                    # Only once the pool is closed or terminated: the rest is not coming.
+                    assert self.state != "open", f"imap raised {stopped} on an open pool"
+                    del self.fast[which]
+                    return
+                assert value == index * index, (index, value)
+                index += 1
+                take -= 1
+            entry[1] = index
+            if index == n:
+                assert next(stream, None) is None
+                del self.fast[which]
 
         @precondition(lambda self: self.imaps)
         @rule(which=st.integers(0, 100), close=st.booleans())
@@ -1116,6 +1162,7 @@ def _pool_machine(start_method: str, root: Path) -> type[Any]:
         def teardown(self) -> None:
             try:
                 self.imaps.clear()
+                self.fast.clear()
                 if self.state == "open":
                     self.state = "closed"
                     self.pool.close()

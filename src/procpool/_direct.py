@@ -106,6 +106,9 @@ class DirectPath:
                 and workers.is_live(worker)
                 and not worker.dying
                 and not worker.claimed
+                # An imap consumer reads its pipe (see _assist): the future is set
+                # when it next looks, or when the dispatcher takes the pipe back.
+                and not worker.driven
                 and len(worker.outstanding) == 1
                 and worker.outstanding[0] is call
             ):

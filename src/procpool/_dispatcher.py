@@ -157,7 +157,13 @@ class Dispatcher:
             nudge=self._nudge,
         )
         self.assist = Assist(
-            self.queue, self.workers, self.life, self.feeder, self.settler, size=workers
+            self.queue,
+            self.workers,
+            self.life,
+            self.feeder,
+            self.settler,
+            size=workers,
+            wake=self.wake,
         )
 
         try:
@@ -368,6 +374,10 @@ class Dispatcher:
                     if self.workers.timed or self.staffing.waiting() or self.queue.parked()
                     else None
                 )
+                # After the fill above: a timed call it sent takes its pipe back now.
+                review = self.assist.review()
+                if review is not None:
+                    timeout = review if timeout is None else min(timeout, review)
             ready = self.workers.wait(timeout)
             # Replies are read and unpickled before taking the lock, so submitting
             # and consuming threads are not held up by the unpickling. Only this

@@ -542,6 +542,7 @@ class Executor(concurrent.futures.Executor, abc.ABC):
             ordered,
             reporter,
             return_exceptions=return_exceptions,
+            release=self._imap_release(),
         )
         return feed.stream()
 
@@ -562,6 +563,10 @@ class Executor(concurrent.futures.Executor, abc.ABC):
     @abc.abstractmethod
     def _imap_launcher(self, fn: Callable[[Any], R]) -> Launch[R]:
         """The launch hook of one ``imap`` of ``fn`` (see :class:`._imap.IMapFeed`)."""
+
+    def _imap_release(self) -> Callable[[], None] | None:
+        """The release hook of an ``imap`` (see :class:`._imap.IMapFeed`), if any."""
+        return None
 
     def _end_in_background(self) -> None:
         """After ``shutdown(wait=False)``: let the pool finish without a caller waiting."""

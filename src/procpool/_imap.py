@@ -116,6 +116,10 @@ class IMapFeed(Generic[R]):
             return its :class:`MapFuture` (cancelling it must stop the chunk if
             it has not started). It raises ``PoolClosedError`` once the pool
             takes no more work.
+        release: the pool's other hook, if it has one: called before the consumer
+            waits for a chunk not yet done, and when the stream ends, to give back
+            whatever ``launch`` took over on the consumer's thread (``Pool``: the
+            result pipes, see ``_assist``).
     """
 
     def __init__(
@@ -128,8 +132,10 @@ class IMapFeed(Generic[R]):
         reporter: Reporter | None,
         *,
         return_exceptions: bool = False,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self._launch = launch
+        self._release = release
         #: Yield a failed item's exception in its place instead of raising it.
         self._return_exceptions = return_exceptions
         self._source: Iterator[Any] | None = source
@@ -200,9 +206,14 @@ class IMapFeed(Generic[R]):
                         raise source_error
                     return
                 base = 0  # only unordered results need it
+                release = self._release
                 if self._ordered:
                     chunk = self._chunks.popleft()
+                    if release is not None and not chunk.done():
+                        release()
                 else:
+                    if release is not None and not any(c.done() for c in self._chunks):
+                        release()
                     _wait_futures(self._chunks, return_when="FIRST_COMPLETED")
                     chunk = next(c for c in self._chunks if c.done())
                     self._chunks.remove(chunk)
@@ -235,6 +246,9 @@ class IMapFeed(Generic[R]):
     def close(self) -> None:
         """Stop: cancel the chunks no worker has started; read no more input."""
         self._source = None
+        # An error of the input (or the pool's refusal of a chunk) not yet reached:
+        # after close() the stream ends, as a closed generator does.
+        self._source_error = None
         for future in self._chunks:
             if not future.running():
                 future.cancel()
@@ -243,3 +257,5 @@ class IMapFeed(Generic[R]):
             self._current.stop()
         if self._reporter is not None:
             self._reporter.close()
+        if self._release is not None:
+            self._release()

@@ -396,6 +396,10 @@ class Pool(Executor):
 
         return launch
 
+    def _imap_release(self) -> Callable[[], None]:
+        # The result pipes that launch's take_in drove go back (see _assist).
+        return self._dispatcher.assist.release
+
     def _traced(self, fn: Callable[..., R], future: MapFuture[R]) -> Callable[..., R]:
         """``fn`` as a map sends it: wrapped by the tracing hook, if there is one."""
         if self._trace_task is None:

@@ -95,7 +95,8 @@ class Worker:
     ==============================  ===============================================
     outstanding, sent, busy,        any thread holding ``lock`` (the dispatcher,
     dying, retiring, leases,        a submitting thread sending directly, a
-    replied, out, writing           waiting thread reading a claimed reply)
+    replied, out, writing,          waiting thread reading a claimed reply, an
+    driven                          imap consumer driving the result pipes)
     claimed, claims                 ``lock`` and ``read_lock`` (a claim starts and
                                     ends under both)
     unapplied, reply_seq            ``read_lock``: the thread reading the result
@@ -116,6 +117,7 @@ class Worker:
         "claims",
         "crash",
         "crash_conn",
+        "driven",
         "dying",
         "exit_cause",
         "leases",
@@ -183,6 +185,8 @@ class Worker:
         self.reply_seq = 0
         #: A waiting thread reads this worker's replies (see ``_read_here``).
         self.claimed = False
+        #: An imap consumer reads this worker's replies (see ``_assist``).
+        self.driven = False
         #: Claims so far: once there has been one, a ready pipe may already be read.
         self.claims = 0
         #: Replies the dispatcher has read but not yet applied.
