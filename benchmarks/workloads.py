@@ -61,6 +61,21 @@ def spin(iterations: int) -> int:
     return acc
 
 
+def timed_spin(iterations: int) -> tuple[int, float, float, float]:
+    """``spin``, and when it ran: (pid, start, end, CPU seconds) for ``probes.py``.
+
+    ``time.perf_counter`` is one clock for every process of the machine (Linux's
+    CLOCK_MONOTONIC), so the parent can lay the workers' tasks on one time line.
+    """
+    import time
+
+    cpu = time.thread_time()
+    start = time.perf_counter()
+    spin(iterations)
+    end = time.perf_counter()
+    return os.getpid(), start, end, time.thread_time() - cpu
+
+
 def calibrate_spin(target_seconds: float, rounds: int = 7) -> int:
     """Return the ``spin`` iteration count that takes ``target_seconds`` here.
 

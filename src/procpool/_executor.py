@@ -454,8 +454,9 @@ class Executor(concurrent.futures.Executor, abc.ABC):
         (as in :func:`asyncio.gather`) the exception is yielded in the item's
         place instead. Breaking out of the loop early,
         or dropping the last reference to the iterator, cancels the work not yet
-        started. The first ``buffersize`` items are read and sent at once, as
-        :meth:`concurrent.futures.Executor.map` does::
+        started; so does the iterator's ``close()``, after which it yields nothing
+        more, not even an error still ahead. The first ``buffersize`` items are
+        read and sent at once, as :meth:`concurrent.futures.Executor.map` does::
 
             for line in pool.imap(str.upper, open("big.txt")):
                 print(line, end="")
