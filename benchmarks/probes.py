@@ -6,6 +6,11 @@ worker's tasks on one time line: the map's time is half the sum of the tasks'
 times, the gaps between a worker's tasks, and the tail (how much later one
 worker ends than the other).
 
+``python benchmarks/probes.py b6`` does the same with B6's 64 tasks (6 of 150 ms
+among 58 of 5-25 ms, in B6's order). Both also time two bare processes spinning
+at once against one alone: what running in parallel costs on this machine, with
+no pool at all.
+
 ``python benchmarks/probes.py b7`` runs B7 (imap over 2,000,000 ints, chunks of
 1,000) as ``make bench`` does and prints, per run, the CPU time of each thread of
 the parent during the loop (``/proc/self/task/*/schedstat``): whether the
@@ -30,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 TASKS = 32
 
 
-def _b2_once(kind: str, iters: int) -> dict[str, float]:
+def _b2_once(kind: str, iters: list[int]) -> dict[str, float]:
     import workloads
 
     if kind == "procpool":
@@ -39,13 +44,13 @@ def _b2_once(kind: str, iters: int) -> dict[str, float]:
         with procpool.Pool(2, context="fork") as pool:
             pool.submit(workloads.noop, 0).result()  # as measure.py warms up
             t0 = time.perf_counter()
-            out = pool.map(workloads.timed_spin, [iters] * TASKS).result()
+            out = pool.map(workloads.timed_spin, iters).result()
             t1 = time.perf_counter()
     else:
         with multiprocessing.get_context("fork").Pool(2) as mp_pool:
             mp_pool.apply(workloads.noop, (0,))
             t0 = time.perf_counter()
-            out = mp_pool.map(workloads.timed_spin, [iters] * TASKS)
+            out = mp_pool.map(workloads.timed_spin, iters)
             t1 = time.perf_counter()
     by_pid: dict[int, list[tuple[float, float]]] = {}
     for pid, start, end, _ in out:
@@ -65,23 +70,66 @@ def _b2_once(kind: str, iters: int) -> dict[str, float]:
     }
 
 
-def b2(reps: int) -> None:
+def _parallel_slowdown(iters: int, rounds: int = 16) -> float:
+    """How much slower each of two bare processes spins than one alone (no pool)."""
+    import os
+
     import workloads
 
-    iters = workloads.calibrate_spin(0.05)
+    def run(count: int) -> float:
+        read, write = os.pipe()
+        pids = []
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                t0 = time.perf_counter()
+                for _ in range(rounds):
+                    workloads.spin(iters)
+                os.write(write, f"{time.perf_counter() - t0}\n".encode())
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        os.close(write)
+        times = [float(x) for x in os.read(read, 4096).split()]
+        os.close(read)
+        return max(times)
+
+    one, two = [], []
+    for _ in range(4):
+        one.append(run(1))
+        two.append(run(2))
+    return statistics.median(two) / statistics.median(one)
+
+
+def b2(reps: int, workload: str = "b2") -> None:
+    import workloads
+
+    per_second = workloads.calibrate_spin(1.0)
+    if workload == "b2":
+        iters = [int(per_second * 0.05)] * TASKS
+        title = f"B2 timeline: {TASKS} tasks of ~50 ms"
+    else:
+        import run
+
+        iters = [int(per_second * d) for d in run.b6_durations(run.FULL)]
+        title = "B6 timeline: B6's 64 tasks of 5-150 ms, in B6's order"
+    slowdown = _parallel_slowdown(int(per_second * 0.05))
     runs: dict[str, list[dict[str, float]]] = {"procpool": [], "mp.Pool": []}
     for rep in range(reps):
         order = ["procpool", "mp.Pool"] if rep % 2 == 0 else ["mp.Pool", "procpool"]
         for kind in order:
             runs[kind].append(_b2_once(kind, iters))
-    print(f"B2 timeline: {TASKS} tasks of ~50 ms, fork, 2 workers; medians of {reps} (ms)")
+    print(f"{title}, fork, 2 workers; medians of {reps} (ms)")
     for kind, rows in runs.items():
         med = {k: statistics.median(r[k] for r in rows) * 1e3 for k in rows[0] if k != "uneven"}
         uneven = int(sum(r["uneven"] for r in rows))
         print(
             f"  {kind:9} map {med['map']:7.1f}  tasks {med['tasks']:7.1f} (CPU {med['cpu']:7.1f})"
             f"  gaps {med['gaps']:5.1f}  tail {med['tail']:5.1f}  uneven splits {uneven}/{reps}"
+            f"  map / (tasks / 2) {2 * med['map'] / med['tasks']:.3f}"
         )
+    print(f"  two bare processes spinning at once: each {slowdown:.3f}x the time of one alone")
 
 
 def _thread_cpu_ms() -> dict[str, float]:
@@ -126,17 +174,17 @@ def b7(reps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=["b2", "b7"])
+    parser.add_argument("probe", choices=["b2", "b6", "b7"])
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--src", help="measure the procpool in this src folder")
     args = parser.parse_args()
     if args.src:
         sys.path.insert(0, str(Path(args.src).resolve()))
     sys.path.insert(0, str(HERE))
-    if args.probe == "b2":
-        b2(args.reps)
-    else:
+    if args.probe == "b7":
         b7(args.reps)
+    else:
+        b2(args.reps, args.probe)
 
 
 if __name__ == "__main__":
